@@ -1,0 +1,210 @@
+"""Losses for Reinforcement Distillation (REDI) and its baselines, in plain PyTorch.
+
+Paper: "Harnessing Negative Signals: Reinforcement Distillation from Teacher Data for LLM
+Reasoning" (arXiv 2505.24850). This file imports only torch: copy it into any project.
+
+Notation (per example or per pair; shapes in brackets, B = batch, T = tokens, V = vocabulary):
+    x            the prompt
+    y_w, y_l     a correct ("chosen", winning) and an incorrect ("rejected", losing) teacher trace
+    log p(y|x)   summed log-probability of the response tokens: `sequence_logps` [B]
+    |y|          number of response tokens (the supervised, non-ignored labels)             [B]
+    pi_ref       a frozen reference policy (DPO only)
+
+The four objectives (equation numbers from the paper):
+    (1) SFT    L = -sum_i log p(y_i|x_i) / sum_i |y_i|                      (token mean)
+    (2) DPO    L = -log sigmoid( beta * [ (log p(y_w|x) - log p_ref(y_w|x))
+                                         - (log p(y_l|x) - log p_ref(y_l|x)) ] )
+    (3) SimPO  L = -log sigmoid( beta * ( log p(y_w|x)/|y_w| - log p(y_l|x)/|y_l| ) - gamma )
+    (4) symmetric REINFORCE-style objective
+               L = -log p(y_w|x)/|y_w| + log p(y_l|x)/|y_l|
+    (5) REDI   L = -log p(y_w|x)/|y_w| + alpha * log p(y_l|x)/|y_l|,   alpha in [0, 1]
+
+REDI is (4) with the push-down on negatives scaled by alpha < 1: the symmetric objective is
+unbounded below (the model can lower log p(y_l) forever by degrading everything, the collapse
+the paper shows at high learning rates), while alpha = 0 is length-normalised SFT on y_w alone.
+No reference model is needed. Paper defaults: REDI alpha=0.8, lr 1e-6; DPO beta=0.001,
+lr 2e-7; SimPO beta=2, gamma=1, lr 5e-7 (Qwen2.5-Math-1.5B, global batch 32 pairs, 1 epoch).
+
+Conventions:
+  * Log-probabilities follow Hugging Face: `labels` are the input ids with IGNORE_INDEX (-100)
+    on the prompt and on padding; the functions here do the one-token shift themselves.
+  * Log-probabilities are accumulated in fp32 whatever the logits' dtype, without ever building
+    a full fp32 [B, T, V] log-softmax (a 20k-token trace x 151,936 vocabulary is ~12 GB).
+  * Preference losses return UNREDUCED per-pair values [B]: the caller averages over the GLOBAL
+    batch (all micro-batches and ranks of an optimizer step), not per micro-batch.
+  * A response with zero supervised tokens is an error (ValueError), never a silent NaN.
+
+DPO and SimPO were checked numerically against Hugging Face TRL's `DPOTrainer`
+(loss_type="sigmoid") and `CPOTrainer` (loss_type="simpo") formulas; see tests/test_redi_loss.py.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+
+
+# -----------------------------------------------------------------------------
+# log-probabilities of the labels
+
+
+def _chunk_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) for one chunk: [C, V] logits, [C] targets (valid ids) -> [C] fp32."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _chunk_logps_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Same, from hidden states [C, H] and the output embedding [V, H]: the [C, V] logits live only here."""
+    return _chunk_logps(hidden @ weight.t(), targets)
+
+
+def _token_logps(fn, rows, labels, ignore_index, chunk_size, *extra):
+    """Shared driver: per row, per chunk of positions, call `fn(rows[b, s:e], *extra, targets)`.
+
+    Position t of the output holds log p(labels[t] | tokens < t), computed from row position
+    t - 1 (the HF shift). Chunks whose labels are all ignored are skipped (prompt, padding).
+    When gradients are on, each chunk is checkpointed: its fp32 logits are rebuilt in backward
+    instead of being kept, so peak memory is one [chunk_size, V] fp32 block, forward and back.
+    """
+    if labels.dim() != 2 or rows.shape[:2] != labels.shape:
+        raise ValueError(f"expected rows [B, T, ...] and labels [B, T], got {tuple(rows.shape)} and {tuple(labels.shape)}")
+    batch, length = labels.shape
+    targets = labels[:, 1:]                          # [B, T-1]: what position t-1 predicts
+    valid = targets != ignore_index
+    valid_cpu = valid.cpu()                          # one host sync instead of one per chunk
+    safe_targets = targets.masked_fill(~valid, 0)
+    use_checkpoint = torch.is_grad_enabled() and (rows.requires_grad or any(t.requires_grad for t in extra))
+    out_rows = []
+    for b in range(batch):
+        pieces = [rows.new_zeros(1, dtype=torch.float32)]   # position 0 has no prediction
+        for start in range(0, length - 1, chunk_size):
+            end = min(start + chunk_size, length - 1)
+            if not valid_cpu[b, start:end].any():
+                pieces.append(rows.new_zeros(end - start, dtype=torch.float32))
+                continue
+            args = (rows[b, start:end], *extra, safe_targets[b, start:end])
+            logps = checkpoint(fn, *args, use_reentrant=False) if use_checkpoint else fn(*args)
+            pieces.append(logps * valid[b, start:end])
+        out_rows.append(torch.cat(pieces))
+    return torch.stack(out_rows)
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+                chunk_size: int = 1024) -> torch.Tensor:
+    """Per-token log-probabilities of the labels: logits [B, T, V], labels [B, T] -> [B, T] fp32.
+
+    Entry t is log p(labels[t] | input[:t]) and 0 where labels[t] == ignore_index (and at t=0).
+    Naive equivalent: `log_softmax(logits[:, :-1].float(), -1).gather(-1, labels[:, 1:])`,
+    which builds the full fp32 [B, T, V] tensor; this gathers the label logit and subtracts a
+    logsumexp chunk by chunk instead. Use per-token values for packed rows (several sequences
+    per row), summing them per sequence.
+    """
+    return _token_logps(_chunk_logps, logits, labels, ignore_index, chunk_size)
+
+
+def token_logps_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
+                            ignore_index: int = IGNORE_INDEX, chunk_size: int = 1024) -> torch.Tensor:
+    """Memory-lean `token_logps` from final hidden states [B, T, H] and `lm_head.weight` [V, H].
+
+    The logits `hidden @ lm_head_weight.T` are formed `chunk_size` tokens at a time and rebuilt in
+    backward, so the full [T, V] logits never exist, forward or backward: peak extra memory is
+    about chunk_size x V x 4 bytes (1024 x 151,936 x 4 = 0.6 GB) instead of T x V x 4.
+    Valid for models whose logits are exactly `lm_head(hidden)` with no bias, scaling or
+    soft-capping (Qwen2/2.5, Llama, Mistral). Gradients flow to both hidden and weight.
+    """
+    return _token_logps(_chunk_logps_from_hidden, hidden, labels, ignore_index, chunk_size, lm_head_weight)
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+                   chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log p(response | prompt) per row and its token count.
+
+    logits [B, T, V] (any float dtype), labels [B, T] with ignore_index on prompt and padding.
+    Returns (sum_logps [B] fp32, num_tokens [B] int64). Rows with no supervised token give (0, 0).
+    """
+    per_token = token_logps(logits, labels, ignore_index, chunk_size)
+    return per_token.sum(-1), (labels[:, 1:] != ignore_index).sum(-1)
+
+
+def sequence_logps_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
+                               ignore_index: int = IGNORE_INDEX, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_logps` from hidden states [B, T, H] and lm_head weight [V, H]; see token_logps_from_hidden."""
+    per_token = token_logps_from_hidden(hidden, lm_head_weight, labels, ignore_index, chunk_size)
+    return per_token.sum(-1), (labels[:, 1:] != ignore_index).sum(-1)
+
+
+def _check_lengths(**lengths: torch.Tensor) -> None:
+    for name, value in lengths.items():
+        if (value <= 0).any():
+            raise ValueError(f"{name} has a zero-length response at rows {torch.nonzero(value <= 0).flatten().tolist()}: "
+                             f"every response needs at least one supervised token")
+
+
+# -----------------------------------------------------------------------------
+# losses
+
+
+def sft_loss(sum_logps: torch.Tensor, num_tokens: torch.Tensor, total_tokens: torch.Tensor | int | None = None) -> torch.Tensor:
+    """Eq. (1): token-mean negative log-likelihood over the batch it is given. Returns a scalar.
+
+    sum_logps [B], num_tokens [B]. When this batch is one micro-batch of a larger optimizer step,
+    pass `total_tokens` = supervised tokens of the WHOLE step (all micro-batches and ranks) so
+    that summing the micro-batch losses gives the step's token mean. Paper recipe: lr 5e-5,
+    global batch 128, 3-5 epochs.
+    """
+    _check_lengths(num_tokens=num_tokens)
+    denominator = num_tokens.sum() if total_tokens is None else total_tokens
+    return -sum_logps.sum() / denominator
+
+
+def redi_loss(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor, rejected_logps: torch.Tensor,
+              rejected_lengths: torch.Tensor, alpha: float = 0.8) -> torch.Tensor:
+    """Eq. (5): -log p(y_w|x)/|y_w| + alpha * log p(y_l|x)/|y_l|. All inputs [B]; returns [B].
+
+    alpha weighs the push-down on the incorrect trace: 0 is length-normalised SFT on y_w,
+    1 is the symmetric objective (4), which the paper finds collapses (both log-probs fall) at
+    usable learning rates. Paper default alpha=0.8 with lr 1e-6. The loss is unbounded below
+    for alpha > 0; it is the gradient, not the value, that matters.
+    """
+    _check_lengths(chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    return -chosen_logps / chosen_lengths + alpha * rejected_logps / rejected_lengths
+
+
+def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
+             ref_rejected_logps: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """Eq. (2): -log sigmoid(beta * ((c - c_ref) - (r - r_ref))). All inputs summed logps [B]; returns [B].
+
+    beta is the strength of the implicit KL penalty to the frozen reference (larger = stay closer).
+    Equals ln 2 when the policy equals the reference. Implicit rewards are
+    beta * (c - c_ref) and beta * (r - r_ref). Paper's tuned setting: beta=0.001, lr 2e-7.
+    Matches TRL DPOTrainer with loss_type="sigmoid" and no label smoothing.
+    """
+    margin = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)
+    return -F.logsigmoid(beta * margin)
+
+
+def simpo_loss(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor, rejected_logps: torch.Tensor,
+               rejected_lengths: torch.Tensor, beta: float = 2.0, gamma: float = 1.0) -> torch.Tensor:
+    """Eq. (3): -log sigmoid(beta * (c/|y_w| - r/|y_l|) - gamma). All inputs [B]; returns [B].
+
+    beta scales the length-normalised log-prob margin; gamma is the target reward margin.
+    No reference model. Paper default beta=2, gamma=1, lr 5e-7. As beta -> 0 the gradient is
+    beta * sigmoid(gamma) times that of the symmetric objective (4) (paper Appendix B, Prop. B.3).
+    Matches TRL CPOTrainer with loss_type="simpo" (it writes gamma as beta * gamma_beta_ratio).
+    """
+    _check_lengths(chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    margin = chosen_logps / chosen_lengths - rejected_logps / rejected_lengths
+    return -F.logsigmoid(beta * margin - gamma)
+
+
+# Pair losses by name. Every argument is named after the per-pair statistic it takes
+# (chosen_logps, chosen_lengths, rejected_logps, rejected_lengths, ref_chosen_logps,
+# ref_rejected_logps) or after its hyperparameter, so a caller can pass them by keyword.
+LOSSES = {
+    "redi": redi_loss,
+    "dpo": dpo_loss,
+    "simpo": simpo_loss,
+}

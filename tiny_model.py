@@ -1,0 +1,151 @@
+"""Build a tiny Qwen2-architecture model and a matching tokenizer, offline, as a model dir.
+
+The tests and the demo never download anything: they train a byte-level BPE tokenizer with the
+`tokenizers` library on a small corpus, wrap it as a Hugging Face fast tokenizer with a
+Qwen2.5-Math-style chat template, build a randomly initialised `Qwen2ForCausalLM` from a config,
+and `save_pretrained` both into one directory. Every script then loads it through the same
+`--model DIR` path that real checkpoints take.
+
+The chat template follows Qwen2.5-Math's (`<|im_start|>`/`<|im_end|>`, a default system prompt
+asking for a boxed answer) with REDI's one edit: the generation prompt opens the assistant turn
+with `<think>\\n`, so sampling starts inside the thinking block, as the paper's evaluation forces.
+Digits are split one per token, as in Qwen's tokenizer.
+
+    python tiny_model.py --out runs/tiny --corpus data.jsonl [--vocab-size 512] [--hidden-size 64]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Added as ordinary (non-special) added tokens, as in Qwen's tokenizers: they survive decoding.
+THINK_TOKENS = ["<think>", "</think>"]
+
+CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT.replace("\\", "\\\\") + "<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (loop.first and message['role'] == 'system') %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}"
+)
+
+# A little text with the shapes the tests need (LaTeX, digits, think blocks, boxed answers).
+BUILTIN_CORPUS = [
+    "<think>\nLet me work through it. 12+35=47, so 47*2=94.\n</think>\n\nThe answer is $\\boxed{94}$.",
+    "Compute $\\frac{1}{2}+\\frac{1}{3}$. We get $\\frac{5}{6}$, therefore the final answer is $\\boxed{\\frac{5}{6}}$.",
+    "Convert the point $(0,3)$ in rectangular coordinates to polar coordinates $(r,\\theta)$.",
+    "Wait, that is wrong. Let me check again: 7-9=-2 and 3*4=12, so x=\\sqrt{2}.",
+    "Therefore, the final answer is: $\\boxed{ANSWER}$. I hope it is correct",
+]
+
+
+def build_tokenizer(texts, vocab_size=512):
+    """Train a byte-level BPE on `texts` and wrap it as a chat-templated fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(list(texts) + BUILTIN_CORPUS, trainer=trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"], clean_up_tokenization_spaces=False)
+    hf.add_tokens(THINK_TOKENS)
+    hf.chat_template = CHAT_TEMPLATE
+    hf.model_max_length = 1 << 20
+    return hf
+
+
+def build_model(tokenizer, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                intermediate_size=None, max_position_embeddings=2048, seed=0):
+    """A randomly initialised Qwen2ForCausalLM with tied embeddings (like Qwen2.5-1.5B)."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        max_position_embeddings=max_position_embeddings, rope_theta=10000.0,
+        tie_word_embeddings=True, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        do_sample=True, temperature=0.6, top_p=0.95)
+    return model
+
+
+def read_corpus(path):
+    """Texts from a JSON Lines file: every string value (nested lists/dicts included)."""
+    def strings(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield from strings(json.loads(line))
+
+
+def save_tiny(out_dir, texts=(), vocab_size=512, seed=0, **model_kwargs):
+    """Build tokenizer + model and save both to `out_dir`; returns `out_dir`."""
+    tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
+    model = build_model(tokenizer, seed=seed, **model_kwargs)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="directory to write the model and tokenizer to")
+    p.add_argument("--corpus", nargs="*", default=[],
+                   help="JSON Lines files whose string values train the tokenizer")
+    p.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (before special tokens)")
+    p.add_argument("--hidden-size", type=int, default=64, help="model width")
+    p.add_argument("--num-layers", type=int, default=2, help="decoder layers")
+    p.add_argument("--num-heads", type=int, default=4, help="attention heads")
+    p.add_argument("--num-kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
+    p.add_argument("--intermediate-size", type=int, default=None, help="MLP width (default 4 x hidden)")
+    p.add_argument("--max-position-embeddings", type=int, default=2048, help="context length")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    texts = [t for path in args.corpus for t in read_corpus(path)]
+    save_tiny(args.out, texts, vocab_size=args.vocab_size, seed=args.seed,
+              hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
+              num_kv_heads=args.num_kv_heads, intermediate_size=args.intermediate_size,
+              max_position_embeddings=args.max_position_embeddings)
+    print(f"saved tiny Qwen2 model and tokenizer to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
