@@ -1,0 +1,736 @@
+"""Stage 1 of REDI: supervised fine-tuning on the teacher's correct traces (paper Eq. 1).
+
+Minimises the token-mean negative log-likelihood of the response tokens (the whole assistant
+turn, including its end-of-turn token) over the GLOBAL batch:
+
+    L = - sum_{i in step} log p(y_i | x_i) / sum_{i in step} |y_i|
+
+This file also owns the training infrastructure that stage 2 (`train_redi.py`) imports:
+distributed setup, FSDP2 model loading, the learning-rate schedule, checkpointing, metrics and
+the step loop. Plain torch.distributed + FSDP2 (`fully_shard`), no Trainer/accelerate/DeepSpeed.
+
+Launch:
+    # one GPU / CPU (a process group of one is created for you)
+    python train_sft.py --model Qwen2.5-Math-1.5B --data sft.jsonl --output-dir runs/sft
+    # 8 GPUs on one node; several nodes take torchrun's usual --nnodes/--node-rank/--rdzv flags
+    torchrun --nproc_per_node 8 train_sft.py --model Qwen2.5-Math-1.5B --data sft.jsonl \\
+        --output-dir runs/sft --max-position-embeddings 32768 --rope-theta 300000
+    # CPU, 2 processes (gloo), as the tests run it
+    torchrun --nproc_per_node 2 train_sft.py --model runs/tiny --data sft.jsonl --output-dir runs/sft \\
+        --global-batch-size 8 --micro-batch-size 2 --max-steps 3
+
+Paper recipe (Qwen2.5-Math-1.5B): lr 5e-5, global batch 128, 3 or 5 epochs, AdamW (0.9, 0.999,
+1e-8, weight decay 1e-4), 10% linear warmup then linear decay to 0, no gradient clipping.
+
+Outputs in --output-dir:
+    metrics.jsonl              first line {"args", "versions", "world_size"}; then one object per
+                               optimizer step, all-reduced over ranks (step, epoch, lr, loss,
+                               grad_norm, update_norm, tokens, tokens_per_s, peak_mem_gb, elapsed_s)
+    checkpoints/step-NNNNNNN/  a Hugging Face model dir (safetensors, config, tokenizer, generation
+                               config) + train_state/ (DCP shards of model and optimizer) +
+                               trainer_state.json + rng-rank*.pt; written to a temp dir and renamed
+    checkpoints/latest         name of the newest complete checkpoint (replaced atomically)
+    final -> checkpoints/step-N   the model at the end of training (symlink)
+
+Departures from the paper's setup (TRL + DeepSpeed): micro-batches may be formed by a token budget
+(--max-tokens-per-micro-batch); the last, smaller global batch of an epoch is kept (zero-weight
+padding keeps ranks in lock-step) rather than dropped; the data order comes from our own seeded
+permutation, not the `datasets` sampler.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+
+# -----------------------------------------------------------------------------
+# arguments
+
+
+def build_parser(description: str, lr: float, global_batch: int, epochs: float) -> argparse.ArgumentParser:
+    """Flags shared by both stages; the defaults passed in are the stage's paper recipe."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help="Hugging Face causal-LM directory (or hub id) to start from")
+    g.add_argument("--max-position-embeddings", type=int, default=None,
+                   help="override the context length; saved into the exported config (REDI: 32768)")
+    g.add_argument("--rope-theta", type=float, default=None,
+                   help="override the RoPE base; saved into the exported config (REDI: 300000)")
+    g.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
+                   help="attention kernel passed to transformers")
+    g.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each decoder layer in backward (less memory, ~30%% more compute)")
+    g.add_argument("--mixed-precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="compute dtype; fp32 master weights/optimizer always. auto: bf16 on GPU, fp32 on CPU")
+    g.add_argument("--logps-chunk-size", type=int, default=1024,
+                   help="tokens per chunk when computing log-probs from hidden states (memory vs speed)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, help="JSON Lines file (curated by data.py, or your own format)")
+    g.add_argument("--max-seq-len", type=int, default=None,
+                   help="longest allowed sequence; longer examples are an error (default: model context)")
+    g.add_argument("--packed", action="store_true",
+                   help="padding-free layout: a micro-batch is one row with per-sequence positions")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, default=lr,
+                   help=f"peak learning rate (paper: {lr:g})" if lr else "peak learning rate (default: per --loss)")
+    g.add_argument("--epochs", type=float, default=epochs, help="passes over the data (fractions allowed)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (smoke runs)")
+    g.add_argument("--global-batch-size", type=int, default=global_batch,
+                   help=f"examples per optimizer step over all ranks (paper: {global_batch})")
+    g.add_argument("--micro-batch-size", type=int, default=1,
+                   help="examples per forward/backward on each rank; accumulation is derived")
+    g.add_argument("--max-tokens-per-micro-batch", type=int, default=None,
+                   help="form micro-batches by a token budget instead of --micro-batch-size")
+    g.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of steps with linear warmup")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    g.add_argument("--adam-betas", type=float, nargs=2, default=(0.9, 0.999), help="AdamW betas")
+    g.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon")
+    g.add_argument("--max-grad-norm", type=float, default=None, help="clip gradients to this norm (paper: off)")
+    g.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
+                   help="when any rank sees a NaN/inf loss or gradient: stop (after saving) or skip the step")
+    g.add_argument("--seed", type=int, default=42, help="seed for data order and initialisation")
+    g = p.add_argument_group("checkpointing and logging")
+    g.add_argument("--output-dir", required=True, help="where metrics and checkpoints go")
+    g.add_argument("--save-every", type=int, default=0, help="save a checkpoint every N steps (0: only at the end)")
+    g.add_argument("--keep-last", type=int, default=0, help="delete older step checkpoints beyond the last N (0: keep all)")
+    g.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue from OUTPUT_DIR/checkpoints/latest, or from the given checkpoint dir")
+    g.add_argument("--report-to", default=None, choices=["wandb", "tensorboard"],
+                   help="also send metrics to wandb or tensorboard (must be installed)")
+    g.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    g = p.add_argument_group("testing")
+    g.add_argument("--inject-nan-at-step", type=int, default=None,
+                   help="(fault injection for tests) make rank 0's loss NaN at this step")
+    return p
+
+
+def validate_args(args) -> None:
+    """Fail fast, before any process group or model, on options that cannot work."""
+    problems = []
+    if args.micro_batch_size < 1:
+        problems.append(f"--micro-batch-size must be >= 1, got {args.micro_batch_size}")
+    if args.global_batch_size < 1:
+        problems.append(f"--global-batch-size must be >= 1, got {args.global_batch_size}")
+    if not 0 <= args.warmup_ratio < 1:
+        problems.append(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
+    if args.epochs <= 0 and not args.max_steps:
+        problems.append("--epochs must be > 0 (or give --max-steps)")
+    if args.max_tokens_per_micro_batch is not None and args.max_tokens_per_micro_batch < 1:
+        problems.append("--max-tokens-per-micro-batch must be >= 1")
+    if args.lr is None or args.lr <= 0:
+        problems.append(f"--lr must be > 0, got {args.lr}")
+    if problems:
+        raise SystemExit("invalid arguments:\n  " + "\n  ".join(problems))
+
+
+# -----------------------------------------------------------------------------
+# distributed helpers
+
+
+def setup_distributed():
+    """Init the process group (gloo on CPU, nccl on GPU); works under torchrun or as one process."""
+    import torch
+    import torch.distributed as dist
+
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def is_main() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def print0(*args, **kwargs) -> None:
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def cleanup() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], device) -> list[float]:
+    """Sum a list of floats over ranks in one collective (float64 for exactness)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# -----------------------------------------------------------------------------
+# model
+
+
+def _policy_module_class():
+    import torch
+    from redi_loss import IGNORE_INDEX, token_logps_from_hidden
+
+    class LogpsModel(torch.nn.Module):
+        """A causal LM whose forward returns per-sequence response log-probs, not logits.
+
+        Log-probs come from the decoder's final hidden states and the output embedding, a chunk of
+        tokens at a time (redi_loss.token_logps_from_hidden), so [T, V] logits never exist. FSDP2
+        wraps this module as the root, so the (tied) embedding is gathered inside its forward.
+        """
+
+        def __init__(self, lm, chunk_size: int):
+            super().__init__()
+            self.lm, self.chunk_size = lm, chunk_size
+
+        def forward(self, input_ids, labels, attention_mask=None, position_ids=None, seq_index=None,
+                    num_sequences=None):
+            if seq_index is not None and self.lm.config._attn_implementation != "flash_attention_2":
+                attention_mask = block_causal_mask(seq_index, self.lm.get_output_embeddings().weight.dtype)
+            hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                           position_ids=position_ids, use_cache=False).last_hidden_state
+            weight = self.lm.get_output_embeddings().weight
+            per_token = token_logps_from_hidden(hidden, weight, labels, IGNORE_INDEX, self.chunk_size)  # [S or 1, T]
+            valid = labels != IGNORE_INDEX
+            valid[:, 0] = False                   # position 0 has no prediction
+            if seq_index is None:
+                return per_token.sum(-1), valid.sum(-1)
+            sums = per_token.new_zeros(num_sequences).index_add(0, seq_index, per_token[0])
+            counts = torch.zeros(num_sequences, dtype=torch.long, device=labels.device).index_add(
+                0, seq_index, valid[0].long())
+            return sums, counts
+
+    return LogpsModel
+
+
+def block_causal_mask(seq_index, dtype):
+    """[1, 1, T, T] additive mask for packed rows: causal within a sequence, blocked across them."""
+    import torch
+
+    same = seq_index[:, None] == seq_index[None, :]
+    causal = torch.ones_like(same).tril()
+    return torch.where(same & causal, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+
+
+def load_config(path, args):
+    """The model config with the --max-position-embeddings / --rope-theta overrides applied.
+
+    The reference model (DPO) gets the same overrides as the policy, so that at step 0 the two
+    compute identical log-probs."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    if args.max_position_embeddings is not None:
+        config.max_position_embeddings = args.max_position_embeddings
+    if args.rope_theta is not None:
+        if isinstance(getattr(config, "rope_parameters", None), dict):   # transformers >= 5
+            config.rope_parameters["rope_theta"] = args.rope_theta
+        else:
+            config.rope_theta = args.rope_theta
+    config.use_cache = False
+    return config
+
+
+def load_model(path, args, device, trainable: bool = True):
+    """Load a HF causal LM in fp32, wrap it as LogpsModel, and shard it with FSDP2.
+
+    Each decoder layer is its own FSDP unit, then the root (embeddings, final norm, lm_head; tied
+    embeddings are one parameter, sharded once). Master weights and optimizer state stay fp32;
+    on GPU (or --mixed-precision bf16) the forward/backward run in bf16 with fp32 gradient
+    reduction: at lr 1e-6, bf16 master weights would round most updates away.
+    """
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(path, config=load_config(path, args), dtype=torch.float32,
+                                              attn_implementation=args.attn_implementation)
+    if getattr(lm.get_output_embeddings(), "bias", None) is not None:
+        raise ValueError(f"{path}: an lm_head with a bias is not supported by the chunked log-prob code")
+    if args.activation_checkpointing and trainable:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = _policy_module_class()(lm, args.logps_chunk_size)
+    bf16 = args.mixed_precision == "bf16" or (args.mixed_precision == "auto" and device.type == "cuda")
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    for layer in lm.get_decoder().layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    if not trainable:
+        model.eval().requires_grad_(False)
+    else:
+        model.train()
+    return model, lm
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+# -----------------------------------------------------------------------------
+# schedule and optimizer
+
+
+def lr_at(step: int, total_steps: int, peak_lr: float, warmup_ratio: float) -> float:
+    """Linear warmup over the first warmup_ratio of steps, then linear decay to 0 at total_steps."""
+    warmup = math.ceil(warmup_ratio * total_steps)
+    if step < warmup:
+        return peak_lr * (step + 1) / warmup
+    return peak_lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+
+def build_optimizer(model, args):
+    import torch
+
+    return torch.optim.AdamW(model.parameters(), lr=args.lr, betas=tuple(args.adam_betas), eps=args.adam_eps,
+                             weight_decay=args.weight_decay, foreach=True)
+
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+
+def save_checkpoint(out_dir, step, model, lm, optimizer, tokenizer, args, extra=None, with_state=True):
+    """Write checkpoints/step-N atomically: HF export + (optionally) resumable training state.
+
+    Everything goes to a temp dir first; only a complete dir is renamed into place, and the
+    `latest` pointer is replaced with os.replace, so a crash mid-save never leaves a corrupt
+    latest checkpoint.
+    """
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    ckpt_root = os.path.join(out_dir, "checkpoints")
+    name = f"step-{step:07d}"
+    final, tmp = os.path.join(ckpt_root, name), os.path.join(ckpt_root, f".tmp-{name}")
+    if is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    dist.barrier()
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if is_main():
+        export = {k.removeprefix("lm."): v for k, v in full.items()}
+        lm.save_pretrained(tmp, state_dict=export)
+        tokenizer.save_pretrained(tmp)
+    del full
+    if with_state:
+        dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)},
+                 checkpoint_id=os.path.join(tmp, "train_state"))
+        torch.save(_rng_state(), os.path.join(tmp, f"rng-rank{dist.get_rank()}.pt"))
+    dist.barrier()
+    if is_main():
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+            json.dump({"step": step, "args": vars(args), **(extra or {})}, f, indent=1)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _atomic_write(os.path.join(ckpt_root, "latest"), name)
+        _atomic_symlink(os.path.join("checkpoints", name), os.path.join(out_dir, "final"))
+        _prune(ckpt_root, args.keep_last)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(path, model, optimizer) -> dict:
+    """Restore model, optimizer and this rank's RNG from a checkpoint dir; returns trainer_state."""
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+
+    if not os.path.isdir(os.path.join(path, "train_state")):
+        raise FileNotFoundError(f"{path}: no train_state/ to resume from (is it a model-only export?)")
+    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    dcp.load(state, checkpoint_id=os.path.join(path, "train_state"))
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optim"])
+    rng_file = os.path.join(path, f"rng-rank{dist.get_rank()}.pt")
+    if os.path.exists(rng_file):
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    with open(os.path.join(path, "trainer_state.json")) as f:
+        return json.load(f)
+
+
+def resolve_resume(args) -> str | None:
+    if args.resume is None:
+        return None
+    if args.resume != "latest":
+        return args.resume
+    pointer = os.path.join(args.output_dir, "checkpoints", "latest")
+    if not os.path.exists(pointer):
+        raise FileNotFoundError(f"--resume: no {pointer}; nothing to resume from")
+    with open(pointer) as f:
+        return os.path.join(args.output_dir, "checkpoints", f.read().strip())
+
+
+def _rng_state():
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state):
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _atomic_write(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+
+def _atomic_symlink(target, link):
+    tmp = link + ".tmp"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def _prune(ckpt_root, keep_last):
+    steps = sorted(d for d in os.listdir(ckpt_root) if d.startswith("step-"))
+    if keep_last > 0:
+        for d in steps[:-keep_last]:
+            shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
+
+
+# -----------------------------------------------------------------------------
+# metrics
+
+
+class Metrics:
+    """metrics.jsonl on rank 0 (+ optional wandb/tensorboard) and a tqdm bar when available."""
+
+    def __init__(self, args, total_steps, start_step, world_size):
+        self.enabled = is_main()
+        self.bar = self.writer = self.wandb = None
+        if not self.enabled:
+            return
+        os.makedirs(args.output_dir, exist_ok=True)
+        self.path = os.path.join(args.output_dir, "metrics.jsonl")
+        _truncate_metrics(self.path, start_step)
+        self.file = open(self.path, "a")
+        self._write({"args": vars(args), "versions": library_versions(), "world_size": world_size,
+                     "total_steps": total_steps, "resumed_from_step": start_step or None})
+        if args.report_to == "wandb":
+            self.wandb = _optional_import("wandb", "--report-to wandb")
+            self.wandb.init(config=vars(args), dir=args.output_dir)
+        elif args.report_to == "tensorboard":
+            tb = _optional_import("torch.utils.tensorboard", "--report-to tensorboard (pip install tensorboard)")
+            self.writer = tb.SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
+        if not args.no_progress:
+            with contextlib.suppress(ImportError):
+                from tqdm import tqdm
+                self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
+
+    def _write(self, record):
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def log(self, record):
+        if not self.enabled:
+            return
+        self._write(record)
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.wandb:
+            self.wandb.log(numbers, step=record["step"])
+        if self.writer:
+            for k, v in numbers.items():
+                self.writer.add_scalar(k, v, record["step"])
+        if self.bar:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+
+    def close(self):
+        if not self.enabled:
+            return
+        if self.bar:
+            self.bar.close()
+        if self.writer:
+            self.writer.close()
+        if self.wandb:
+            self.wandb.finish()
+        self.file.close()
+
+
+def _truncate_metrics(path, start_step):
+    """On resume keep only the lines up to the resumed step, so a restart never duplicates steps."""
+    if not start_step:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
+        with open(path, "w") as f:
+            f.writelines(kept)
+
+
+def _optional_import(module, what):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise SystemExit(f"{what} needs the optional package '{module.split('.')[0]}': {e}") from e
+
+
+def library_versions() -> dict:
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def peak_memory_gb(device) -> float:
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20    # Linux reports KiB
+
+
+# -----------------------------------------------------------------------------
+# the step loop (shared by both stages)
+
+
+def parameter_snapshot(model):
+    """This rank's fp32 shards of every parameter, to measure the update size after the step."""
+    return [p.detach().to_local().clone() if hasattr(p, "to_local") else p.detach().clone() for p in model.parameters()]
+
+
+def update_norm_sq(model, before) -> float:
+    """Squared norm of this rank's part of (theta_after - theta_before); summed over ranks later."""
+    total = 0.0
+    for p, old in zip(model.parameters(), before):
+        new = p.detach().to_local() if hasattr(p, "to_local") else p.detach()
+        total += (new.double() - old.double()).pow(2).sum().item()
+    return total
+
+
+def train(args, model, lm, tokenizer, optimizer, sampler, task, device, start_state=None):
+    """Run optimizer steps until the end; `task` supplies the per-micro-batch loss and metrics.
+
+    task.normaliser(step, epoch, step_in_epoch) -> float   same on every rank (global count)
+    task.micro_batch(model, items, normaliser) -> (loss tensor, {stat: float tensor}) this rank
+    task.metrics(sums: dict) -> dict                       step metrics from all-reduced sums
+    task.after_step(record) -> dict                        extra fields, e.g. the collapse warning
+    Stat names starting with "_" are summed but not logged.
+    """
+    import torch
+    import torch.distributed as dist
+
+    total_steps = total_training_steps(args, sampler.steps_per_epoch)
+    step = start_state["step"] if start_state else 0
+    metrics = Metrics(args, total_steps, step, dist.get_world_size())
+    elapsed0 = start_state.get("elapsed_s", 0.0) if start_state else 0.0
+    t_start = time.time()
+    print0(f"training: {total_steps} steps ({sampler.steps_per_epoch} per epoch), global batch "
+           f"{args.global_batch_size} = {dist.get_world_size()} ranks x {sampler.per_rank} examples; "
+           f"micro-batches per step: {len(sampler.micro_batches(0, 0))}")
+    try:
+        while step < total_steps:
+            t0 = time.time()
+            epoch, step_in_epoch = divmod(step, sampler.steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, args.lr, args.warmup_ratio)
+            normaliser = task.normaliser(epoch, step_in_epoch)
+            sums = {}
+            for items in sampler.micro_batches(epoch, step_in_epoch):
+                loss, stats = task.micro_batch(model, items, normaliser)
+                if args.inject_nan_at_step == step and dist.get_rank() == 0:
+                    loss = loss * float("nan")
+                loss.backward()
+                for k, v in {"loss": loss.detach(), **stats}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), args.max_grad_norm if args.max_grad_norm else float("inf"))
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            keys = sorted(sums)
+            sums = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], device)))
+            if not (math.isfinite(sums["loss"]) and math.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)
+                message = (f"non-finite loss ({sums['loss']}) or gradient norm ({grad_norm}) at step {step}; "
+                           f"no optimizer step was taken")
+                if args.on_nonfinite == "skip":
+                    print0(message + "; skipping this step (--on-nonfinite skip)")
+                    metrics.log({"step": step + 1, "epoch": epoch, "skipped": True, "loss": sums["loss"],
+                                 "grad_norm": grad_norm, "tokens_per_s": 0.0})
+                    step += 1
+                    continue
+                save_checkpoint(args.output_dir, step, model, lm, optimizer, tokenizer, args,
+                                {"elapsed_s": elapsed0 + time.time() - t_start, "stopped": message})
+                raise NonFiniteError(message + f"; saved the last finite state as checkpoint step-{step:07d}")
+            before = parameter_snapshot(model)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            (update_sq,) = all_reduce_sum([update_norm_sq(model, before)], device)
+            del before
+            step += 1
+            dt = time.time() - t0
+            record = {"step": step, "epoch": epoch + (step_in_epoch + 1) / sampler.steps_per_epoch,
+                      "lr": optimizer.param_groups[0]["lr"], "loss": sums["loss"], "grad_norm": grad_norm,
+                      "update_norm": math.sqrt(update_sq), **task.metrics(sums),
+                      "tokens": int(sums["_tokens"]), "tokens_per_s": sums["_tokens"] / dt,
+                      "step_time_s": dt, "peak_mem_gb": peak_memory_gb(device),
+                      "elapsed_s": elapsed0 + time.time() - t_start}
+            record.update(task.after_step(record))
+            metrics.log(record)
+            if step == total_steps or (args.save_every and step % args.save_every == 0):
+                save_checkpoint(args.output_dir, step, model, lm, optimizer, tokenizer, args,
+                                {"elapsed_s": record["elapsed_s"]})
+    finally:
+        metrics.close()
+    print0(f"done: {step} steps in {time.time() - t_start:.1f}s; model in {os.path.join(args.output_dir, 'final')}")
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def total_training_steps(args, steps_per_epoch: int) -> int:
+    total = math.ceil(args.epochs * steps_per_epoch)
+    return min(total, args.max_steps) if args.max_steps else total
+
+
+def build_sampler(args, lengths, world_size, rank):
+    from data import StepSampler
+
+    return StepSampler(lengths, args.global_batch_size, world_size, rank, args.seed,
+                       micro_batch_size=None if args.max_tokens_per_micro_batch else args.micro_batch_size,
+                       max_tokens=args.max_tokens_per_micro_batch)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+# -----------------------------------------------------------------------------
+# SFT: loss and metrics
+
+
+class SFTTask:
+    """Eq. (1): summed response NLL of the micro-batch divided by the step's GLOBAL token count."""
+
+    def __init__(self, examples, sampler, pad_id, packed, device):
+        self.examples, self.sampler, self.pad_id, self.packed, self.device = examples, sampler, pad_id, packed, device
+        self.response_tokens = [sum(t != -100 for t in e["labels"][1:]) for e in examples]
+
+    def normaliser(self, epoch, step_in_epoch):
+        # Every rank knows every rank's share of the step, so no collective is needed.
+        return float(sum(self.response_tokens[i] * w for r in range(self.sampler.world_size)
+                         for i, w in self.sampler.rank_slice(epoch, step_in_epoch, r)))
+
+    def micro_batch(self, model, items, normaliser):
+        import torch
+        from data import collate_sft
+        from redi_loss import sft_loss
+
+        batch = to_device(collate_sft([self.examples[i] for i, _ in items], self.pad_id, self.packed), self.device)
+        weights = torch.tensor([w for _, w in items], device=self.device)
+        sum_logps, num_tokens = model(**batch)
+        loss = sft_loss(sum_logps * weights, num_tokens, total_tokens=normaliser)
+        stats = {"_tokens": int(sum(len(self.examples[i]["input_ids"]) for i, w in items if w > 0)),
+                 "_response_tokens": float((num_tokens * weights).sum()),
+                 "_logps": float((sum_logps.detach() * weights).sum())}
+        return loss, stats
+
+    def metrics(self, sums):
+        return {"response_tokens": int(sums["_response_tokens"]),
+                "logps_per_token": sums["_logps"] / max(sums["_response_tokens"], 1.0)}
+
+    def after_step(self, record):
+        return {}
+
+
+# -----------------------------------------------------------------------------
+# main
+
+
+def parse_args(argv=None):
+    parser = build_parser(__doc__, lr=5e-5, global_batch=128, epochs=3)
+    args = parser.parse_args(argv)
+    validate_args(args)
+    return args
+
+
+def prepare(args):
+    """Shared start of both stages: process group, seeds, tokenizer, policy, optimizer."""
+    import torch
+
+    rank, world_size, device = setup_distributed()
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    tokenizer = load_tokenizer(args.model)
+    model, lm = load_model(args.model, args, device)
+    if args.max_seq_len is None:
+        args.max_seq_len = lm.config.max_position_embeddings
+    optimizer = build_optimizer(model, args)
+    return rank, world_size, device, tokenizer, model, lm, optimizer
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        rank, world_size, device, tokenizer, model, lm, optimizer = prepare(args)
+        from data import load_sft_examples, tokenize_sft
+
+        examples = tokenize_sft(tokenizer, load_sft_examples(args.data), args.max_seq_len)
+        print0(f"{len(examples)} SFT examples from {args.data}")
+        sampler = build_sampler(args, [len(e["input_ids"]) for e in examples], world_size, rank)
+        resume_from = resolve_resume(args)
+        state = load_checkpoint(resume_from, model, optimizer) if resume_from else None
+        if state:
+            print0(f"resumed from {resume_from} at step {state['step']}")
+        task = SFTTask(examples, sampler, tokenizer.pad_token_id, args.packed, device)
+        train(args, model, lm, tokenizer, optimizer, sampler, task, device, state)
+    except NonFiniteError as e:
+        print(f"[rank {os.environ.get('RANK', 0)}] stopped: {e}", file=sys.stderr, flush=True)
+        sys.exit(3)
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    main()
