@@ -274,6 +274,11 @@ def load_model(path, args, device, trainable: bool = True):
     for layer in lm.get_decoder().layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
+    # Losses are already divided by the GLOBAL token/pair count, so gradients must be SUMMED
+    # over ranks; FSDP's default reduction averages (divides by the world size).
+    for module in [*lm.get_decoder().layers, model]:
+        module.set_gradient_divide_factor(1.0)
+        module.set_force_sum_reduction_for_comms(True)    # plain SUM: gloo has no PREMUL_SUM
     if not trainable:
         model.eval().requires_grad_(False)
     else:
@@ -335,7 +340,9 @@ def save_checkpoint(out_dir, step, model, lm, optimizer, tokenizer, args, extra=
     dist.barrier()
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if is_main():
-        export = {k.removeprefix("lm."): v for k, v in full.items()}
+        # Tied weights (Qwen2.5-1.5B ties lm_head to embed_tokens) are saved once, as HF does.
+        unique = {n for n, _ in lm.named_parameters()} | {n for n, _ in lm.named_buffers()}
+        export = {k.removeprefix("lm."): v for k, v in full.items() if k.removeprefix("lm.") in unique}
         lm.save_pretrained(tmp, state_dict=export)
         tokenizer.save_pretrained(tmp)
     del full

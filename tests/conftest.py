@@ -53,3 +53,45 @@ def torchrun(nproc, script, *args, **kwargs):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(ROOT / script), *map(str, args)]
     return run_script(cmd, **kwargs)
+
+
+def _arithmetic_rows(n, seed):
+    """Tiny chat examples in the curated formats: (a+b) with a correct and a slipped trace."""
+    import random
+
+    rng = random.Random(seed)
+    for i in range(n):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        wrong = a + b + rng.choice([-10, 10, -1, 1])
+        padding = " Let me double check." * rng.randint(0, 3)     # varied lengths
+        chosen = f"<think>\n{a}+{b}={a + b}.{padding}\n</think>\n\nThe answer is $\\boxed{{{a + b}}}$."
+        rejected = f"<think>\n{a}+{b}={wrong}.\n</think>\n\nThe answer is $\\boxed{{{wrong}}}$."
+        yield i, f"What is {a}+{b}?", chosen, rejected
+
+
+def write_jsonl(path, rows):
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sft_file(tmp_path_factory):
+    """13 SFT examples in the curated `messages` format (13: uneven for every batch size used)."""
+    path = tmp_path_factory.mktemp("sft") / "sft.jsonl"
+    return write_jsonl(path, [{"id": f"sft/{i}", "messages": [{"role": "user", "content": q},
+                                                               {"role": "assistant", "content": c}]}
+                              for i, q, c, _ in _arithmetic_rows(13, seed=0)])
+
+
+@pytest.fixture(scope="session")
+def pairs_file(tmp_path_factory):
+    """13 preference pairs in the curated conversational format (prompt/chosen/rejected lists)."""
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    return write_jsonl(path, [{"id": f"pair/{i}", "prompt": [{"role": "user", "content": q}],
+                               "chosen": [{"role": "assistant", "content": c}],
+                               "rejected": [{"role": "assistant", "content": r}]}
+                              for i, q, c, r in _arithmetic_rows(13, seed=1)])

@@ -1,0 +1,312 @@
+"""train_sft.py and train_redi.py on CPU: correctness of the global batch, FSDP, resume, guards."""
+import json
+import math
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script, torchrun
+
+import train_sft
+
+COMMON = ["--no-progress", "--seed", "3"]
+
+
+def read_metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    return lines[0], [r for r in lines[1:] if "step" in r]
+
+
+def load_state_dict(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(model_dir, "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def test_lr_schedule_warmup_then_linear_decay_to_zero():
+    """10 steps, warmup 0.2: 0.5, 1.0 x peak, then peak * (10 - s) / 8 down to 1/8 at the last step."""
+    lrs = [train_sft.lr_at(s, 10, 1.0, 0.2) for s in range(10)]
+    assert lrs[:2] == [0.5, 1.0]
+    assert lrs[2:] == pytest.approx([(10 - s) / 8 for s in range(2, 10)])
+    assert train_sft.lr_at(10, 10, 1.0, 0.2) == 0.0
+    assert train_sft.lr_at(0, 10, 3e-4, 0.0) == 3e-4 * 10 / 10
+
+
+def test_accumulation_must_divide_with_a_message_naming_the_numbers():
+    """global 8 on 2 ranks with micro-batch 3: the error shows 8 / (2 x 3)."""
+    from data import StepSampler
+
+    with pytest.raises(ValueError, match=r"8 / \(2 x 3\)"):
+        StepSampler([5] * 20, global_batch=8, world_size=2, rank=0, seed=0, micro_batch_size=3)
+
+
+def test_redi_per_loss_paper_defaults_and_validation():
+    """--loss picks the paper's lr/alpha/beta/gamma unless overridden; bad combinations are refused."""
+    import train_redi
+
+    base = ["--model", "m", "--data", "d", "--output-dir", "o"]
+    a = train_redi.parse_args(base)
+    assert (a.loss, a.lr, a.alpha, a.global_batch_size, a.epochs) == ("redi", 1e-6, 0.8, 32, 1)
+    d = train_redi.parse_args(base + ["--loss", "dpo"])
+    assert (d.lr, d.beta) == (2e-7, 0.001)
+    s = train_redi.parse_args(base + ["--loss", "simpo", "--lr", "1e-5"])
+    assert (s.lr, s.beta, s.gamma) == (1e-5, 2.0, 1.0)
+    with pytest.raises(SystemExit):
+        train_redi.parse_args(base + ["--loss", "redi", "--precompute-ref"])
+    with pytest.raises(SystemExit):
+        train_redi.parse_args(base + ["--alpha", "1.5"])
+    sft = train_sft.parse_args(base)
+    assert (sft.lr, sft.global_batch_size, sft.epochs) == (5e-5, 128, 3)
+
+
+# ----------------------------------------------------------------------------- global batch equivalence
+
+
+def _probe(tmp_path, nproc, stage, model, data, extra):
+    out = tmp_path / f"probe-{stage}-{nproc}-{'-'.join(extra)}.pt"
+    torchrun(nproc, "tests/helpers/grad_probe.py", out, stage, "--model", model, "--data", data,
+             "--output-dir", tmp_path / "unused", *COMMON, *extra)
+    return torch.load(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft", "redi"])
+def test_global_batch_equivalence_across_ranks_and_accumulation(stage, tmp_path, tiny_model_dir, sft_file, pairs_file):
+    """(1 rank, accum 8) == (2 ranks, accum 4) == (1 rank, micro-batch 8): same loss and gradients."""
+    data = sft_file if stage == "sft" else pairs_file
+    runs = [(1, ["--global-batch-size", "8", "--micro-batch-size", "1"]),
+            (2, ["--global-batch-size", "8", "--micro-batch-size", "1"]),
+            (1, ["--global-batch-size", "8", "--micro-batch-size", "8"])]
+    results = [_probe(tmp_path, n, stage, tiny_model_dir, data, extra + ["--lr", "1e-3"]) for n, extra in runs]
+    assert [r["micro_batches"] for r in results] == [8, 4, 1]
+    ref = results[0]
+    for other in results[1:]:
+        assert other["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+        assert other["grads"].keys() == ref["grads"].keys()
+        for name, g in ref["grads"].items():
+            torch.testing.assert_close(other["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+    assert all(g.abs().sum() > 0 for g in ref["grads"].values())
+
+
+@pytest.mark.slow
+def test_packed_layout_gives_the_same_step(tmp_path, tiny_model_dir, pairs_file):
+    """Padding-free packed micro-batches: same pair loss and gradients as the padded layout."""
+    extra = ["--global-batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3"]
+    padded = _probe(tmp_path, 1, "redi", tiny_model_dir, pairs_file, extra)
+    packed = _probe(tmp_path, 1, "redi", tiny_model_dir, pairs_file, extra + ["--packed"])
+    assert packed["loss"] == pytest.approx(padded["loss"], rel=1e-5)
+    for name, g in padded["grads"].items():
+        torch.testing.assert_close(packed["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ----------------------------------------------------------------------------- full runs
+
+
+def _train(tmp_path, nproc, script, name, model, data, *extra, check=True):
+    out = tmp_path / name
+    proc = torchrun(nproc, script, "--model", model, "--data", data, "--output-dir", out, *COMMON, *extra,
+                    check=check)
+    return out, proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["redi", "dpo", "simpo", "sft"])
+def test_each_stage2_loss_trains_three_steps_and_changes_every_parameter(loss, tmp_path, tiny_model_dir, pairs_file):
+    """2 ranks, 3 steps: every tensor of the exported model differs from the start; metrics keys present."""
+    out, _ = _train(tmp_path, 2, "train_redi.py", loss, tiny_model_dir, pairs_file, "--loss", loss,
+                    "--global-batch-size", "4", "--max-steps", "3", "--lr", "1e-3")
+    header, steps = read_metrics(out)
+    assert header["args"]["loss"] == loss and header["world_size"] == 2 and "torch" in header["versions"]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    expected = {"step", "epoch", "lr", "loss", "grad_norm", "update_norm", "tokens", "tokens_per_s", "peak_mem_gb",
+                "elapsed_s", "chosen_logps", "rejected_logps", "margin", "pair_accuracy", "pairs", "collapse_warning"}
+    assert expected <= steps[0].keys()
+    assert all(math.isfinite(r["loss"]) and r["update_norm"] > 0 and r["pairs"] == 4 for r in steps)
+    if loss == "dpo":
+        assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)      # reference == policy at step 0
+        assert {"chosen_reward", "rejected_reward", "reward_accuracy"} <= steps[0].keys()
+    before, after = load_state_dict(tiny_model_dir), load_state_dict(out / "final")
+    assert before.keys() == after.keys()
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert not unchanged, unchanged
+
+
+@pytest.mark.slow
+def test_sft_two_ranks_uneven_data_full_epoch_and_export_reloads(tmp_path, tiny_model_dir, sft_file):
+    """13 examples, batch 4, 2 ranks: 4 steps (last one of 1 example), export reloads with equal log-probs."""
+    out, _ = _train(tmp_path, 2, "train_sft.py", "sft", tiny_model_dir, sft_file, "--global-batch-size", "4",
+                    "--micro-batch-size", "1", "--epochs", "1", "--lr", "1e-3", "--save-every", "2",
+                    "--max-position-embeddings", "4096", "--rope-theta", "300000")
+    header, steps = read_metrics(out)
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert sum(r["response_tokens"] for r in steps) == _total_response_tokens(tiny_model_dir, sft_file)
+    assert sorted(os.listdir(out / "checkpoints")) == ["latest", "step-0000002", "step-0000004"]
+    assert os.readlink(out / "final") == os.path.join("checkpoints", "step-0000004")
+    # The overrides are persisted into the exported config, and the export reloads.
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    config = AutoConfig.from_pretrained(out / "final")
+    assert config.max_position_embeddings == 4096
+    rope = getattr(config, "rope_parameters", None) or {"rope_theta": config.rope_theta}
+    assert rope["rope_theta"] == 300000
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert AutoTokenizer.from_pretrained(out / "final").chat_template
+    assert model.generation_config.eos_token_id is not None
+
+
+def _total_response_tokens(model_dir, path):
+    from transformers import AutoTokenizer
+    from data import load_sft_examples, tokenize_sft
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return sum(sum(t != -100 for t in e["labels"]) for e in tokenize_sft(tok, load_sft_examples(path)))
+
+
+@pytest.mark.slow
+def test_resume_continues_bitwise_identically(tmp_path, tiny_model_dir, pairs_file):
+    """Run 6 steps (crossing an epoch) saving at 3; restart from step 3 in a fresh dir: steps 4-6 are bitwise identical."""
+    args = ["--loss", "redi", "--global-batch-size", "4", "--micro-batch-size", "1", "--max-steps", "6", "--epochs", "2",
+            "--lr", "1e-3", "--save-every", "3"]
+    full, _ = _train(tmp_path, 2, "train_redi.py", "full", tiny_model_dir, pairs_file, *args)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed, symlinks=True)
+    shutil.rmtree(resumed / "checkpoints" / "step-0000006")
+    (resumed / "checkpoints" / "latest").write_text("step-0000003")      # as if killed after step 3
+    torchrun(2, "train_redi.py", "--model", tiny_model_dir, "--data", pairs_file, "--output-dir", resumed,
+             *COMMON, *args, "--resume")
+    _, a = read_metrics(full)
+    _, b = read_metrics(resumed)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "grad_norm", "update_norm", "chosen_logps", "rejected_logps", "lr"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+    sa, sb = load_state_dict(full / "final"), load_state_dict(resumed / "final")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_both_ranks_cleanly_after_saving(tmp_path, tiny_model_dir, sft_file):
+    """A NaN on rank 0 at step 2: both ranks exit 3 naming step 2, no step is taken, state is saved."""
+    out, proc = _train(tmp_path, 2, "train_sft.py", "nan", tiny_model_dir, sft_file, "--global-batch-size", "4",
+                       "--max-steps", "5", "--lr", "1e-3", "--inject-nan-at-step", "2", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count("non-finite loss (nan)") >= 2 and "at step 2" in proc.stderr
+    _, steps = read_metrics(out)
+    assert [r["step"] for r in steps] == [1, 2]
+    saved = json.loads((out / "checkpoints" / "step-0000002" / "trainer_state.json").read_text())
+    assert "non-finite" in saved["stopped"]
+    weights = load_state_dict(out / "final")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+@pytest.mark.slow
+def test_nan_skip_mode_skips_the_step_and_continues(tmp_path, tiny_model_dir, sft_file):
+    """--on-nonfinite skip: step 2 is logged as skipped, training reaches step 3."""
+    out, _ = _train(tmp_path, 1, "train_sft.py", "skip", tiny_model_dir, sft_file, "--global-batch-size", "4",
+                    "--max-steps", "3", "--lr", "1e-3", "--inject-nan-at-step", "1", "--on-nonfinite", "skip")
+    _, steps = read_metrics(out)
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert steps[1].get("skipped") is True and not steps[0].get("skipped")
+
+
+# ----------------------------------------------------------------------------- in-process checkpoint checks
+
+
+@pytest.fixture
+def single_rank_group(monkeypatch):
+    """A one-process gloo group in this process (torchrun-free), torn down afterwards."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    yield train_sft.setup_distributed()
+    dist.destroy_process_group()
+
+
+def _in_process_model(tiny_model_dir, tmp_path, extra=()):
+    args = train_sft.parse_args(["--model", str(tiny_model_dir), "--data", "unused", "--output-dir",
+                                 str(tmp_path / "out"), "--no-progress", *extra])
+    device = torch.device("cpu")
+    model, lm = train_sft.load_model(args.model, args, device)
+    return args, model, lm, train_sft.build_optimizer(model, args), train_sft.load_tokenizer(args.model)
+
+
+def _one_step(model, optimizer, batch):
+    sums, counts = model(**batch)
+    (-(sums.sum() / counts.sum())).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def _batch(tokenizer):
+    from data import collate_sft, tokenize_example
+
+    examples = [tokenize_example(tokenizer, [{"role": "user", "content": f"q{i}"}], f"<think>\nr {i}\n</think>\n\n{i}", f"e{i}")
+                for i in range(3)]
+    return collate_sft(examples, tokenizer.pad_token_id)
+
+
+@pytest.mark.slow
+def test_crash_mid_save_keeps_the_last_good_checkpoint(single_rank_group, tiny_model_dir, tmp_path, monkeypatch):
+    """An exception while writing step 2 leaves `latest` = step 1, intact and resumable."""
+    args, model, lm, optimizer, tok = _in_process_model(tiny_model_dir, tmp_path)
+    batch = _batch(tok)
+    _one_step(model, optimizer, batch)
+    good = train_sft.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
+    _one_step(model, optimizer, batch)
+
+    def crash(*a, **k):
+        raise OSError("disk full (simulated)")
+    monkeypatch.setattr(tok, "save_pretrained", crash)
+    with pytest.raises(OSError, match="simulated"):
+        train_sft.save_checkpoint(args.output_dir, 2, model, lm, optimizer, tok, args)
+    ckpts = tmp_path / "out" / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step-0000001"
+    assert not (ckpts / "step-0000002").exists()
+    assert os.path.realpath(tmp_path / "out" / "final") == os.path.realpath(good)
+    state = train_sft.load_checkpoint(good, model, optimizer)
+    assert state["step"] == 1
+
+
+@pytest.mark.slow
+def test_exported_model_reloads_with_the_same_log_probs(single_rank_group, tiny_model_dir, tmp_path):
+    """AutoModelForCausalLM on the export gives the FSDP model's per-sequence log-probs (and logits agree)."""
+    from transformers import AutoModelForCausalLM
+
+    from redi_loss import sequence_logps
+    args, model, lm, optimizer, tok = _in_process_model(tiny_model_dir, tmp_path)
+    batch = _batch(tok)
+    _one_step(model, optimizer, batch)
+    path = train_sft.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args, with_state=False)
+    with torch.no_grad():
+        fsdp_sums, fsdp_counts = model(**batch)
+        reloaded = AutoModelForCausalLM.from_pretrained(path).eval()
+        logits = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    sums, counts = sequence_logps(logits, batch["labels"])
+    assert counts.tolist() == fsdp_counts.tolist()
+    torch.testing.assert_close(sums, fsdp_sums, rtol=1e-5, atol=1e-5)
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()   # still tied
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_gives_the_same_gradients(single_rank_group, tiny_model_dir, tmp_path):
+    """--activation-checkpointing recomputes layers in backward: gradients are unchanged."""
+    grads = []
+    for extra in ([], ["--activation-checkpointing"]):
+        args, model, lm, optimizer, tok = _in_process_model(tiny_model_dir, tmp_path, extra)
+        sums, counts = model(**_batch(tok))
+        (-(sums.sum() / counts.sum())).backward()
+        grads.append({n: p.grad.full_tensor().clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7, msg=name)
