@@ -111,18 +111,34 @@ Both return canonical dicts: pairs {"id", "prompt_messages", "chosen", "rejected
 an error. A prompt's last message must be the user's. Bad rows raise ValueError naming file,
 line and field. `python data.py check --data FILE...` runs the same loaders and prints counts.
 
-## Formatting and batching
-(To be completed by the formatting/batching work.)
+## Formatting and batching (used by train_sft.py and train_redi.py)
+`tokenize_example` chat-templates [prompt messages..., assistant: response] and returns
+input_ids and labels: IGNORE_INDEX (-100) on the prompt (which, with REDI's template, ends in
+the generation prompt `<|im_start|>assistant\n<think>\n`), and the response tokens INCLUDING the
+end-of-turn token `<|im_end|>` as labels, so the model learns to stop; whatever the template puts
+after it (Qwen: "\n") is dropped. The boundary comes from tokenizing the prompt and the whole
+conversation and checking the first is a token prefix of the second. Responses are never
+truncated: a sequence over the maximum length is an error naming the example.
+
+`collate` builds a micro-batch in the padded layout (right padding + attention_mask) or the
+packed, padding-free layout (one row, position_ids restarting per sequence, `seq_index` telling
+which sequence owns each token); per-sequence log-probs are identical in both
+(tests/test_batching.py). A pair micro-batch holds chosen and rejected of each pair: sequences
+[chosen_0..chosen_{n-1}, rejected_0..rejected_{n-1}] go through ONE forward.
+
+`StepSampler` assigns examples to (epoch, step, rank, micro-batch) as a pure function of
+(seed, epoch, step): deterministic, resumable from the step counter alone, the same number of
+micro-batches on every rank (a short last step is padded with zero-weight repeats), micro-batches
+of a fixed size or formed by a token budget.
 """
 from __future__ import annotations
 
-import json
-import os
-import sys
-
 import argparse
 import dataclasses
+import json
+import os
 import re
+import sys
 import time
 from collections import Counter
 
@@ -130,7 +146,6 @@ import numpy as np
 
 # -----------------------------------------------------------------------------
 # curation (OpenR1-Math-Raw -> SFT examples and preference pairs)
-# [region owned by the curation work: readers, rules, summary, decontamination, CLI subcommands]
 
 PAPER_COUNTS = {"sft": 77_629, "pairs": 53_175}  # REDI paper, full Raw train split; NOT reproduced here
 DEFAULT_EXCLUDED_SOURCES = ["cn_k12"]              # "too easy" (paper, Appendix C.2)
@@ -954,11 +969,9 @@ def main(argv=None) -> None:
         sys.exit(f"data.py {args.command}: error: {e}")
     sys.exit(code)
 
-# === END OF CURATION REGION ===
 
 # -----------------------------------------------------------------------------
 # formatting: chat template -> input_ids / labels
-# [region owned by the training work]
 
 
 IGNORE_INDEX = -100   # same value as redi_loss.IGNORE_INDEX (data.py does not import torch at module level)
@@ -1170,7 +1183,6 @@ class StepSampler:
             mine[k:k + 1] = [mine[k][:half], mine[k][half:]]
         return mine
 
-# === END OF FORMATTING/BATCHING REGION ===
 
 if __name__ == "__main__":
     main()

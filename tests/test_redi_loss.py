@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import redi_loss
 from redi_loss import (IGNORE_INDEX, LOSSES, dpo_loss, redi_loss as redi, sequence_logps,
                        sequence_logps_from_hidden, sft_loss, simpo_loss, token_logps, token_logps_from_hidden)
 

@@ -3,12 +3,11 @@ import json
 import math
 import os
 import shutil
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, run_script, torchrun
+from conftest import torchrun
 
 import train_sft
 

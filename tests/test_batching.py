@@ -1,0 +1,161 @@
+"""data.py formatting, collation and sharding: labels, layouts and the step sampler."""
+from collections import Counter
+
+import pytest
+import torch
+
+from data import (IGNORE_INDEX, StepSampler, collate, collate_pairs, tokenize_example, tokenize_pairs)
+
+QUESTION = [{"role": "user", "content": "What is 12+7?"}]
+RESPONSE = "<think>\n12+7=19\n</think>\n\nThe answer is $\\boxed{19}$."
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def test_labels_mask_the_prompt_and_end_with_the_end_of_turn_token(tiny_tokenizer):
+    """Prompt (incl. the forced '<think>\\n') is -100; labels decode to response + <|im_end|>, nothing after."""
+    tok = tiny_tokenizer
+    ex = tokenize_example(tok, QUESTION, RESPONSE, "ex")
+    prompt_text = ("<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}."
+                   "<|im_end|>\n<|im_start|>user\nWhat is 12+7?<|im_end|>\n<|im_start|>assistant\n<think>\n")
+    n_prompt = len(tok(prompt_text, add_special_tokens=False)["input_ids"])
+    assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert IGNORE_INDEX not in ex["labels"][n_prompt:]
+    assert tok.decode(ex["input_ids"][:n_prompt]) == prompt_text
+    assert tok.decode(ex["labels"][n_prompt:]) == RESPONSE.removeprefix("<think>\n") + "<|im_end|>"
+    assert ex["labels"][-1] == ex["input_ids"][-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert ex["input_ids"][n_prompt:] == ex["labels"][n_prompt:]
+
+
+def test_response_that_does_not_follow_the_generation_prompt_is_an_error(tiny_tokenizer):
+    """REDI's template forces '<think>\\n'; a response without it cannot be aligned and is named."""
+    with pytest.raises(ValueError, match=r"example byo:7: .*starts with 'The answer is 19'"):
+        tokenize_example(tiny_tokenizer, QUESTION, "The answer is 19", "byo:7")
+
+
+def test_over_long_example_is_an_error_never_truncated(tiny_tokenizer):
+    """A sequence over max_length raises, naming the example and both lengths."""
+    n = len(tokenize_example(tiny_tokenizer, QUESTION, RESPONSE, "x")["input_ids"])
+    assert len(tokenize_example(tiny_tokenizer, QUESTION, RESPONSE, "x", max_length=n)["input_ids"]) == n
+    with pytest.raises(ValueError, match=f"example long/1: {n} tokens exceed .* {n - 1}"):
+        tokenize_example(tiny_tokenizer, QUESTION, RESPONSE, "long/1", max_length=n - 1)
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def _pairs(tok, n=3):
+    pairs = [{"id": f"p{i}", "prompt_messages": [{"role": "user", "content": f"What is {i}+{i * 7}?" + " pad" * i}],
+              "chosen": f"<think>\n{i}+{i * 7}={i * 8}\n</think>\n\n$\\boxed{{{i * 8}}}$",
+              "rejected": f"<think>\nwrong\n</think>\n\n$\\boxed{{{i}}}$"} for i in range(n)]
+    return tokenize_pairs(tok, pairs)
+
+
+def test_pair_micro_batch_is_chosen_block_then_rejected_block(tiny_tokenizer):
+    """Padded pair batch: rows [c0, c1, c2, r0, r1, r2], right-padded, labels -100 on padding."""
+    pairs = _pairs(tiny_tokenizer)
+    batch = collate_pairs(pairs, pad_id=tiny_tokenizer.pad_token_id)
+    order = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    assert batch["num_sequences"] == 6
+    for row, seq in enumerate(order):
+        n = len(seq["input_ids"])
+        assert batch["input_ids"][row, :n].tolist() == seq["input_ids"]
+        assert batch["labels"][row, :n].tolist() == seq["labels"]
+        assert batch["attention_mask"][row].sum() == n
+        assert (batch["labels"][row, n:] == IGNORE_INDEX).all()
+
+
+def test_packed_layout_restarts_positions_and_masks_sequence_starts(tiny_tokenizer):
+    """Packed: one row, positions 0.. per sequence, seq_index owner ids, no label on a sequence start."""
+    pairs = _pairs(tiny_tokenizer, 2)
+    batch = collate_pairs(pairs, pad_id=0, packed=True)
+    lengths = [len(p["chosen"]["input_ids"]) for p in pairs] + [len(p["rejected"]["input_ids"]) for p in pairs]
+    assert batch["input_ids"].shape == (1, sum(lengths))
+    assert batch["position_ids"][0].tolist() == [t for n in lengths for t in range(n)]
+    assert batch["seq_index"].tolist() == [i for i, n in enumerate(lengths) for _ in range(n)]
+    assert (batch["labels"][0, batch["position_ids"][0] == 0] == IGNORE_INDEX).all()
+
+
+def test_packed_and_padded_give_identical_per_sequence_logps(tiny_model_dir, tiny_tokenizer):
+    """On the tiny Qwen2 (sdpa and eager), both layouts equal each sequence scored on its own."""
+    from transformers import AutoModelForCausalLM
+
+    import train_sft
+    from redi_loss import sequence_logps
+
+    pairs = _pairs(tiny_tokenizer, 3)
+    sequences = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    for impl in ("sdpa", "eager"):
+        lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=impl).eval()
+        model = train_sft._policy_module_class()(lm, chunk_size=4)
+        with torch.no_grad():
+            padded, padded_n = model(**collate(sequences, tiny_tokenizer.pad_token_id))
+            packed, packed_n = model(**collate(sequences, tiny_tokenizer.pad_token_id, packed=True))
+            alone = [sequence_logps(lm(torch.tensor([s["input_ids"]])).logits, torch.tensor([s["labels"]]))
+                     for s in sequences]
+        expected = torch.cat([a[0] for a in alone])
+        assert padded_n.tolist() == packed_n.tolist() == [int(a[1]) for a in alone]
+        torch.testing.assert_close(padded, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(packed, expected, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def _all_ranks(lengths, world, **kw):
+    return [StepSampler(lengths, world_size=world, rank=r, **kw) for r in range(world)]
+
+
+@pytest.mark.parametrize("mode", [{"micro_batch_size": 2}, {"max_tokens": 40}])
+def test_every_rank_gets_the_same_number_of_micro_batches_on_uneven_data(mode):
+    """13 examples, global batch 8, 2 ranks: equal counts per step; each example once per epoch with weight 1."""
+    lengths = [5 + (7 * i) % 23 for i in range(13)]
+    samplers = _all_ranks(lengths, 2, global_batch=8, seed=0, **mode)
+    assert samplers[0].steps_per_epoch == 2
+    for epoch in range(3):
+        seen = Counter()
+        for step in range(2):
+            plans = [s.micro_batches(epoch, step) for s in samplers]
+            assert len(plans[0]) == len(plans[1])
+            assert all(mb for plan in plans for mb in plan)            # no empty micro-batch
+            for plan in plans:
+                for mb in plan:
+                    seen.update(i for i, w in mb if w == 1.0)
+        assert seen == Counter(range(13))                              # nothing dropped, nothing twice
+    last = [it for s in samplers for mb in s.micro_batches(0, 1) for it in mb]
+    assert sum(w for _, w in last) == 5 and len(last) == 8             # 3 zero-weight repeats
+
+
+def test_token_budget_is_respected_except_by_single_long_examples():
+    """max_tokens packs: sum of lengths <= budget unless one example alone exceeds it."""
+    lengths = [3, 30, 8, 8, 8, 50, 2, 9, 9, 1, 12, 4]
+    for s in _all_ranks(lengths, 2, global_batch=12, seed=1, max_tokens=20):
+        for mb in s.micro_batches(0, 0):
+            total = sum(lengths[i] for i, _ in mb)
+            assert total <= 20 or len(mb) == 1
+
+
+def test_step_membership_is_deterministic_and_independent_of_world_size():
+    """Same (seed, epoch, step) -> same examples for 1, 2 or 4 ranks; other epochs reshuffle."""
+    lengths = [10] * 37
+
+    def step_members(world, epoch, step):
+        return sorted((i, w) for s in _all_ranks(lengths, world, global_batch=8, seed=5, micro_batch_size=1)
+                      for mb in s.micro_batches(epoch, step) for i, w in mb)
+    assert step_members(1, 0, 3) == step_members(2, 0, 3) == step_members(4, 0, 3)
+    assert step_members(2, 0, 3) == step_members(2, 0, 3)
+    order = StepSampler(lengths, 8, 1, 0, seed=5, micro_batch_size=1).epoch_order
+    assert order(0) != order(1) and sorted(order(0)) == list(range(37))
+    assert StepSampler(lengths, 8, 1, 0, seed=6, micro_batch_size=1).epoch_order(0) != order(0)
+
+
+def test_resuming_mid_epoch_needs_only_the_step_counter():
+    """A fresh sampler asked for (epoch 1, step 2) returns what the original returned there."""
+    lengths = list(range(1, 30))
+    a = StepSampler(lengths, 4, 2, 1, seed=9, max_tokens=25)
+    plans = {(e, s): a.micro_batches(e, s) for e in range(2) for s in range(a.steps_per_epoch)}
+    b = StepSampler(lengths, 4, 2, 1, seed=9, max_tokens=25)
+    assert b.micro_batches(1, 2) == plans[(1, 2)]
+    with pytest.raises(IndexError, match="past the end"):
+        b.micro_batches(0, a.steps_per_epoch)
