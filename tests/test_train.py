@@ -309,3 +309,47 @@ def test_activation_checkpointing_gives_the_same_gradients(single_rank_group, ti
         grads.append({n: p.grad.full_tensor().clone() for n, p in model.named_parameters()})
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+# ----------------------------------------------------------------------------- stage-2 specifics
+
+
+@pytest.mark.slow
+def test_dpo_precomputed_reference_is_cached_and_reused(tmp_path, tiny_model_dir, pairs_file):
+    """--precompute-ref writes a cache keyed by the reference model beside the data, starts at ln 2, reuses it."""
+    data = tmp_path / "pairs.jsonl"
+    shutil.copy(pairs_file, data)
+    args = ["--loss", "dpo", "--precompute-ref", "--global-batch-size", "4", "--max-steps", "2", "--lr", "1e-3"]
+    out, proc = _train(tmp_path, 2, "train_redi.py", "a", tiny_model_dir, data, *args)
+    caches = list(tmp_path.glob("pairs.jsonl.ref-logps.*.jsonl"))
+    assert len(caches) == 1 and "computing for 13 pairs" in proc.stdout
+    rows = [json.loads(line) for line in caches[0].read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(f"pair/{i}" for i in range(13))
+    assert all(r["chosen"] < 0 and r["rejected"] < 0 for r in rows)
+    _, steps = read_metrics(out)
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    _, again = _train(tmp_path, 1, "train_redi.py", "b", tiny_model_dir, data, *args)
+    assert "read 13 from" in again.stdout and "computing" not in again.stdout
+
+
+def test_collapse_warning_needs_both_logps_to_fall_past_the_threshold(capsys):
+    """Flag only when the windowed chosen AND rejected LogPS are > threshold below the first step's."""
+    import argparse
+
+    import train_redi
+
+    args = argparse.Namespace(collapse_threshold=0.5, collapse_window=2, loss="redi", beta=None, alpha=0.8, gamma=None)
+    task = train_redi.PairTask.__new__(train_redi.PairTask)
+    task.args, task.history, task.start, task.warned = args, [], None, False
+    flags = [task.after_step({"step": i + 1, "chosen_logps": c, "rejected_logps": r})["collapse_warning"]
+             for i, (c, r) in enumerate([(-0.1, -0.3), (-0.2, -1.5), (-0.9, -1.6), (-1.0, -1.7), (-1.1, 0.5)])]
+    # window means: (-0.15,-0.9): chosen fell 0.05; (-0.55,-1.55): 0.45; (-0.95,-1.65): both > 0.5;
+    # (-1.05,-0.6): rejected fell only 0.3
+    assert flags == [False, False, False, True, False]
+    assert capsys.readouterr().out.count("WARNING step 4") == 1
+
+
+def test_report_to_without_the_package_is_a_clear_error():
+    """--report-to wandb with wandb absent: SystemExit naming the option and the package."""
+    with pytest.raises(SystemExit, match="--report-to wandb needs the optional package 'no_such_pkg_xyz'"):
+        train_sft._optional_import("no_such_pkg_xyz", "--report-to wandb")
