@@ -62,7 +62,11 @@ def build_tokenizer(texts, vocab_size=512):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(list(texts) + BUILTIN_CORPUS, trainer=trainer)
+    # Every training sequence carries the default system prompt: weigh it like the texts so that
+    # BPE merges compress it, as a real tokenizer would (it costs compute on every sequence).
+    texts = list(texts)
+    corpus = texts + BUILTIN_CORPUS + [DEFAULT_SYSTEM_PROMPT] * max(1, len(texts) // 4)
+    tok.train_from_iterator(corpus, trainer=trainer)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>"], clean_up_tokenization_spaces=False)

@@ -1,0 +1,197 @@
+"""The whole REDI pipeline on the built-in task, end to end, on a laptop CPU, with the real CLIs.
+
+    python demo.py                       # full demo (about 10 minutes on 2 CPU cores)
+    python demo.py --quick               # CI smoke size (a few steps of everything)
+    python demo.py --out runs/demo2 --seed 1
+
+Every stage runs the project's own command line in a subprocess (nothing is re-implemented
+here), its output streamed as it goes; everything lands in one run directory (--out):
+
+    1. python toy_task.py            data/raw.jsonl (OpenR1-Math-Raw schema), data/test.jsonl
+    2. python tiny_model.py          init/: a tokenizer trained on the raw data + a random tiny Qwen2
+    3. python data.py curate         data/sft.jsonl, data/pairs.jsonl, data/sft.summary.json
+    4. torchrun train_sft.py         sft/        stage 1 on the correct traces
+    5. torchrun train_redi.py        redi/       stage 2, --loss redi, from sft/final
+       torchrun train_redi.py        sft_control/  stage 2's control, --loss sft on the same pairs
+    6. python evaluate.py            sft/evals/final, and <run>/evals/step-N for every saved
+                                     checkpoint of both stage-2 runs (step 0 = the stage-1 model)
+    7. a table in the paper's style (pass@1 +- SEM, pass@k, mean length) -> results.md/.json,
+       and python plot.py -> dynamics.png (held-out accuracy, chosen/rejected LogPS and update
+       size against step, the panels of the paper's Figure 6)
+
+A second invocation with the same --seed reproduces the same numbers (training on CPU is
+deterministic, sampling is seeded per sample). Stages whose outputs exist are re-run, not
+skipped: use a fresh --out to keep an old run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# Sizes and hyperparameters. "full" is the README's demo; "quick" only proves every stage runs.
+CONFIGS = {
+    "full": {"num_problems": 4000, "num_test": 300, "hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2,
+             "vocab": 512, "sft_epochs": 6, "sft_lr": 2e-3, "sft_batch": 64, "sft_micro": 32,
+             "stage2_lr": 3e-5, "stage2_batch": 32, "stage2_micro": 16, "stage2_epochs": 1, "save_every": 10,
+             "eval_n": 4, "eval_max_new_tokens": 64, "eval_batch": 256},
+    "quick": {"num_problems": 200, "num_test": 12, "hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1,
+              "vocab": 400, "sft_epochs": 1, "sft_lr": 1e-3, "sft_batch": 16, "sft_micro": 8,
+              "stage2_lr": 1e-4, "stage2_batch": 8, "stage2_micro": 4, "stage2_epochs": 1, "save_every": 2,
+              "max_stage2_steps": 4, "eval_n": 2, "eval_max_new_tokens": 24, "eval_batch": 64},
+}
+STAGE2_RUNS = {"redi": ["--loss", "redi", "--alpha", "0.8"], "sft_control": ["--loss", "sft"]}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="run directory (everything goes here)")
+    p.add_argument("--seed", type=int, default=0, help="one seed for data, initialisation, order and sampling")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every stage (CI)")
+    p.add_argument("--nproc", type=int, default=2, help="torchrun processes for training (CPU: gloo)")
+    return p.parse_args(argv)
+
+
+# -----------------------------------------------------------------------------
+# running the stages
+
+
+class Stages:
+    """Runs each stage's command, streams its output, and records the wall time per stage."""
+
+    def __init__(self, out):
+        self.out, self.times, self.t0 = out, {}, time.time()
+
+    def run(self, name, cmd):
+        print(f"\n=== [{time.time() - self.t0:6.0f}s] {name}\n$ {' '.join(map(str, cmd))}", flush=True)
+        t = time.time()
+        env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                   TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+        subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env, check=True)
+        self.times[name] = self.times.get(name, 0.0) + time.time() - t
+
+
+def python(script, *args):
+    return [sys.executable, os.path.join(ROOT, script), *args]
+
+
+def torchrun(nproc, script, *args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            os.path.join(ROOT, script), *args]
+
+
+def prepare_data_and_model(stages, out, cfg, seed):
+    data, init = os.path.join(out, "data"), os.path.join(out, "init")
+    stages.run("1. teacher data (built-in task, OpenR1-Math-Raw schema)",
+               python("toy_task.py", "--out-dir", data, "--num-problems", cfg["num_problems"],
+                      "--num-test", cfg["num_test"], "--seed", seed))
+    stages.run("2. tokenizer + tiny Qwen2 from scratch",
+               python("tiny_model.py", "--out", init, "--corpus", os.path.join(data, "raw.jsonl"),
+                      "--vocab-size", cfg["vocab"], "--hidden-size", cfg["hidden"], "--num-layers", cfg["layers"],
+                      "--num-heads", cfg["heads"], "--num-kv-heads", cfg["kv_heads"], "--seed", seed))
+    stages.run("3. curation (REDI's rules)",
+               python("data.py", "curate", "--raw", os.path.join(data, "raw.jsonl"),
+                      "--sft-out", os.path.join(data, "sft.jsonl"), "--pairs-out", os.path.join(data, "pairs.jsonl"),
+                      "--tokenizer", init, "--seed", seed))
+    return data, init
+
+
+def train_all(stages, out, cfg, seed, nproc, data, init):
+    stages.run("4. stage 1: SFT on correct traces",
+               torchrun(nproc, "train_sft.py", "--model", init, "--data", os.path.join(data, "sft.jsonl"),
+                        "--output-dir", os.path.join(out, "sft"), "--epochs", cfg["sft_epochs"],
+                        "--lr", cfg["sft_lr"], "--global-batch-size", cfg["sft_batch"],
+                        "--micro-batch-size", cfg["sft_micro"], "--seed", seed, "--no-progress"))
+    for run, loss_args in STAGE2_RUNS.items():
+        extra = ["--max-steps", cfg["max_stage2_steps"]] if "max_stage2_steps" in cfg else []
+        stages.run(f"5. stage 2: {run}",
+                   torchrun(nproc, "train_redi.py", "--model", os.path.join(out, "sft", "final"),
+                            "--data", os.path.join(data, "pairs.jsonl"), "--output-dir", os.path.join(out, run),
+                            *loss_args, "--lr", cfg["stage2_lr"], "--epochs", cfg["stage2_epochs"],
+                            "--global-batch-size", cfg["stage2_batch"], "--micro-batch-size", cfg["stage2_micro"],
+                            "--save-every", cfg["save_every"], "--seed", seed, "--no-progress", *extra))
+
+
+def evaluate(stages, cfg, seed, model, test_file, out_dir, label):
+    stages.run(f"6. evaluate {label}",
+               python("evaluate.py", "--model", model, "--data", test_file, "--num-samples", cfg["eval_n"],
+                      "--temperature", "0.6", "--top-p", "0.95", "--max-new-tokens", cfg["eval_max_new_tokens"],
+                      "--prompt-template", "raw", "--batch-size", cfg["eval_batch"], "--seed", seed,
+                      "--output-dir", out_dir))
+    with open(os.path.join(out_dir, "summary.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def evaluate_all(stages, out, cfg, seed, data):
+    """Stage-1 model once (shared as step 0 of both stage-2 runs), then every stage-2 checkpoint."""
+    test = os.path.join(data, "test.jsonl")
+    summaries = {"stage 1 (SFT)": evaluate(stages, cfg, seed, os.path.join(out, "sft", "final"), test,
+                                           os.path.join(out, "sft", "evals", "final"), "stage 1")}
+    for run in STAGE2_RUNS:
+        step0 = os.path.join(out, run, "evals", "step-0000000")
+        shutil.copytree(os.path.join(out, "sft", "evals", "final"), step0, dirs_exist_ok=True)
+        ckpts = sorted(d for d in os.listdir(os.path.join(out, run, "checkpoints")) if d.startswith("step-"))
+        for ckpt in ckpts:
+            summary = evaluate(stages, cfg, seed, os.path.join(out, run, "checkpoints", ckpt), test,
+                               os.path.join(out, run, "evals", ckpt), f"{run} {ckpt}")
+        summaries[f"stage 2: {run}"] = summary                    # the last checkpoint = the final model
+    return summaries
+
+
+# -----------------------------------------------------------------------------
+# the report
+
+
+def results_table(summaries: dict) -> str:
+    """One row per model, the paper's columns: pass@1 +- SEM, pass@k, mean response length."""
+    first = next(iter(summaries.values()))
+    bench = sorted(first["benchmarks"])[0]
+    ks = list(first["benchmarks"][bench]["pass@k"])
+    header = ["model", "pass@1 (%) +- SEM"] + [f"pass@{k} (%)" for k in ks[1:]] + ["mean length", "truncated (%)"]
+    rows = []
+    for name, summary in summaries.items():
+        m = summary["benchmarks"][bench]
+        rows.append([name, f"{100 * m['pass@1']:.1f} +- {100 * m['sem']:.1f}"]
+                    + [f"{100 * m['pass@k'][k]:.1f}" for k in ks[1:]]
+                    + [f"{m['mean_length']:.1f}", f"{100 * m['truncation_rate']:.1f}"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return f"held-out set: {bench} ({m['n_problems']} problems, n={m['n_samples']} samples each)\n\n" + "\n".join(lines)
+
+
+def write_report(out, summaries, stages, args, cfg):
+    table = results_table(summaries)
+    total = time.time() - stages.t0
+    timing = "\n".join(f"    {name}: {sec:.0f}s" for name, sec in stages.times.items())
+    text = (f"# REDI demo ({'quick' if args.quick else 'full'}, seed {args.seed}, {args.nproc} processes)\n\n"
+            f"{table}\n\nwall time: {total:.0f}s\n{timing}\n")
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"config": cfg, "args": vars(args), "wall_time_s": total, "stage_times_s": stages.times,
+                   "models": {k: v["benchmarks"] for k, v in summaries.items()}}, f, indent=1)
+    print("\n" + text)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = CONFIGS["quick" if args.quick else "full"]
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    stages = Stages(out)
+    data, init = prepare_data_and_model(stages, out, cfg, args.seed)
+    train_all(stages, out, cfg, args.seed, args.nproc, data, init)
+    summaries = evaluate_all(stages, out, cfg, args.seed, data)
+    stages.run("7. plots", python("plot.py", *(os.path.join(out, run) for run in STAGE2_RUNS),
+                                  os.path.join(out, "sft"), "--out", out))
+    write_report(out, summaries, stages, args, cfg)
+
+
+if __name__ == "__main__":
+    main()
