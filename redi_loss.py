@@ -61,35 +61,17 @@ def _chunk_logps_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, targets
     return _chunk_logps(hidden @ weight.t(), targets)
 
 
-def _token_logps(fn, rows, labels, ignore_index, chunk_size, *extra):
-    """Shared driver: per row, per chunk of positions, call `fn(rows[b, s:e], *extra, targets)`.
-
-    Position t of the output holds log p(labels[t] | tokens < t), computed from row position
-    t - 1 (the HF shift). Chunks whose labels are all ignored are skipped (prompt, padding).
-    When gradients are on, each chunk is checkpointed: its fp32 logits are rebuilt in backward
-    instead of being kept, so peak memory is one [chunk_size, V] fp32 block, forward and back.
-    """
+def _check_shapes(rows: torch.Tensor, labels: torch.Tensor) -> None:
     if labels.dim() != 2 or rows.shape[:2] != labels.shape:
-        raise ValueError(f"expected rows [B, T, ...] and labels [B, T], got {tuple(rows.shape)} and {tuple(labels.shape)}")
-    batch, length = labels.shape
-    targets = labels[:, 1:]                          # [B, T-1]: what position t-1 predicts
-    valid = targets != ignore_index
-    valid_cpu = valid.cpu()                          # one host sync instead of one per chunk
-    safe_targets = targets.masked_fill(~valid, 0)
-    use_checkpoint = torch.is_grad_enabled() and (rows.requires_grad or any(t.requires_grad for t in extra))
-    out_rows = []
-    for b in range(batch):
-        pieces = [rows.new_zeros(1, dtype=torch.float32)]   # position 0 has no prediction
-        for start in range(0, length - 1, chunk_size):
-            end = min(start + chunk_size, length - 1)
-            if not valid_cpu[b, start:end].any():
-                pieces.append(rows.new_zeros(end - start, dtype=torch.float32))
-                continue
-            args = (rows[b, start:end], *extra, safe_targets[b, start:end])
-            logps = checkpoint(fn, *args, use_reentrant=False) if use_checkpoint else fn(*args)
-            pieces.append(logps * valid[b, start:end])
-        out_rows.append(torch.cat(pieces))
-    return torch.stack(out_rows)
+        raise ValueError(f"expected [B, T, ...] and labels [B, T], got {tuple(rows.shape)} and {tuple(labels.shape)}")
+
+
+def _maybe_checkpoint(fn, *args):
+    """Run fn, checkpointed when it will be differentiated: its fp32 [C, V] block is rebuilt in
+    backward instead of kept, so peak memory is one such block, forward and backward."""
+    if torch.is_grad_enabled() and any(a.requires_grad for a in args):
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
@@ -99,23 +81,53 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 
     Entry t is log p(labels[t] | input[:t]) and 0 where labels[t] == ignore_index (and at t=0).
     Naive equivalent: `log_softmax(logits[:, :-1].float(), -1).gather(-1, labels[:, 1:])`,
     which builds the full fp32 [B, T, V] tensor; this gathers the label logit and subtracts a
-    logsumexp chunk by chunk instead. Use per-token values for packed rows (several sequences
-    per row), summing them per sequence.
+    logsumexp, row by row and `chunk_size` positions at a time (slices of the logits are views,
+    so nothing of size [B, T, V] is copied), skipping chunks with no supervised label. Use
+    per-token values for packed rows (several sequences per row), summing them per sequence.
     """
-    return _token_logps(_chunk_logps, logits, labels, ignore_index, chunk_size)
+    _check_shapes(logits, labels)
+    batch, length = labels.shape
+    targets = labels[:, 1:]                          # [B, T-1]: what position t-1 predicts
+    valid = targets != ignore_index
+    valid_cpu = valid.cpu()                          # one host sync instead of one per chunk
+    safe_targets = targets.masked_fill(~valid, 0)
+    out_rows = []
+    for b in range(batch):
+        pieces = [logits.new_zeros(1, dtype=torch.float32)]   # position 0 has no prediction
+        for start in range(0, length - 1, chunk_size):
+            end = min(start + chunk_size, length - 1)
+            if not valid_cpu[b, start:end].any():
+                pieces.append(logits.new_zeros(end - start, dtype=torch.float32))
+                continue
+            logps = _maybe_checkpoint(_chunk_logps, logits[b, start:end], safe_targets[b, start:end])
+            pieces.append(logps * valid[b, start:end])
+        out_rows.append(torch.cat(pieces))
+    return torch.stack(out_rows)
 
 
 def token_logps_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
                             ignore_index: int = IGNORE_INDEX, chunk_size: int = 1024) -> torch.Tensor:
     """Memory-lean `token_logps` from final hidden states [B, T, H] and `lm_head.weight` [V, H].
 
-    The logits `hidden @ lm_head_weight.T` are formed `chunk_size` tokens at a time and rebuilt in
-    backward, so the full [T, V] logits never exist, forward or backward: peak extra memory is
-    about chunk_size x V x 4 bytes (1024 x 151,936 x 4 = 0.6 GB) instead of T x V x 4.
+    Only the supervised positions are gathered ([N, H], N = number of non-ignored labels; prompt
+    and padding cost nothing), and their logits `hidden @ lm_head_weight.T` are formed
+    `chunk_size` positions at a time and rebuilt in backward, so the full [T, V] logits never
+    exist, forward or backward: peak extra memory is about chunk_size x V x 4 bytes
+    (1024 x 151,936 x 4 = 0.6 GB) instead of T x V x 4 per sequence.
     Valid for models whose logits are exactly `lm_head(hidden)` with no bias, scaling or
     soft-capping (Qwen2/2.5, Llama, Mistral). Gradients flow to both hidden and weight.
     """
-    return _token_logps(_chunk_logps_from_hidden, hidden, labels, ignore_index, chunk_size, lm_head_weight)
+    _check_shapes(hidden, labels)
+    batch, length = labels.shape
+    targets = labels[:, 1:].reshape(-1)                                  # [B*(T-1)]
+    positions = (targets != ignore_index).nonzero().squeeze(1)           # supervised positions [N]
+    rows = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, positions)   # [N, H]
+    chosen = targets.index_select(0, positions)
+    pieces = [_maybe_checkpoint(_chunk_logps_from_hidden, rows[s:s + chunk_size], lm_head_weight,
+                                chosen[s:s + chunk_size]) for s in range(0, positions.numel(), chunk_size)]
+    values = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    flat = hidden.new_zeros(targets.numel(), dtype=torch.float32).index_copy(0, positions, values)
+    return torch.cat([flat.new_zeros(batch, 1), flat.view(batch, length - 1)], dim=1)
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
