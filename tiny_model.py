@@ -24,19 +24,26 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Added as ordinary (non-special) added tokens, as in Qwen's tokenizers: they survive decoding.
 THINK_TOKENS = ["<think>", "</think>"]
 
-CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT.replace("\\", "\\\\") + "<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if not (loop.first and message['role'] == 'system') %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}"
-)
+
+
+def chat_template(system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
+    """Qwen2.5-Math's chat template with REDI's `<think>` opening; `system_prompt` is the default
+    system message (used when the conversation has none)."""
+    default = system_prompt.replace("\\", "\\\\").replace("'", "\\'")
+    return (
+        "{%- if messages[0]['role'] == 'system' %}"
+        "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+        "{%- else %}"
+        "{{- '<|im_start|>system\\n" + default + "<|im_end|>\\n' }}"
+        "{%- endif %}"
+        "{%- for message in messages %}"
+        "{%- if not (loop.first and message['role'] == 'system') %}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{%- endif %}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}"
+    )
+
 
 # A little text with the shapes the tests need (LaTeX, digits, think blocks, boxed answers).
 BUILTIN_CORPUS = [
@@ -48,7 +55,7 @@ BUILTIN_CORPUS = [
 ]
 
 
-def build_tokenizer(texts, vocab_size=512):
+def build_tokenizer(texts, vocab_size=512, system_prompt=DEFAULT_SYSTEM_PROMPT):
     """Train a byte-level BPE on `texts` and wrap it as a chat-templated fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -65,13 +72,14 @@ def build_tokenizer(texts, vocab_size=512):
     # Every training sequence carries the default system prompt: weigh it like the texts so that
     # BPE merges compress it, as a real tokenizer would (it costs compute on every sequence).
     texts = list(texts)
-    corpus = texts + BUILTIN_CORPUS + [DEFAULT_SYSTEM_PROMPT] * max(1, len(texts) // 4)
+    scaffold = f"system\n{system_prompt}\nuser\nassistant\n"      # the template's own words
+    corpus = texts + BUILTIN_CORPUS + [scaffold] * max(1, len(texts) // 4)
     tok.train_from_iterator(corpus, trainer=trainer)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>"], clean_up_tokenization_spaces=False)
     hf.add_tokens(THINK_TOKENS)
-    hf.chat_template = CHAT_TEMPLATE
+    hf.chat_template = chat_template(system_prompt)
     hf.model_max_length = 1 << 20
     return hf
 
@@ -115,9 +123,9 @@ def read_corpus(path):
                 yield from strings(json.loads(line))
 
 
-def save_tiny(out_dir, texts=(), vocab_size=512, seed=0, **model_kwargs):
+def save_tiny(out_dir, texts=(), vocab_size=512, seed=0, system_prompt=DEFAULT_SYSTEM_PROMPT, **model_kwargs):
     """Build tokenizer + model and save both to `out_dir`; returns `out_dir`."""
-    tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
+    tokenizer = build_tokenizer(texts, vocab_size=vocab_size, system_prompt=system_prompt)
     model = build_model(tokenizer, seed=seed, **model_kwargs)
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -138,13 +146,15 @@ def parse_args(argv=None):
     p.add_argument("--intermediate-size", type=int, default=None, help="MLP width (default 4 x hidden)")
     p.add_argument("--max-position-embeddings", type=int, default=2048, help="context length")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    p.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT,
+                   help="the chat template's default system message (default: Qwen2.5-Math's)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     texts = [t for path in args.corpus for t in read_corpus(path)]
-    save_tiny(args.out, texts, vocab_size=args.vocab_size, seed=args.seed,
+    save_tiny(args.out, texts, vocab_size=args.vocab_size, seed=args.seed, system_prompt=args.system_prompt,
               hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
               num_kv_heads=args.num_kv_heads, intermediate_size=args.intermediate_size,
               max_position_embeddings=args.max_position_embeddings)
