@@ -1,0 +1,559 @@
+"""A synthetic reasoning task in the OpenR1-Math-Raw schema, small enough to learn on 2 CPU cores.
+
+Writes a raw file that REDI's curation (`data.py curate`) reads unchanged, plus a held-out test
+set in the benchmark JSONL format, so the whole pipeline (curate -> SFT -> REDI -> evaluate)
+can run end to end on a laptop:
+
+    python toy_task.py --out-dir runs/toy                      # 4000 problems, 300 test problems
+    python toy_task.py --out-dir runs/toy --num-problems 200 --num-test 20 --seed 1
+    python toy_task.py --out-dir runs/toy --p-sign 0 --p-extra-borrow 0 --p-precedence 0   # borrow slips only
+    python data.py curate --raw runs/toy/raw.jsonl --sft-out runs/toy/sft.jsonl --pairs-out runs/toy/pairs.jsonl
+
+Outputs in --out-dir:
+    raw.jsonl   one OpenR1-Math-Raw row per problem (every column of the schema, see
+                /work/shared/benchmarks/OPENR1_SCHEMA.md), generations aligned with `correctness`
+    test.jsonl  {"id": "toy/<i>", "problem", "answer"}; no test problem equals a training problem,
+                even up to swapping the factors of a product
+    task.json   the knobs, the counts (generations, positives, negatives, traces by slip type,
+                rows curation must drop, the SFT/pair counts curation should find), and sha256s
+With the defaults, 4000 problems give about 6,650 generations, 3,690 SFT examples and 1,390 pairs
+after curation (36% of problems have a positive and a negative).
+
+THE TASK. Evaluate a short integer expression with one subtraction and one or two products of
+digits 2..9 (c is 10..99), in three forms:
+
+    ab-cd   "Compute 7*8-9*8."    <think> 7*8=56 and 9*8=72, so 56-72=-16. </think> ... \\boxed{-16}
+    ab-c    "Compute 3*4-41."     <think> 3*4=12, so 12-41=-29. </think> ...
+    c-ab    "Compute 50-6*7."     <think> 6*7=42, so 50-42=8. </think> ...
+
+A generation is `<think>\\n<steps>\\n</think>\\n\\nThe answer is $\\boxed{N}$.`: the steps are
+`x op y=z` joined by "and" / ", so", about 20-35 characters, the R1 shape in miniature. The
+last step is always a subtraction of two numbers of up to two digits; there the decisions a
+tiny model finds hard meet: the sign (compare the operands) and the borrow (compare the ones
+digits); before it, which operation binds first.
+
+THE TEACHER'S MISTAKES. Each slip is a rule that is right in some contexts and misapplied in
+others, never random noise, and it happens at the one step where the rule is used:
+    sign          "subtract the smaller from the larger" and forget the minus when the first
+                  operand is the smaller one: 56-72=16 (the rule is right when the result >= 0)
+    borrow        the tens are not reduced after a borrow: 72-56 -> 26, so 56-72=-26
+                  (column subtraction without borrowing is right when no column borrows)
+    extra_borrow  the tens are reduced although nothing borrowed: 63-31=22 (the mirror image:
+                  reducing the tens is right exactly when the ones column borrows)
+    precedence    evaluate left to right: 50-6*7 -> 50-6=44, so 44*7=308 (right for ab-c,
+                  where the first operator binds tighter; wrong for c-ab and ab-cd)
+A slip can only fire where its rule is wrong (`eligible_slips`); given an eligible problem,
+each generation slips to type s with probability --p-<s>, independently per generation, at most
+one slip per trace. Correct and wrong traces share one surface format, so a pair (y_w, y_l)
+differs only from the decision on: for the sign and borrow slips that is the last step (what
+follows is the result's digits and the boxed copy), for precedence it is the step that picks
+the wrong operation (the middle step for ab-cd, the first for c-ab).
+
+WHY THIS SHAPE (lessons of /work/shared/notes/toy_task_prototype.md). The prototype added four
+2-digit numbers with slips that mostly dropped a carry; REDI there taught a global "+10" rather
+than "carry correctly", and did not beat SFT. Its note suggests what a fair task needs:
+    1. Negatives whose mistakes the SFT student itself makes, in contexts the positives also
+       cover. The borrow slips are the student's own tens-digit errors (measured below), and
+       every context where a rule is misapplied also appears, solved correctly, among the
+       positives, so the contrast is about WHEN a rule applies.
+    2. Little shared correct content after the mistake: sign and borrow slips sit in the last
+       step, so the push-down on y_l lands on the decision token and the boxed copy, not on a
+       tail of correct arithmetic (the prototype's slips were followed by more steps).
+    3. Systematic error types, not one global bias. borrow (+10) and extra_borrow (-10) are
+       mirror images in complementary contexts, so no context-free digit shift lowers the
+       likelihood of both kinds of negative: only telling the contexts apart does.
+Each type has its own knob, so a run can keep one type, mix them, or study an early slip
+(precedence). `classify_trace` names the first wrong step of any trace, the teacher's or a
+student's, with the same labels, so a run can compare the student's errors with the teacher's.
+
+MEASURED (2-core CPU, seed-0 data, 3,595 SFT examples, positives only; an earlier version of
+the knobs, which changes only which problems lack a positive): a Qwen2 student from
+`tiny_model.build_model` (hidden 128, 4 layers, 1.1M parameters, prompt = problem without
+chat template), AdamW lr 1e-3, batch 64, warmup + linear decay. Greedy accuracy on held-out
+problems: 0.04 after 4 epochs, 0.45 after 8, 0.79 after 12, 0.87 after 16 (300 test problems;
+0.873 on 600 fresh ones; ~15-20 s per epoch on an idle machine). Its 76 errors on those 600:
+ones digit off by one or two (39), a forgotten borrow (exactly the teacher's `borrow`, 14), tens
+one off where nothing borrows (13: 7 down = `extra_borrow`, 6 up), wrong sign 2, products 0,
+order 0, other 8.
+So the sign and precedence slips are mistakes this student rarely makes: they are on by default
+at low rates for variety; raise them to test principle 1 the other way round. Most of its errors
+(the ones digit) are fact slips that no teacher slip imitates. Then one epoch over the 1,393
+default pairs (batch 32, 44 steps, same schedule shape), one seed, 600 problems (standard error
+~1.4 points): SFT on chosen at lr 3e-5 0.883; REDI alpha=0.8 at lr 1e-5 0.870, 3e-5 0.787, 1e-4
+0.628, the extra errors mostly "arithmetic". So the task alone does not make REDI beat SFT at
+this scale; it is a testbed for finding the conditions under which it does, not a demonstration.
+
+THE DATA, LIKE OpenR1-Math-Raw. The teacher samples generations until one is judged correct by
+both verifiers, at most --max-generations, so most rows hold one generation and the others
+hold their failures first. Two verifiers label each generation:
+    math_verify_reparsed_answer  exact integer check of the final \\boxed{} (after </think>)
+    math_verify_answer           the same check against `answer` (identical here)
+    llama_verification           a noisy judge: the exact check, flipped with prob --judge-flip,
+                                 so a few generations are positive under one verifier only
+                                 (curation counts them as negative)
+Rows curation must drop are mixed in: --frac-invalid rows with problem_is_valid "No" and
+--frac-cn-k12 rows with source "cn_k12" (disjoint); the other rows draw a NuminaMath source
+name. Everything is a deterministic function of --seed and the knobs (same arguments ->
+identical bytes).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+from collections import Counter
+
+# -----------------------------------------------------------------------------
+# problems
+
+DIGIT, PLAIN = (2, 9), (10, 99)   # inclusive ranges: a factor of a product, the plain operand c
+# form -> (expression pattern, range of each operand in the order they are written)
+FORMS = {"ab-cd": ("{}*{}-{}*{}", (DIGIT, DIGIT, DIGIT, DIGIT)),
+         "ab-c": ("{}*{}-{}", (DIGIT, DIGIT, PLAIN)),
+         "c-ab": ("{}-{}*{}", (PLAIN, DIGIT, DIGIT))}
+SLIP_TYPES = ("sign", "borrow", "extra_borrow", "precedence")
+# Labels `classify_trace` can return: correct, a slip type, or a mistake no teacher makes.
+TRACE_LABELS = ("correct",) + SLIP_TYPES + ("arithmetic", "other", "malformed")
+
+PROBLEM_TEMPLATE = "Compute {expr}."
+ANSWER_TEMPLATE = "The answer is $\\boxed{{{answer}}}$."
+OTHER_SOURCES = ("olympiads", "aops_forum", "cn_contest", "amc_aime", "number_theory")
+_STEP_RE = re.compile(r"(-?\d+)([-+*])(\d+)=(-?\d+)")
+
+
+def _problem(form, operands):
+    """The problem dict for `form` and its operands (see `make_problem`)."""
+    expr = FORMS[form][0].format(*operands)
+    problem = {"form": form, "operands": tuple(operands), "expr": expr,
+               "text": PROBLEM_TEMPLATE.format(expr=expr)}
+    problem["answer"] = trace_steps(problem)[-1][3]
+    return problem
+
+
+def make_problem(rng, form_weights=(1.0, 1.0, 1.0)):
+    """A random problem: {"form", "operands", "expr", "text", "answer" (int)}.
+
+    `form_weights` are relative weights of the FORMS, in their order.
+    """
+    form = rng.choices(list(FORMS), weights=form_weights)[0]
+    return _problem(form, tuple(rng.randint(lo, hi) for lo, hi in FORMS[form][1]))
+
+
+def parse_problem(text):
+    """Inverse of `make_problem(...)["text"]`; ValueError if `text` is not a toy problem."""
+    for form, (pattern, _) in FORMS.items():
+        regex = re.escape(PROBLEM_TEMPLATE.format(expr=pattern)).replace(r"\{\}", r"(\d+)")
+        m = re.fullmatch(regex, text.strip())
+        if m:
+            return _problem(form, tuple(int(g) for g in m.groups()))
+    raise ValueError(f"not a toy problem: {text!r}; expected e.g. 'Compute 7*8-9*8.'")
+
+
+def canonical_key(problem):
+    """The problem up to swapping the factors of each product: 7*8-2*3 and 8*7-3*2 are the same."""
+    ops, form = problem["operands"], problem["form"]
+    if form == "ab-cd":
+        return form, tuple(sorted(ops[:2])), tuple(sorted(ops[2:]))
+    if form == "ab-c":
+        return form, tuple(sorted(ops[:2])), ops[2]
+    return form, ops[0], tuple(sorted(ops[1:]))
+
+
+# -----------------------------------------------------------------------------
+# traces: correct steps, the slips, and a classifier for any trace
+
+
+def _needs_borrow(x, y):
+    """Does |x - y|, done in columns as larger minus smaller, borrow in the ones column?"""
+    larger, smaller = max(x, y), min(x, y)
+    return larger % 10 < smaller % 10
+
+
+def _final_step(x, y, slip):
+    """The last step x-y=z, with a sign, borrow or extra_borrow slip applied when asked."""
+    magnitude = abs(x - y)
+    if slip == "borrow":
+        magnitude += 10  # the tens were not reduced after borrowing
+    elif slip == "extra_borrow":
+        magnitude -= 10  # the tens were reduced although no column borrowed
+    negative = x < y and slip != "sign"
+    return (x, "-", y, -magnitude if negative else magnitude)
+
+
+def _products(problem):
+    """The (a, b) factor pairs of the problem's products, in written order."""
+    ops = problem["operands"]
+    return {"ab-cd": [ops[0:2], ops[2:4]], "ab-c": [ops[0:2]], "c-ab": [ops[1:3]]}[problem["form"]]
+
+
+def _final_operands(problem):
+    """(x, y) of the last step x-y when products are evaluated first, as they should be."""
+    products = [a * b for a, b in _products(problem)]
+    if problem["form"] == "ab-cd":
+        return products[0], products[1]
+    if problem["form"] == "ab-c":
+        return products[0], problem["operands"][2]
+    return problem["operands"][0], products[0]
+
+
+def eligible_slips(problem):
+    """Slip types whose rule is WRONG for this problem (only there can the teacher slip)."""
+    x, y = _final_operands(problem)
+    out = []
+    if x < y:
+        out.append("sign")
+    if _needs_borrow(x, y):
+        out.append("borrow")
+    elif abs(x - y) >= 10:  # a tens digit to reduce
+        out.append("extra_borrow")
+    if problem["form"] != "ab-c":  # left to right is right only when the product comes first
+        out.append("precedence")
+    return tuple(out)
+
+
+def trace_steps(problem, slip=None):
+    """The steps [(x, op, y, z), ...] the teacher writes, correct or with one `slip`."""
+    if slip is not None and slip not in eligible_slips(problem):
+        raise ValueError(f"slip {slip!r} is not a mistake for {problem['expr']}; "
+                         f"eligible: {eligible_slips(problem)}")
+    ops = problem["operands"]
+    if slip == "precedence" and problem["form"] == "ab-cd":  # (a*b - c) * d
+        a, b, c, d = ops
+        return [(a, "*", b, a * b), (a * b, "-", c, a * b - c), (a * b - c, "*", d, (a * b - c) * d)]
+    if slip == "precedence":  # c-ab read as (c - a) * b
+        c, a, b = ops
+        return [(c, "-", a, c - a), (c - a, "*", b, (c - a) * b)]
+    x, y = _final_operands(problem)
+    return [(a, "*", b, a * b) for a, b in _products(problem)] + [_final_step(x, y, slip)]
+
+
+def render_steps(steps):
+    """'s1, so s2.' or 's1 and s2, so s3.': one surface format for correct and wrong traces."""
+    texts = [f"{x}{op}{y}={z}" for x, op, y, z in steps]
+    return " and ".join(texts[:-1]) + ", so " + texts[-1] + "."
+
+
+def solve_trace(problem, slip=None):
+    """A teacher generation for `problem`: (text, boxed answer as str); `slip` in SLIP_TYPES or None."""
+    steps = trace_steps(problem, slip)
+    answer = str(steps[-1][3])
+    text = f"<think>\n{render_steps(steps)}\n</think>\n\n" + ANSWER_TEMPLATE.format(answer=answer)
+    return text, answer
+
+
+def final_boxed(text):
+    """Content of the last \\boxed{...} after </think>, or None (no </think>, or no box after it)."""
+    if "</think>" not in text:
+        return None
+    tail = text.rsplit("</think>", 1)[1]
+    start = tail.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(tail)):
+        depth += {"{": 1, "}": -1}.get(tail[j], 0)
+        if depth == 0:
+            return tail[i:j]
+    return None
+
+
+def parse_steps(text):
+    """The `x op y=z` steps inside <think>...</think> (or the whole text if there is no </think>)."""
+    think = text.split("</think>", 1)[0]
+    return [(int(x), op, int(y), int(z)) for x, op, y, z in _STEP_RE.findall(think)]
+
+
+def classify_trace(problem, text):
+    """Label a trace (the teacher's or a student's) by its FIRST wrong step; one of TRACE_LABELS.
+
+    "correct" if the boxed answer is right; a slip type if the first step that departs from the
+    correct trace is exactly that slip's step; "arithmetic" if it has the right operands but a
+    wrong result; "other" for anything else; "malformed" if there is no boxed answer after </think>.
+    """
+    answer = final_boxed(text)
+    if answer is None:
+        return "malformed"
+    if check_answer(problem, answer):
+        return "correct"
+    steps, gold = parse_steps(text), trace_steps(problem)
+    first = next((i for i, s in enumerate(gold) if i >= len(steps) or steps[i] != s), None)
+    if first is None or first >= len(steps):
+        return "other"  # right steps, wrong box (or steps missing)
+    for slip in eligible_slips(problem):
+        slipped = trace_steps(problem, slip)
+        if first < len(slipped) and steps[first] == slipped[first]:
+            return slip
+    return "arithmetic" if steps[first][:3] == gold[first][:3] else "other"
+
+
+def check_answer(problem, answer):
+    """Is `answer` (str or int) the exact answer? `problem`: a problem dict, a raw/test row, or text."""
+    if isinstance(problem, str):
+        gold = parse_problem(problem)["answer"]
+    elif "text" in problem:
+        gold = problem["answer"]
+    else:  # a raw or test row: its `answer` column holds the gold string
+        gold = int(problem["answer"])
+    cleaned = str(answer).strip().strip("$").replace(" ", "").replace("\u2212", "-")
+    return re.fullmatch(r"[-+]?\d+", cleaned) is not None and int(cleaned) == gold
+
+
+# -----------------------------------------------------------------------------
+# the teacher and the two verifiers
+
+
+def sample_slip(problem, rng, slip_probs):
+    """None (a correct trace) or one eligible slip type, P(s) = slip_probs[s]; one rng draw."""
+    u, acc = rng.random(), 0.0
+    for slip in eligible_slips(problem):
+        acc += slip_probs[slip]
+        if u < acc:
+            return slip
+    return None
+
+
+def teacher_generations(problem, rng, slip_probs, max_generations, judge_flip):
+    """Sample until both verifiers accept a generation, at most `max_generations`.
+
+    Returns [{"text", "answer", "slip", "exact", "judge"}, ...] in sampling order.
+    """
+    gens = []
+    for _ in range(max_generations):
+        slip = sample_slip(problem, rng, slip_probs)
+        text, answer = solve_trace(problem, slip)
+        exact = check_answer(problem, answer)
+        judge = exact != (rng.random() < judge_flip)  # the judge errs both ways
+        gens.append({"text": text, "answer": answer, "slip": slip, "exact": exact, "judge": judge})
+        if exact and judge:
+            break
+    return gens
+
+
+def make_row(problem, gens, source, problem_is_valid):
+    """One OpenR1-Math-Raw row (every column of the schema, in its order)."""
+    answer = str(problem["answer"])
+    reasoning = render_steps(trace_steps(problem))
+    exact = [g["exact"] for g in gens]
+    return {
+        "problem": problem["text"],
+        "solution": f"{reasoning[:-1]}. Hence {problem['expr']}={answer}, "
+                    f"and the answer is $\\boxed{{{answer}}}$.",
+        "answer": answer,
+        "problem_type": "Algebra",
+        "question_type": "math-word-problem",
+        "problem_is_valid": problem_is_valid,
+        "solution_is_valid": "Yes",
+        "source": source,
+        "synthetic": True,
+        "generations": [g["text"] for g in gens],
+        "generations_count": len(gens),
+        "correctness": {"llama_verification": [g["judge"] for g in gens],
+                        "math_verify_answer": list(exact),
+                        "math_verify_reparsed_answer": list(exact)},
+        "reparsed_answers": [answer],
+    }
+
+
+# -----------------------------------------------------------------------------
+# the raw training file and the held-out test set
+
+# p_* chosen so ~36% of problems give a pair (4000 problems -> ~1,390 pairs) with the tens-digit
+# slips, the student's own kind of error, as most negatives; see the module docstring.
+DEFAULT_KNOBS = dict(form_weights=(1.0, 1.0, 1.0), max_generations=4,
+                     p_sign=0.15, p_borrow=0.3, p_extra_borrow=0.3, p_precedence=0.1,
+                     judge_flip=0.02, frac_invalid=0.02, frac_cn_k12=0.02)
+
+
+def validate_knobs(knobs):
+    """ValueError naming the knob if any is out of range; returns the full knob dict."""
+    unknown = set(knobs) - set(DEFAULT_KNOBS)
+    if unknown:
+        raise TypeError(f"unknown knobs {sorted(unknown)}; expected some of {sorted(DEFAULT_KNOBS)}")
+    k = {**DEFAULT_KNOBS, **knobs}
+    k["form_weights"] = tuple(float(w) for w in k["form_weights"])
+    if len(k["form_weights"]) != len(FORMS) or min(k["form_weights"]) < 0 or sum(k["form_weights"]) <= 0:
+        raise ValueError(f"form_weights: expected {len(FORMS)} weights >= 0 for {list(FORMS)}, "
+                         f"not all zero; got {k['form_weights']}")
+    for name in [f"p_{s}" for s in SLIP_TYPES] + ["judge_flip", "frac_invalid", "frac_cn_k12"]:
+        if not 0.0 <= k[name] <= 1.0:
+            raise ValueError(f"{name}: expected a probability in [0, 1], got {k[name]}")
+    # Slips are exclusive within a trace, so the probabilities of the largest eligible set must
+    # fit in 1; borrow and extra_borrow are never eligible together (a subtraction borrows or not).
+    worst = k["p_sign"] + max(k["p_borrow"], k["p_extra_borrow"]) + k["p_precedence"]
+    if worst > 1.0:
+        raise ValueError(f"p_sign + max(p_borrow, p_extra_borrow) + p_precedence must be <= 1, "
+                         f"got {worst:.3f}")
+    if k["frac_invalid"] + k["frac_cn_k12"] > 1.0:
+        raise ValueError("frac_invalid + frac_cn_k12 must be <= 1")
+    if int(k["max_generations"]) < 1:
+        raise ValueError(f"max_generations: expected >= 1, got {k['max_generations']}")
+    return k
+
+
+def _distinct_problems(n, rng, form_weights, taken_keys, key_fn, max_misses=2000):
+    """`n` random problems whose key_fn(problem) is new; updates `taken_keys`."""
+    out, misses = [], 0
+    while len(out) < n:
+        problem = make_problem(rng, form_weights)
+        key = key_fn(problem)
+        if key in taken_keys:
+            misses += 1
+            if misses > max_misses:
+                raise ValueError(f"problem space exhausted after {len(out)} of {n} new problems "
+                                 f"(forms {list(FORMS)}, weights {form_weights}); ask for fewer")
+            continue
+        misses = 0
+        taken_keys.add(key)
+        out.append(problem)
+    return out
+
+
+def generate_raw(num_problems, seed=0, **knobs):
+    """`num_problems` OpenR1-Math-Raw rows with distinct problem texts; see the module docstring."""
+    k = validate_knobs(knobs)
+    slip_probs = {s: k[f"p_{s}"] for s in SLIP_TYPES}
+    rng = random.Random(f"toy-train:{seed}")
+    problems = _distinct_problems(num_problems, rng, k["form_weights"], set(), lambda p: p["text"])
+    rows = []
+    for problem in problems:
+        u = rng.random()
+        valid = "No" if u < k["frac_invalid"] else "Yes"
+        in_cn_k12 = k["frac_invalid"] <= u < k["frac_invalid"] + k["frac_cn_k12"]
+        source = "cn_k12" if in_cn_k12 else rng.choice(OTHER_SOURCES)
+        gens = teacher_generations(problem, rng, slip_probs, int(k["max_generations"]), k["judge_flip"])
+        rows.append(make_row(problem, gens, source, valid))
+    return rows
+
+
+def generate_test(num_test, seed=0, exclude=(), form_weights=DEFAULT_KNOBS["form_weights"]):
+    """Held-out benchmark rows {"id", "problem", "answer"}, none equal (up to factor order) to
+    a problem in `exclude` (problem texts, or rows with a "problem" field)."""
+    taken = {canonical_key(parse_problem(e["problem"] if isinstance(e, dict) else e)) for e in exclude}
+    rng = random.Random(f"toy-test:{seed}")
+    problems = _distinct_problems(num_test, rng, form_weights, taken, canonical_key)
+    return [{"id": f"toy/{i}", "problem": p["text"], "answer": str(p["answer"])}
+            for i, p in enumerate(problems)]
+
+
+# -----------------------------------------------------------------------------
+# summary (task.json)
+
+
+def summarize(rows, test_rows):
+    """Counts that make a run self-describing, including what curation should find."""
+    c = Counter()
+    labels, gens_per_row, forms = Counter(), Counter(), Counter()
+    reasoning_chars = []
+    for row in rows:
+        problem = parse_problem(row["problem"])
+        forms[problem["form"]] += 1
+        gens_per_row[row["generations_count"]] += 1
+        judge, exact = row["correctness"]["llama_verification"], row["correctness"]["math_verify_reparsed_answer"]
+        positive = [j and m for j, m in zip(judge, exact)]  # curation's rule: both verifiers
+        for text, j, m in zip(row["generations"], judge, exact):
+            labels[classify_trace(problem, text)] += 1
+            c["judge_flips"] += int(j != m)
+            reasoning_chars.append(len(text.split("<think>\n", 1)[1].split("\n</think>", 1)[0]))
+        c["generations"] += len(positive)
+        c["positives"] += sum(positive)
+        c["problems_with_positive"] += int(any(positive))
+        c["problems_with_pair"] += int(any(positive) and not all(positive))
+        kept = row["problem_is_valid"].strip().lower() == "yes" and row["source"] != "cn_k12"
+        c["rows_invalid"] += int(row["problem_is_valid"] != "Yes")
+        c["rows_cn_k12"] += int(row["source"] == "cn_k12")
+        c["expected_sft_examples"] += int(kept and any(positive))
+        c["expected_pairs"] += int(kept and any(positive) and not all(positive))
+    c["negatives"] = c["generations"] - c["positives"]
+    return {"problems": len(rows), "test_problems": len(test_rows), **dict(sorted(c.items())),
+            "trace_labels": {name: labels[name] for name in TRACE_LABELS if labels[name]},
+            "generations_per_problem": {str(n): gens_per_row[n] for n in sorted(gens_per_row)},
+            "forms": {f: forms[f] for f in FORMS},
+            "mean_reasoning_chars": round(sum(reasoning_chars) / max(1, len(reasoning_chars)), 1)}
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("output and size")
+    g.add_argument("--out-dir", required=True, help="directory for raw.jsonl, test.jsonl and task.json")
+    g.add_argument("--num-problems", type=int, default=4000, help="training problems (rows of raw.jsonl)")
+    g.add_argument("--num-test", type=int, default=300, help="held-out problems (rows of test.jsonl)")
+    g.add_argument("--seed", type=int, default=0, help="seed; same seed and knobs give identical files")
+    g = p.add_argument_group("task")
+    g.add_argument("--form-weights", type=float, nargs=3, default=list(DEFAULT_KNOBS["form_weights"]),
+                   metavar=("AB_CD", "AB_C", "C_AB"),
+                   help=f"relative weights of the forms {', '.join(FORMS)}")
+    g = p.add_argument_group("teacher (slips are exclusive; each fires only where its rule is wrong)")
+    g.add_argument("--p-sign", type=float, default=DEFAULT_KNOBS["p_sign"],
+                   help="P(drop the minus of a negative difference | the difference is negative)")
+    g.add_argument("--p-borrow", type=float, default=DEFAULT_KNOBS["p_borrow"],
+                   help="P(forget to reduce the tens after a borrow | the subtraction borrows)")
+    g.add_argument("--p-extra-borrow", type=float, default=DEFAULT_KNOBS["p_extra_borrow"],
+                   help="P(reduce the tens although nothing borrowed | no borrow, difference >= 10)")
+    g.add_argument("--p-precedence", type=float, default=DEFAULT_KNOBS["p_precedence"],
+                   help="P(evaluate left to right | that ignores precedence: forms ab-cd, c-ab)")
+    g.add_argument("--max-generations", type=int, default=DEFAULT_KNOBS["max_generations"],
+                   help="the teacher samples until both verifiers accept, at most this many times")
+    g.add_argument("--judge-flip", type=float, default=DEFAULT_KNOBS["judge_flip"],
+                   help="P(llama_verification disagrees with the exact check) per generation")
+    g = p.add_argument_group("rows curation must drop")
+    g.add_argument("--frac-invalid", type=float, default=DEFAULT_KNOBS["frac_invalid"],
+                   help='fraction of rows with problem_is_valid "No"')
+    g.add_argument("--frac-cn-k12", type=float, default=DEFAULT_KNOBS["frac_cn_k12"],
+                   help='fraction of rows with source "cn_k12" (disjoint from the invalid ones)')
+    args = p.parse_args(argv)
+    if args.num_problems < 1 or args.num_test < 0:
+        p.error(f"--num-problems must be >= 1 and --num-test >= 0, "
+                f"got {args.num_problems} and {args.num_test}")
+    try:
+        validate_knobs(knobs_from_args(args))
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def knobs_from_args(args):
+    """The generate_raw keyword arguments from parsed command-line arguments."""
+    return {name: getattr(args, name) for name in DEFAULT_KNOBS}
+
+
+def write_jsonl(path, rows):
+    """One JSON object per line, UTF-8, keys in insertion order (stable bytes for a seed)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    knobs = validate_knobs(knobs_from_args(args))
+    rows = generate_raw(args.num_problems, args.seed, **knobs)
+    test_rows = generate_test(args.num_test, args.seed, exclude=rows, form_weights=knobs["form_weights"])
+    os.makedirs(args.out_dir, exist_ok=True)
+    raw_path, test_path = os.path.join(args.out_dir, "raw.jsonl"), os.path.join(args.out_dir, "test.jsonl")
+    write_jsonl(raw_path, rows)
+    write_jsonl(test_path, test_rows)
+    digest = {name: hashlib.sha256(open(path, "rb").read()).hexdigest()
+              for name, path in (("raw.jsonl", raw_path), ("test.jsonl", test_path))}
+    # out_dir is left out so that the same arguments give the same bytes wherever they are written
+    summary = {"args": {k: v for k, v in vars(args).items() if k != "out_dir"},
+               "counts": summarize(rows, test_rows), "sha256": digest}
+    with open(os.path.join(args.out_dir, "task.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    counts = summary["counts"]
+    print(f"wrote {args.out_dir}: {counts['problems']} problems, {counts['generations']} generations "
+          f"({counts['positives']} positive, {counts['negatives']} negative), "
+          f"{counts['problems_with_pair']} problems with a pair, {len(test_rows)} test problems")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
