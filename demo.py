@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # Sizes and hyperparameters. "full" is the README's demo; "quick" only proves every stage runs.
 CONFIGS = {
     "full": {"num_problems": 8000, "num_test": 300, "hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2,
-             "vocab": 512, "sft_epochs": 5, "sft_lr": 3e-3, "sft_batch": 64, "sft_micro": 32,
+             "vocab": 512, "sft_epochs": 5, "sft_lr": 3e-3, "sft_batch": 32, "sft_micro": 16,
              "stage2_lr": 1e-5, "stage2_batch": 32, "stage2_micro": 16, "stage2_epochs": 1, "save_every": 19,
              "eval_n": 4, "eval_max_new_tokens": 64, "eval_batch": 300},
     "quick": {"num_problems": 200, "num_test": 12, "hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1,
@@ -216,8 +216,7 @@ def main(argv=None):
     data, init = prepare_data_and_model(stages, out, cfg, args.seed)
     train_all(stages, out, cfg, args.seed, args.nproc, data, init)
     summaries = evaluate_all(stages, out, cfg, args.seed, data, workers=args.nproc)
-    stages.run("7. plots", python("plot.py", *(os.path.join(out, run) for run in STAGE2_RUNS),
-                                  os.path.join(out, "sft"), "--out", out))
+    stages.run("7. plots", python("plot.py", *(os.path.join(out, run) for run in STAGE2_RUNS), "--out", out))
     write_report(out, summaries, stages, args, cfg)
 
 
