@@ -1206,29 +1206,24 @@ def _gold_string(value):
 def read_benchmark(path, name, limit=None):
     """Problems of one benchmark file: [{"benchmark", "id", "index", "problem", "golds"}].
     Golds: `answers` (any match counts) when present, else `answer`."""
+    from data import read_jsonl  # the project's one JSON Lines reader (errors name file and line)
+
     problems, ids = [], set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
-            if not isinstance(row.get("problem"), str) or not row["problem"].strip():
-                raise ValueError(f"{path}:{lineno}: field 'problem' must be a non-empty string, "
-                                 f"found {type(row.get('problem')).__name__}")
-            golds = row.get("answers") or ([row["answer"]] if row.get("answer") is not None else [])
-            if not isinstance(golds, list) or not golds:
-                raise ValueError(f"{path}:{lineno}: needs 'answer' (string) or 'answers' (non-empty list)")
-            pid = str(row.get("id", f"{name}/{len(problems)}"))
-            if pid in ids:
-                raise ValueError(f"{path}:{lineno}: duplicate id {pid!r}")
-            ids.add(pid)
-            problems.append({"benchmark": name, "id": pid, "index": len(problems), "problem": row["problem"],
-                             "golds": [_gold_string(g) for g in golds]})
-            if limit is not None and len(problems) >= limit:
-                break
+    for lineno, row in read_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("problem"), str) or not row["problem"].strip():
+            found = type(row.get("problem") if isinstance(row, dict) else row).__name__
+            raise ValueError(f"{path}:{lineno}: field 'problem' must be a non-empty string, found {found}")
+        golds = row.get("answers") or ([row["answer"]] if row.get("answer") is not None else [])
+        if not isinstance(golds, list) or not golds:
+            raise ValueError(f"{path}:{lineno}: needs 'answer' (string) or 'answers' (non-empty list)")
+        pid = str(row.get("id", f"{name}/{len(problems)}"))
+        if pid in ids:
+            raise ValueError(f"{path}:{lineno}: duplicate id {pid!r}")
+        ids.add(pid)
+        problems.append({"benchmark": name, "id": pid, "index": len(problems), "problem": row["problem"],
+                         "golds": [_gold_string(g) for g in golds]})
+        if limit is not None and len(problems) >= limit:
+            break
     if not problems:
         raise ValueError(f"{path}: no problems")
     return problems

@@ -30,20 +30,15 @@ PANELS = [("accuracy", "held-out pass@1"), ("chosen_logps", "chosen LogPS"),
 
 def load_run(run_dir: str, benchmark: str | None = None) -> dict:
     """{metric: [(step, value), ...]} for one training run dir (holding metrics.jsonl)."""
+    from data import read_jsonl
+
     series: dict[str, list] = {}
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{run_dir}/metrics.jsonl:{number}: not JSON ({e})") from e
-            if "step" not in record or record.get("skipped"):
-                continue
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-                    series.setdefault(key, []).append((record["step"], value))
+    for _, record in read_jsonl(os.path.join(run_dir, "metrics.jsonl")):
+        if "step" not in record or record.get("skipped"):
+            continue
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                series.setdefault(key, []).append((record["step"], value))
     accuracy = load_eval_accuracy(run_dir, benchmark)
     if accuracy:
         series["accuracy"] = accuracy
