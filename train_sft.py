@@ -128,6 +128,11 @@ def validate_args(args) -> None:
         problems.append(f"--lr must be > 0, got {args.lr}")
     if problems:
         raise SystemExit("invalid arguments:\n  " + "\n  ".join(problems))
+    # Checked here, on every rank, so that a missing package cannot stop rank 0 alone later.
+    if args.report_to == "wandb":
+        _optional_import("wandb", "--report-to wandb")
+    elif args.report_to == "tensorboard":
+        _optional_import("torch.utils.tensorboard", "--report-to tensorboard (pip install tensorboard)")
 
 
 # -----------------------------------------------------------------------------

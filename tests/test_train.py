@@ -3,6 +3,7 @@ import json
 import math
 import os
 import shutil
+import sys
 
 import pytest
 import torch
@@ -349,7 +350,8 @@ def test_collapse_warning_needs_both_logps_to_fall_past_the_threshold(capsys):
     assert capsys.readouterr().out.count("WARNING step 4") == 1
 
 
-def test_report_to_without_the_package_is_a_clear_error():
-    """--report-to wandb with wandb absent: SystemExit naming the option and the package."""
-    with pytest.raises(SystemExit, match="--report-to wandb needs the optional package 'no_such_pkg_xyz'"):
-        train_sft._optional_import("no_such_pkg_xyz", "--report-to wandb")
+def test_report_to_without_the_package_fails_at_argument_validation(monkeypatch):
+    """--report-to wandb with wandb absent: SystemExit while parsing (every rank), naming option and package."""
+    monkeypatch.setitem(sys.modules, "wandb", None)       # make `import wandb` fail even if installed
+    with pytest.raises(SystemExit, match="--report-to wandb needs the optional package 'wandb'"):
+        train_sft.parse_args(["--model", "m", "--data", "d", "--output-dir", "o", "--report-to", "wandb"])
