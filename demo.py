@@ -131,7 +131,7 @@ def train_all(stages, out, cfg, seed, nproc, data, init):
                torchrun(nproc, "train_sft.py", "--model", init, "--data", os.path.join(data, "sft.jsonl"),
                         "--output-dir", os.path.join(out, "sft"), "--epochs", cfg["sft_epochs"],
                         "--lr", cfg["sft_lr"], "--global-batch-size", cfg["sft_batch"],
-                        "--micro-batch-size", cfg["sft_micro"], "--seed", seed, "--no-progress"))
+                        "--micro-batch-size", cfg["sft_micro"], "--seed", seed))
     for run, loss_args in STAGE2_RUNS.items():
         extra = ["--max-steps", cfg["max_stage2_steps"]] if "max_stage2_steps" in cfg else []
         stages.run(f"5. stage 2: {run}",
@@ -139,7 +139,7 @@ def train_all(stages, out, cfg, seed, nproc, data, init):
                             "--data", os.path.join(data, "pairs.jsonl"), "--output-dir", os.path.join(out, run),
                             *loss_args, "--lr", cfg["stage2_lr"], "--epochs", cfg["stage2_epochs"],
                             "--global-batch-size", cfg["stage2_batch"], "--micro-batch-size", cfg["stage2_micro"],
-                            "--save-every", cfg["save_every"], "--seed", seed, "--no-progress", *extra))
+                            "--save-every", cfg["save_every"], "--seed", seed, *extra))
 
 
 def evaluate_command(cfg, seed, model, test_file, out_dir):

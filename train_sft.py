@@ -469,10 +469,13 @@ class Metrics:
         elif args.report_to == "tensorboard":
             tb = _optional_import("torch.utils.tensorboard", "--report-to tensorboard (pip install tensorboard)")
             self.writer = tb.SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
-        if not args.no_progress:
+        # Progress: a tqdm bar on a terminal; otherwise (logs, pipes, no tqdm) ~20 plain lines per run.
+        self.print_every = 0 if args.no_progress else max(1, total_steps // 20)
+        if not args.no_progress and sys.stderr.isatty():
             with contextlib.suppress(ImportError):
                 from tqdm import tqdm
                 self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
+        self.total_steps = total_steps
 
     def _write(self, record):
         self.file.write(json.dumps(record) + "\n")
@@ -491,6 +494,9 @@ class Metrics:
         if self.bar:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        elif self.print_every and (record["step"] % self.print_every == 0 or record["step"] == self.total_steps):
+            print(f"step {record['step']}/{self.total_steps}  loss {record['loss']:.4f}  "
+                  f"{record['tokens_per_s']:.0f} tokens/s  {record.get('elapsed_s', 0):.0f}s", flush=True)
 
     def close(self):
         if not self.enabled:
