@@ -38,6 +38,8 @@ Outputs (stable: the demo and the plotting script read them)
         `</think>` boundary is visible to the grader), answer (extracted, or null), gold (list of
         gold strings), correct, timed_out (sympy hit the time limit: counted as wrong),
         finish_reason ("stop" | "length"), num_tokens (generated tokens, stop token included).
+        Lines are appended ungraded (answer/correct/timed_out null) while sampling, so grading never
+        stalls the accelerator; rank 0 grades them all in parallel at the end and rewrites the file.
     OUT/summary.json = {"args": {...}, "versions": {...}, "benchmarks": {NAME: {
         "n_problems", "n_samples", "pass@1", "sem", "pass@k": {"1": .., "2": .., ..., "n": ..},
         "mean_length", "truncation_rate", "wait_per_response", "grading_timeouts",
@@ -1530,10 +1532,10 @@ def generate(args, work, out_path, rank, device):
             for (p, j), seed, (ids, reason) in zip(batch, seeds, outputs):
                 body = ids[:-1] if reason == "stop" else ids
                 text = prompts[p["benchmark"], p["id"]][1] + tokenizer.decode(body, skip_special_tokens=True)
-                graded = grade_response(text, p["golds"], args.require_think_close, args.grading_timeout)
+                # Grading waits for the end (rank 0, in parallel): sympy here would idle the accelerator.
                 f.write(json.dumps({"benchmark": p["benchmark"], "id": p["id"], "index": p["index"], "sample": j,
-                                    "seed": seed, "text": text, "answer": graded["answer"], "gold": p["golds"],
-                                    "correct": graded["correct"], "timed_out": graded["timed_out"],
+                                    "seed": seed, "text": text, "answer": None, "gold": p["golds"],
+                                    "correct": None, "timed_out": None,
                                     "finish_reason": reason, "num_tokens": len(ids)}, ensure_ascii=False) + "\n")
                 new_tokens += len(ids)
             f.flush()
