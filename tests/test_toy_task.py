@@ -1,6 +1,5 @@
 """Claims about toy_task.py: schema, trace correctness, slip typing, determinism, knobs, CLI."""
 import json
-import random
 import re
 import sys
 from collections import Counter
