@@ -42,6 +42,11 @@ others, never random noise, and it happens at the one step where the rule is use
                   reducing the tens is right exactly when the ones column borrows)
     precedence    evaluate left to right: 50-6*7 -> 50-6=44, so 44*7=308 (right for ab-c,
                   where the first operator binds tighter; wrong for c-ab and ab-cd)
+    ones          (off by default, --p-ones) the ones digit of the final difference is off by
+                  two (+2, or -2 when it is 8 or 9): 56-72=-18. Not a human rule: it is the
+                  error the tiny SFT student of the demo itself makes most (537 of its 797 wrong
+                  held-out samples had the ones digit off by an even amount), for the experiment
+                  of the prototype note's first suggestion (negatives that match the student).
 A slip can only fire where its rule is wrong (`eligible_slips`); given an eligible problem,
 each generation slips to type s with probability --p-<s>, independently per generation, at most
 one slip per trace. Correct and wrong traces share one surface format, so a pair (y_w, y_l)
@@ -115,7 +120,7 @@ DIGIT, PLAIN = (2, 9), (10, 99)   # inclusive ranges: a factor of a product, the
 FORMS = {"ab-cd": ("{}*{}-{}*{}", (DIGIT, DIGIT, DIGIT, DIGIT)),
          "ab-c": ("{}*{}-{}", (DIGIT, DIGIT, PLAIN)),
          "c-ab": ("{}-{}*{}", (PLAIN, DIGIT, DIGIT))}
-SLIP_TYPES = ("sign", "borrow", "extra_borrow", "precedence")
+SLIP_TYPES = ("sign", "borrow", "extra_borrow", "precedence", "ones")
 # Labels `classify_trace` can return: correct, a slip type, or a mistake no teacher makes.
 TRACE_LABELS = ("correct",) + SLIP_TYPES + ("arithmetic", "other", "malformed")
 
@@ -180,6 +185,8 @@ def _final_step(x, y, slip):
         magnitude += 10  # the tens were not reduced after borrowing
     elif slip == "extra_borrow":
         magnitude -= 10  # the tens were reduced although no column borrowed
+    elif slip == "ones":
+        magnitude += 2 if magnitude % 10 <= 7 else -2  # ones digit off by two, tens and parity kept
     negative = x < y and slip != "sign"
     return (x, "-", y, -magnitude if negative else magnitude)
 
@@ -212,6 +219,7 @@ def eligible_slips(problem):
         out.append("extra_borrow")
     if problem["form"] != "ab-c":  # left to right is right only when the product comes first
         out.append("precedence")
+    out.append("ones")  # last, so that p_ones = 0 leaves the random stream of the others unchanged
     return tuple(out)
 
 
@@ -364,7 +372,7 @@ def make_row(problem, gens, source, problem_is_valid):
 # p_* chosen so ~36% of problems give a pair (4000 problems -> ~1,390 pairs) with the tens-digit
 # slips, the student's own kind of error, as most negatives; see the module docstring.
 DEFAULT_KNOBS = dict(form_weights=(1.0, 1.0, 1.0), max_generations=4,
-                     p_sign=0.15, p_borrow=0.3, p_extra_borrow=0.3, p_precedence=0.1,
+                     p_sign=0.15, p_borrow=0.3, p_extra_borrow=0.3, p_precedence=0.1, p_ones=0.0,
                      judge_flip=0.02, frac_invalid=0.02, frac_cn_k12=0.02)
 
 
@@ -383,9 +391,9 @@ def validate_knobs(knobs):
             raise ValueError(f"{name}: expected a probability in [0, 1], got {k[name]}")
     # Slips are exclusive within a trace, so the probabilities of the largest eligible set must
     # fit in 1; borrow and extra_borrow are never eligible together (a subtraction borrows or not).
-    worst = k["p_sign"] + max(k["p_borrow"], k["p_extra_borrow"]) + k["p_precedence"]
+    worst = k["p_sign"] + max(k["p_borrow"], k["p_extra_borrow"]) + k["p_precedence"] + k["p_ones"]
     if worst > 1.0:
-        raise ValueError(f"p_sign + max(p_borrow, p_extra_borrow) + p_precedence must be <= 1, "
+        raise ValueError(f"p_sign + max(p_borrow, p_extra_borrow) + p_precedence + p_ones must be <= 1, "
                          f"got {worst:.3f}")
     if k["frac_invalid"] + k["frac_cn_k12"] > 1.0:
         raise ValueError("frac_invalid + frac_cn_k12 must be <= 1")
@@ -499,6 +507,9 @@ def parse_args(argv=None):
                    help="P(reduce the tens although nothing borrowed | no borrow, difference >= 10)")
     g.add_argument("--p-precedence", type=float, default=DEFAULT_KNOBS["p_precedence"],
                    help="P(evaluate left to right | that ignores precedence: forms ab-cd, c-ab)")
+    g.add_argument("--p-ones", type=float, default=DEFAULT_KNOBS["p_ones"],
+                   help="P(ones digit of the final difference off by two) -- the tiny SFT student's own most "
+                        "common error, not a human rule; off by default (an experiment, see the docstring)")
     g.add_argument("--max-generations", type=int, default=DEFAULT_KNOBS["max_generations"],
                    help="the teacher samples until both verifiers accept, at most this many times")
     g.add_argument("--judge-flip", type=float, default=DEFAULT_KNOBS["judge_flip"],

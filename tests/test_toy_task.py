@@ -139,7 +139,7 @@ def test_wrong_traces_differ_from_gold_and_first_wrong_step_is_a_declared_slip(r
                 assert all(APPLY[op](x, y) == z for x, op, y, z in steps)
             else:  # sign and borrow slip in the last step, on the right operands
                 assert first == len(steps) - 1 and steps[first][:3] == correct_steps[first][:3]
-    assert set(seen) == set(T.SLIP_TYPES), seen
+    assert set(seen) == {s for s in T.SLIP_TYPES if T.DEFAULT_KNOBS[f"p_{s}"] > 0}, seen
 
 
 def test_slips_match_their_textbook_mistakes():
@@ -151,14 +151,29 @@ def test_slips_match_their_textbook_mistakes():
     assert T.solve_trace(p, "borrow")[1] == "-26"
     assert T.solve_trace(p, "precedence")[1] == str((56 - 9) * 8)
     q = T.parse_problem("Compute 50-6*7.")
-    assert T.eligible_slips(q) == ("borrow", "precedence")  # 50-42: 0 < 2 borrows
+    assert T.eligible_slips(q) == ("borrow", "precedence", "ones")  # 50-42: 0 < 2 borrows
     assert "50-6=44, so 44*7=308." in T.solve_trace(q, "precedence")[0]
     r = T.parse_problem("Compute 9*7-31.")
-    assert T.eligible_slips(r) == ("extra_borrow",)  # 63-31: positive, no borrow, left to right is right
+    assert T.eligible_slips(r) == ("extra_borrow", "ones")  # 63-31: positive, no borrow, left to right is right
     assert "63-31=22." in T.solve_trace(r, "extra_borrow")[0]
-    assert T.eligible_slips(T.parse_problem("Compute 7*7-43.")) == ()  # 49-43=6: no tens to reduce
+    assert T.eligible_slips(T.parse_problem("Compute 7*7-43.")) == ("ones",)  # 49-43=6: no tens to reduce
+    assert T.solve_trace(p, "ones")[1] == "-18" and T.solve_trace(r, "ones")[1] == "34"   # ones digit +2
+    assert T.solve_trace(T.parse_problem("Compute 9*9-2*2."), "ones")[1] == "79"          # 77: ones 7 -> 9
+    assert T.solve_trace(T.parse_problem("Compute 9*9-3*4."), "ones")[1] == "67"          # 69: ones 9 -> 7
     with pytest.raises(ValueError):
         T.solve_trace(r, "sign")
+
+
+def test_ones_slip_is_off_by_default_and_classified_when_on():
+    """Default p_ones is 0; with only p_ones=1 every first trace is a 'ones' slip, off by exactly 2."""
+    assert T.DEFAULT_KNOBS["p_ones"] == 0.0
+    knobs = {f"p_{s}": 0.0 for s in T.SLIP_TYPES}
+    rows = T.generate_raw(60, seed=3, **{**knobs, "p_ones": 1.0}, judge_flip=0.0, max_generations=2)
+    for row in rows:
+        problem = T.parse_problem(row["problem"])
+        first = row["generations"][0]
+        assert T.classify_trace(problem, first) == "ones"
+        assert abs(abs(int(T.final_boxed(first))) - abs(problem["answer"])) == 2
 
 
 def test_classify_trace_labels_student_style_mistakes():
