@@ -1,6 +1,6 @@
 """The whole REDI pipeline on the built-in task, end to end, on a laptop CPU, with the real CLIs.
 
-    python demo.py                       # full demo (about 10 minutes on 2 CPU cores)
+    python demo.py                       # full demo (about 8.5 minutes on 2 CPU cores, measured)
     python demo.py --quick               # CI smoke size (a few steps of everything)
     python demo.py --out runs/demo2 --seed 1
 
