@@ -295,12 +295,11 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         rank, world_size, device, tokenizer, model, lm, optimizer = train_sft.prepare(args)
-        from data import load_pairs, tokenize_pairs
+        from data import load_pairs, num_tokens, tokenize_pairs
 
         pairs = tokenize_pairs(tokenizer, load_pairs(args.data), args.max_seq_len)
         print0(f"{len(pairs)} pairs from {args.data}; loss {args.loss} {loss_hyperparameters(args)}, lr {args.lr:g}")
-        sampler = train_sft.build_sampler(args, [len(p["chosen"]["input_ids"]) + len(p["rejected"]["input_ids"])
-                                                 for p in pairs], world_size, rank)
+        sampler = train_sft.build_sampler(args, [num_tokens(p) for p in pairs], world_size, rank)
         ref_model = ref_cache = None
         if args.loss == "dpo" and args.precompute_ref:
             if len({p["id"] for p in pairs}) != len(pairs):

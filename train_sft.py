@@ -732,11 +732,11 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         rank, world_size, device, tokenizer, model, lm, optimizer = prepare(args)
-        from data import load_sft_examples, tokenize_sft
+        from data import load_sft_examples, num_tokens, tokenize_sft
 
         examples = tokenize_sft(tokenizer, load_sft_examples(args.data), args.max_seq_len)
         print0(f"{len(examples)} SFT examples from {args.data}")
-        sampler = build_sampler(args, [len(e["input_ids"]) for e in examples], world_size, rank)
+        sampler = build_sampler(args, [num_tokens(e) for e in examples], world_size, rank)
         resume_from = resolve_resume(args)
         state = load_checkpoint(resume_from, model, optimizer) if resume_from else None
         if state:

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 import train_redi  # noqa: E402
 import train_sft  # noqa: E402
-from data import load_pairs, load_sft_examples, tokenize_pairs, tokenize_sft  # noqa: E402
+from data import load_pairs, load_sft_examples, num_tokens, tokenize_pairs, tokenize_sft  # noqa: E402
 
 
 def main():
@@ -24,11 +24,11 @@ def main():
     rank, world, device, tokenizer, model, lm, optimizer = train_sft.prepare(args)
     if stage == "sft":
         data = tokenize_sft(tokenizer, load_sft_examples(args.data))
-        sampler = train_sft.build_sampler(args, [len(e["input_ids"]) for e in data], world, rank)
+        sampler = train_sft.build_sampler(args, [num_tokens(e) for e in data], world, rank)
         task = train_sft.SFTTask(data, sampler, tokenizer.pad_token_id, args.packed, device)
     else:
         data = tokenize_pairs(tokenizer, load_pairs(args.data))
-        sampler = train_sft.build_sampler(args, [len(p["chosen"]["input_ids"]) for p in data], world, rank)
+        sampler = train_sft.build_sampler(args, [num_tokens(p) for p in data], world, rank)
         ref = train_sft.load_model(args.model, args, device, trainable=False)[0] if stage == "dpo" else None
         task = train_redi.PairTask(args, data, sampler, tokenizer.pad_token_id, device, ref_model=ref)
     normaliser = task.normaliser(0, 0)
