@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -49,6 +50,9 @@ import random
 import shutil
 import sys
 import time
+
+import torch
+import torch.distributed as dist
 
 # -----------------------------------------------------------------------------
 # arguments
@@ -139,29 +143,27 @@ def validate_args(args) -> None:
 # distributed helpers
 
 
-def setup_distributed():
-    """Init the process group (gloo on CPU, nccl on GPU); works under torchrun or as one process."""
-    import torch
-    import torch.distributed as dist
+def setup_distributed(device: str = "auto", timeout_minutes: float = 30.0):
+    """(rank, world_size, device): nccl on GPU, gloo on CPU; under torchrun or as one process.
 
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if torch.cuda.is_available():
+    Without torchrun a process group of one is still created (over an in-memory store, no port),
+    so the same collectives run everywhere. `device`: "auto" (cuda when available), "cuda", "cpu".
+    Used by train_sft.py, train_redi.py and evaluate.py alike.
+    """
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
         torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+    backend = "nccl" if use_cuda else "gloo"
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if "RANK" in os.environ and "MASTER_ADDR" in os.environ:        # launched by torchrun
+        dist.init_process_group(backend, timeout=timeout)
     else:
-        device = torch.device("cpu")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
 
 
 def is_main() -> bool:
-    import torch.distributed as dist
-
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
@@ -170,9 +172,14 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
-def cleanup() -> None:
-    import torch.distributed as dist
+def barrier() -> None:
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
 
+
+def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
 
