@@ -1,13 +1,28 @@
-"""data.py formatting, collation and sharding: labels, layouts and the step sampler."""
+"""data.py tokenizer, formatting, collation and sharding: pad token, labels, layouts and the step sampler."""
 from collections import Counter
 
 import pytest
 import torch
 
-from data import (IGNORE_INDEX, StepSampler, collate, collate_pairs, tokenize_example, tokenize_pairs)
+from data import (IGNORE_INDEX, StepSampler, collate, collate_pairs, load_tokenizer, tokenize_example,
+                  tokenize_pairs)
 
 QUESTION = [{"role": "user", "content": "What is 12+7?"}]
 RESPONSE = "<think>\n12+7=19\n</think>\n\nThe answer is $\\boxed{19}$."
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def test_load_tokenizer_pads_with_eos_only_when_the_tokenizer_has_no_pad_token(tiny_model_dir, tmp_path):
+    """A tokenizer's own pad token is kept; a tokenizer without one gets EOS as its pad token."""
+    own = load_tokenizer(str(tiny_model_dir))
+    assert own.pad_token == "<|endoftext|>" and own.pad_token_id != own.eos_token_id
+    own.pad_token = None
+    own.save_pretrained(tmp_path)
+    padless = load_tokenizer(str(tmp_path))
+    assert padless.eos_token_id is not None
+    assert padless.pad_token_id == padless.eos_token_id
 
 
 # ----------------------------------------------------------------------------- labels
@@ -88,7 +103,7 @@ def test_packed_and_padded_give_identical_per_sequence_logps(tiny_model_dir, tin
     sequences = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
     for impl in ("sdpa", "eager"):
         lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=impl).eval()
-        model = train_sft._policy_module_class()(lm, chunk_size=4)
+        model = train_sft.LogpsModel(lm, chunk_size=4)
         with torch.no_grad():
             padded, padded_n = model(**collate(sequences, tiny_tokenizer.pad_token_id))
             packed, packed_n = model(**collate(sequences, tiny_tokenizer.pad_token_id, packed=True))
