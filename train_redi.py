@@ -7,9 +7,10 @@ On (problem x, correct trace y_w, incorrect trace y_l) pairs, starting from the 
 with no reference model. The same script trains the paper's baselines on the same pairs:
     --loss dpo     Eq. (2), against a frozen reference (the starting model, or --ref-model)
     --loss simpo   Eq. (3), length-normalised, margin gamma, no reference
-    --loss sft     the "just more SFT" control: token-mean NLL of the chosen traces only
-The losses themselves live in redi_loss.py; the training machinery (FSDP2, schedule,
-checkpoints, metrics, step loop) is imported from train_sft.py.
+    --loss sft     the "just more SFT" control: token-mean NLL (Eq. 1) of the chosen traces only
+The losses live in redi_loss.py (copy it into your project); the shared machinery (distributed
+setup, FSDP2 model loading, schedule, checkpoints, metrics) is imported from train_sft.py. The
+whole optimizer step is `train()` below: read it top to bottom.
 
 Launch:
     # REDI from the stage-1 checkpoint, 8 GPUs (paper: lr 1e-6, alpha 0.8, 32 pairs/step, 1 epoch)
@@ -22,22 +23,28 @@ Launch:
     torchrun --nproc_per_node 2 train_redi.py --model runs/sft/final --data pairs.jsonl \\
         --output-dir runs/redi --global-batch-size 4 --max-steps 3
 
-Per-loss defaults (the paper's tuned values for Qwen2.5-Math-1.5B; override with the flags):
-    redi  lr 1e-6, alpha 0.8          dpo  lr 2e-7, beta 0.001
-    simpo lr 5e-7, beta 2, gamma 1    sft  lr 1e-6
+Per-loss defaults: the paper's tuned values for Qwen2.5-Math-1.5B (PAPER_DEFAULTS below; `--help`
+prints them); override with the flags.
 
-Extra metrics per step (means over the step's pairs, all ranks): chosen_logps and
-rejected_logps = log p(y|x)/|y|, the paper's "LogPS"; margin = chosen_logps - rejected_logps;
-pair_accuracy = fraction of pairs with chosen_logps > rejected_logps; for DPO also the implicit
-rewards beta*(log p - log p_ref) and their accuracy.
+Names: `chosen_logps` / `rejected_logps` are SUMMED log-probs log p(y|x) of each trace [B], as in
+redi_loss.py; `chosen_lengths` / `rejected_lengths` their token counts [B]. The paper's "LogPS" is
+the per-token mean, logps / lengths; the metrics below always log that mean.
+
+Per-step metrics in metrics.jsonl, beyond train_sft's (means over the step's real pairs, all ranks):
+    logps/chosen, logps/rejected   LogPS = log p(y|x) / |y| of the chosen and rejected traces
+    logps/margin                   logps/chosen - logps/rejected
+    logps/accuracy                 fraction of pairs with logps/chosen > logps/rejected
+    rewards/chosen, rewards/rejected, rewards/accuracy   (DPO only) implicit rewards
+                                   beta * (log p - log p_ref) and how often chosen's is larger
+    data/pairs                     real pairs in the step
+    logps/collapse_warning         the collapse check below fired at this step
 
 Collapse warning: the paper shows that at high learning rates (or alpha near 1) the
 log-likelihoods of BOTH chosen and rejected traces fall together and accuracy collapses. Each step
 we compare the mean LogPS of the last --collapse-window steps with the first step's; when both
 chosen and rejected have fallen by more than --collapse-threshold nats per token (default 0.5:
 the LogPS of a trained model's own data sits near 0 to -0.5, so a 0.5 drop means the model has
-moved far from the traces it was trained on), the step is flagged (`collapse_warning: true` in
-metrics.jsonl) and a warning is printed once.
+moved far from the traces it was trained on), the step is flagged and a warning is printed once.
 
 Where this departs from the paper's code (TRL DPOTrainer-based):
   1. Chosen and rejected go through ONE forward (concatenated), as TRL does; with --loss sft the
@@ -48,14 +55,21 @@ Where this departs from the paper's code (TRL DPOTrainer-based):
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
 import sys
 
-import train_sft
-from train_sft import print0
+import torch
+import torch.distributed as dist
 
+import train_sft
+from data import collate_pairs, load_pairs, num_tokens, read_jsonl, tokenize_pairs
+from redi_loss import IGNORE_INDEX, LOSSES
+from train_sft import print0, to_device
+
+# The paper's tuned settings for Qwen2.5-Math-1.5B, per --loss; a flag left unset takes these.
 PAPER_DEFAULTS = {
     "redi": {"lr": 1e-6, "alpha": 0.8},
     "dpo": {"lr": 2e-7, "beta": 0.001},
@@ -67,13 +81,20 @@ PAPER_DEFAULTS = {
 # arguments
 
 
+def _paper_default(key: str) -> str:
+    """'default per --loss: redi 0.8, ...' for the help text, from PAPER_DEFAULTS."""
+    values = [f"{loss} {d[key]:g}" for loss, d in PAPER_DEFAULTS.items() if key in d]
+    return "default per --loss (paper): " + ", ".join(values)
+
+
 def parse_args(argv=None):
-    parser = train_sft.build_parser(__doc__, lr=None, global_batch=32, epochs=1)
+    parser = train_sft.build_parser(__doc__, lr=None, global_batch=32, epochs=1,
+                                    lr_help=f"peak learning rate; {_paper_default('lr')}")
     g = parser.add_argument_group("stage-2 loss")
-    g.add_argument("--loss", default="redi", choices=sorted(PAPER_DEFAULTS), help="objective (default redi)")
-    g.add_argument("--alpha", type=float, default=None, help="REDI weight on the rejected term (default 0.8)")
-    g.add_argument("--beta", type=float, default=None, help="DPO/SimPO inverse temperature (default 0.001 / 2)")
-    g.add_argument("--gamma", type=float, default=None, help="SimPO target margin (default 1)")
+    g.add_argument("--loss", default="redi", choices=list(OBJECTIVES), help="objective (default redi)")
+    g.add_argument("--alpha", type=float, default=None, help=f"REDI weight on the rejected term; {_paper_default('alpha')}")
+    g.add_argument("--beta", type=float, default=None, help=f"DPO/SimPO inverse temperature; {_paper_default('beta')}")
+    g.add_argument("--gamma", type=float, default=None, help=f"SimPO target margin; {_paper_default('gamma')}")
     g.add_argument("--ref-model", default=None, help="DPO reference model dir (default: --model)")
     g.add_argument("--precompute-ref", action="store_true",
                    help="DPO: compute reference log-probs once, cache them next to --data, free the reference")
@@ -93,8 +114,44 @@ def parse_args(argv=None):
 
 
 def loss_hyperparameters(args) -> dict:
-    return {"redi": {"alpha": args.alpha}, "dpo": {"beta": args.beta},
-            "simpo": {"beta": args.beta, "gamma": args.gamma}, "sft": {}}[args.loss]
+    """The hyperparameters the chosen objective uses (for the log line)."""
+    return {k: getattr(args, k) for k in PAPER_DEFAULTS[args.loss] if k != "lr"}
+
+
+# -----------------------------------------------------------------------------
+# the stage-2 objectives: per-pair losses [B] from one micro-batch's log-probs
+
+
+def _redi(lp, args):
+    return LOSSES["redi"](chosen_logps=lp["chosen_logps"], chosen_lengths=lp["chosen_lengths"],
+                          rejected_logps=lp["rejected_logps"], rejected_lengths=lp["rejected_lengths"],
+                          alpha=args.alpha)
+
+
+def _dpo(lp, args):
+    return LOSSES["dpo"](chosen_logps=lp["chosen_logps"], rejected_logps=lp["rejected_logps"],
+                         ref_chosen_logps=lp["ref_chosen_logps"], ref_rejected_logps=lp["ref_rejected_logps"],
+                         beta=args.beta)
+
+
+def _simpo(lp, args):
+    return LOSSES["simpo"](chosen_logps=lp["chosen_logps"], chosen_lengths=lp["chosen_lengths"],
+                           rejected_logps=lp["rejected_logps"], rejected_lengths=lp["rejected_lengths"],
+                           beta=args.beta, gamma=args.gamma)
+
+
+def _more_sft(lp, args):
+    # Eq. (1) on the chosen traces: the summed NLL; the step divides by its chosen-token count.
+    return -lp["chosen_logps"]
+
+
+# name: (per-pair loss, what the step's summed loss is divided by: "pairs" or "chosen_tokens")
+OBJECTIVES = {
+    "redi": (_redi, "pairs"),
+    "dpo": (_dpo, "pairs"),
+    "simpo": (_simpo, "pairs"),
+    "sft": (_more_sft, "chosen_tokens"),
+}
 
 
 # -----------------------------------------------------------------------------
@@ -120,10 +177,6 @@ def compute_reference_logps(ref_model, pairs, pad_id, args, device) -> dict:
     FSDP forwards are collective, so every rank runs the same number of micro-batches (the last
     ones padded with repeats that are discarded).
     """
-    import torch
-    import torch.distributed as dist
-    from data import collate_pairs
-
     rank, world = dist.get_rank(), dist.get_world_size()
     mb = args.micro_batch_size
     per_rank = -(-len(pairs) // world)
@@ -133,8 +186,8 @@ def compute_reference_logps(ref_model, pairs, pad_id, args, device) -> dict:
     with torch.no_grad():
         for start in range(0, per_rank, mb):
             idx = mine[start:start + mb]
-            batch = train_sft.to_device(collate_pairs([pairs[i] for i in idx], pad_id, args.packed), device)
-            sums, _ = ref_model(**batch)
+            batch = to_device(collate_pairs([pairs[i] for i in idx], pad_id, args.packed), device)
+            sums, _ = ref_model(**batch)                                     # [2n]: chosen, then rejected
             for j, i in enumerate(idx):
                 if real[start + j]:
                     found[pairs[i]["id"]] = (sums[j].item(), sums[len(idx) + j].item())
@@ -145,15 +198,11 @@ def compute_reference_logps(ref_model, pairs, pad_id, args, device) -> dict:
 
 def load_or_compute_reference(args, pairs, pad_id, device) -> dict:
     """--precompute-ref: read the cache if it covers every pair, else compute, write, and read it."""
-    import gc
-
-    import torch
-    import torch.distributed as dist
-
+    if len({p["id"] for p in pairs}) != len(pairs):
+        raise ValueError(f"{args.data}: pair ids are not unique; --precompute-ref keys its cache by id")
     path = reference_cache_path(args)
     if os.path.exists(path):
-        with open(path) as f:
-            cache = {r["id"]: (r["chosen"], r["rejected"]) for r in map(json.loads, f)}
+        cache = {r["id"]: (r["chosen"], r["rejected"]) for _, r in read_jsonl(path)}
         if all(p["id"] in cache for p in pairs):
             print0(f"reference log-probs: read {len(cache)} from {path}")
             return cache
@@ -174,146 +223,172 @@ def load_or_compute_reference(args, pairs, pad_id, device) -> dict:
     return cache
 
 
-# -----------------------------------------------------------------------------
-# loss on a micro-batch of pairs
+def build_reference(args, pairs, pad_id, device):
+    """DPO's reference log-probs as a function (batch, batch_pairs) -> (ref_chosen [B], ref_rejected [B]).
 
+    From the --precompute-ref cache, or a frozen copy of the model forwarded on the same batch."""
+    if args.precompute_ref:
+        cache = load_or_compute_reference(args, pairs, pad_id, device)
 
-class PairTask:
-    """Per-micro-batch pair loss; pair losses are averaged over the step's GLOBAL pair count."""
-
-    def __init__(self, args, pairs, sampler, pad_id, device, ref_model=None, ref_cache=None):
-        from redi_loss import LOSSES
-
-        self.args, self.pairs, self.sampler, self.pad_id, self.device = args, pairs, sampler, pad_id, device
-        self.ref_model, self.ref_cache = ref_model, ref_cache
-        self.loss_fn = LOSSES.get(args.loss)
-        self.hparams = loss_hyperparameters(args)
-        self.chosen_tokens = [sum(t != -100 for t in p["chosen"]["labels"][1:]) for p in pairs]
-        self.history, self.start, self.warned = [], None, False
-
-    def normaliser(self, epoch, step_in_epoch):
-        """Real pairs in the step (or chosen tokens, for the SFT control), over all ranks."""
-        items = [it for r in range(self.sampler.world_size) for it in self.sampler.rank_slice(epoch, step_in_epoch, r)]
-        if self.args.loss == "sft":
-            return float(sum(self.chosen_tokens[i] * w for i, w in items))
-        return float(sum(w for _, w in items))
-
-    def reference(self, batch, ids, n):
-        import torch
-
-        if self.ref_cache is not None:
-            ref = torch.tensor([self.ref_cache[i] for i in ids], dtype=torch.float32, device=self.device)
+        def cached(batch, batch_pairs):
+            ref = torch.tensor([cache[p["id"]] for p in batch_pairs], dtype=torch.float32, device=device)
             return ref[:, 0], ref[:, 1]
+        return cached
+    ref_model, _ = train_sft.load_model(args.ref_model or args.model, args, device, trainable=False)
+
+    def live(batch, batch_pairs):
         with torch.no_grad():
-            sums, _ = self.ref_model(**batch)
-        return sums[:n], sums[n:]
+            sums, _ = ref_model(**batch)
+        return sums[:len(batch_pairs)], sums[len(batch_pairs):]
+    return live
 
-    def micro_batch(self, model, items, normaliser):
-        import torch
-        from data import collate_pairs
-        from redi_loss import sft_loss
 
-        pairs = [self.pairs[i] for i, _ in items]
-        n = len(pairs)
-        batch = train_sft.to_device(collate_pairs(pairs, self.pad_id, self.args.packed), self.device)
-        weights = torch.tensor([w for _, w in items], device=self.device)
-        sums, counts = model(**batch)                                       # [2n]: chosen then rejected
-        inputs = {"chosen_logps": sums[:n], "chosen_lengths": counts[:n],
-                  "rejected_logps": sums[n:], "rejected_lengths": counts[n:]}
-        if self.args.loss == "dpo":
-            inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = self.reference(batch, [p["id"] for p in pairs], n)
-        if self.args.loss == "sft":
-            loss = sft_loss(inputs["chosen_logps"] * weights, inputs["chosen_lengths"], total_tokens=normaliser)
-        else:
-            per_pair = self.loss_fn(**{k: inputs[k] for k in _parameters(self.loss_fn) if k in inputs}, **self.hparams)
-            loss = (per_pair * weights).sum() / normaliser
-        stats = pair_stats(inputs, weights, self.args.beta if self.args.loss == "dpo" else None)
-        stats["_tokens"] = float(sum(len(p["chosen"]["input_ids"]) + len(p["rejected"]["input_ids"])
-                                     for p, (_, w) in zip(pairs, items) if w > 0))
-        return loss, stats
+# -----------------------------------------------------------------------------
+# metrics of a step of pairs
 
-    def metrics(self, sums):
-        pairs = max(sums["_pairs"], 1.0)
-        out = {k.lstrip("_"): v / pairs for k, v in sums.items() if k.startswith("_") and k not in ("_pairs", "_tokens")}
-        out["pairs"] = int(sums["_pairs"])
-        return out
+# Per-rank sums accumulated over the micro-batches, all-reduced once per step.
+PAIR_STATS = ("loss", "tokens", "pairs", "chosen", "rejected", "margin", "accuracy",
+              "reward_chosen", "reward_rejected", "reward_accuracy")
 
-    def after_step(self, record):
-        """The collapse check (see the module docstring); returns extra fields for the record."""
+
+def pair_stats(loss, lp, weights, batch_pairs, args):
+    """[len(PAIR_STATS)] float64: this micro-batch's weighted sums behind the step's metrics."""
+    chosen = (lp["chosen_logps"] / lp["chosen_lengths"]).detach()               # LogPS [B]
+    rejected = (lp["rejected_logps"] / lp["rejected_lengths"]).detach()
+    if "ref_chosen_logps" in lp:
+        reward_chosen = args.beta * (lp["chosen_logps"] - lp["ref_chosen_logps"]).detach()
+        reward_rejected = args.beta * (lp["rejected_logps"] - lp["ref_rejected_logps"]).detach()
+    else:
+        reward_chosen = reward_rejected = torch.zeros_like(chosen)
+    tokens = sum(num_tokens(p) for p, w in zip(batch_pairs, weights.tolist()) if w > 0)
+    columns = [loss.detach().reshape(1), torch.tensor([tokens], device=weights.device), weights.sum().reshape(1)]
+    for per_pair in (chosen, rejected, chosen - rejected, (chosen > rejected).float(),
+                     reward_chosen, reward_rejected, (reward_chosen > reward_rejected).float()):
+        columns.append((per_pair * weights).sum().reshape(1))
+    return torch.cat([c.double() for c in columns])
+
+
+def pair_metrics(sums: dict, args) -> dict:
+    """The step's logged pair metrics (module docstring) from the all-reduced sums."""
+    pairs = max(sums["pairs"], 1.0)
+    out = {"logps/chosen": sums["chosen"] / pairs, "logps/rejected": sums["rejected"] / pairs,
+           "logps/margin": sums["margin"] / pairs, "logps/accuracy": sums["accuracy"] / pairs,
+           "data/pairs": int(sums["pairs"])}
+    if args.loss == "dpo":
+        out.update({"rewards/chosen": sums["reward_chosen"] / pairs, "rewards/rejected": sums["reward_rejected"] / pairs,
+                    "rewards/accuracy": sums["reward_accuracy"] / pairs})
+    return out
+
+
+class CollapseMonitor:
+    """The collapse check (module docstring): both windowed LogPS far below the first step's."""
+
+    def __init__(self, threshold: float, window: int, start=None):
+        self.threshold, self.window, self.start = threshold, window, start
+        self.history, self.warned = [], False
+
+    def check(self, step: int, chosen: float, rejected: float) -> bool:
         if self.start is None:
-            self.start = (record["chosen_logps"], record["rejected_logps"])
-        self.history = (self.history + [(record["chosen_logps"], record["rejected_logps"])])[-self.args.collapse_window:]
-        chosen = sum(c for c, _ in self.history) / len(self.history)
-        rejected = sum(r for _, r in self.history) / len(self.history)
-        collapsed = (chosen < self.start[0] - self.args.collapse_threshold
-                     and rejected < self.start[1] - self.args.collapse_threshold)
+            self.start = (chosen, rejected)
+        self.history = (self.history + [(chosen, rejected)])[-self.window:]
+        mean_chosen = sum(c for c, _ in self.history) / len(self.history)
+        mean_rejected = sum(r for _, r in self.history) / len(self.history)
+        collapsed = (mean_chosen < self.start[0] - self.threshold and mean_rejected < self.start[1] - self.threshold)
         if collapsed and not self.warned:
             self.warned = True
-            print0(f"WARNING step {record['step']}: chosen and rejected LogPS both fell more than "
-                   f"{self.args.collapse_threshold} nats/token below their start ({self.start[0]:.3f} -> {chosen:.3f}, "
-                   f"{self.start[1]:.3f} -> {rejected:.3f}): likely collapse; lower --lr or --alpha")
-        return {"collapse_warning": collapsed}
+            print0(f"WARNING step {step}: chosen and rejected LogPS both fell more than {self.threshold} "
+                   f"nats/token below their start ({self.start[0]:.3f} -> {mean_chosen:.3f}, {self.start[1]:.3f} -> "
+                   f"{mean_rejected:.3f}): likely collapse; lower --lr or --alpha")
+        return collapsed
 
 
-def _parameters(fn):
-    import inspect
+def first_logged_logps(args):
+    """On resume, the collapse check's starting LogPS come from the first step in metrics.jsonl."""
+    path = os.path.join(args.output_dir, "metrics.jsonl")
+    for _, record in read_jsonl(path) if os.path.exists(path) else []:
+        if "logps/chosen" in record:
+            return record["logps/chosen"], record["logps/rejected"]
+    return None
 
-    return inspect.signature(fn).parameters
+
+# -----------------------------------------------------------------------------
+# the stage-2 step loop (its twin, the SFT loop, is train_sft.train)
 
 
-def pair_stats(inputs, weights, dpo_beta=None) -> dict:
-    """Weighted sums (detached floats) behind the LogPS, margin, accuracy and reward metrics."""
-    c = (inputs["chosen_logps"] / inputs["chosen_lengths"]).detach()
-    r = (inputs["rejected_logps"] / inputs["rejected_lengths"]).detach()
-    stats = {"_pairs": weights.sum(), "_chosen_logps": (c * weights).sum(), "_rejected_logps": (r * weights).sum(),
-             "_margin": ((c - r) * weights).sum(), "_pair_accuracy": ((c > r).float() * weights).sum()}
-    if dpo_beta is not None:
-        chosen_reward = dpo_beta * (inputs["chosen_logps"] - inputs["ref_chosen_logps"]).detach()
-        rejected_reward = dpo_beta * (inputs["rejected_logps"] - inputs["ref_rejected_logps"]).detach()
-        stats.update({"_chosen_reward": (chosen_reward * weights).sum(),
-                      "_rejected_reward": (rejected_reward * weights).sum(),
-                      "_reward_accuracy": ((chosen_reward > rejected_reward).float() * weights).sum()})
-    return {k: float(v) for k, v in stats.items()}
+def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, reference=None, state=None):
+    """Optimizer steps over the pairs until the end of training."""
+    total_steps = train_sft.total_training_steps(args, sampler.steps_per_epoch)
+    step = state["step"] if state else 0
+    metrics = train_sft.Metrics(args, total_steps, step, dist.get_world_size())   # repairs metrics.jsonl first
+    collapse = CollapseMonitor(args.collapse_threshold, args.collapse_window, first_logged_logps(args) if step else None)
+    clock = train_sft.StepClock(state)
+    pair_loss, normalise_by = OBJECTIVES[args.loss]
+    cost = ([1.0] * len(pairs) if normalise_by == "pairs" else
+            [sum(t != IGNORE_INDEX for t in p["chosen"]["labels"][1:]) for p in pairs])
+    save = lambda at, extra: train_sft.save_checkpoint(args.output_dir, at, model, lm, optimizer,  # noqa: E731
+                                                       tokenizer, args, {"elapsed_s": clock.elapsed(), **extra})
+    print0(f"training: {total_steps} steps of {args.global_batch_size} pairs = {dist.get_world_size()} ranks x "
+           f"{sampler.per_rank}, {len(sampler.micro_batches(0, 0))} micro-batches per step")
+    try:
+        while step < total_steps:
+            clock.start_step()
+            epoch, step_in_epoch = divmod(step, sampler.steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = train_sft.lr_at(step, total_steps, args.lr, args.warmup_ratio)
+            # The loss is a mean over the step's pairs on ALL ranks (chosen tokens for the SFT control):
+            # each rank divides its sum by that global count and FSDP SUMS the gradients (load_model), so
+            # a step is the same for any world size and accumulation (tests/test_train.py checks it).
+            denominator = train_sft.global_count(sampler, epoch, step_in_epoch, cost)
+            local_sums = torch.zeros(len(PAIR_STATS), dtype=torch.float64, device=device)
+            for items in sampler.micro_batches(epoch, step_in_epoch):
+                batch_pairs = [pairs[i] for i, _ in items]
+                n = len(batch_pairs)
+                weights = torch.tensor([w for _, w in items], device=device)          # [n]; 0 = padding item
+                batch = to_device(collate_pairs(batch_pairs, tokenizer.pad_token_id, args.packed), device)
+                sums, lengths = model(**batch)                       # [2n]: chosen rows, then rejected rows
+                lp = {"chosen_logps": sums[:n], "chosen_lengths": lengths[:n],
+                      "rejected_logps": sums[n:], "rejected_lengths": lengths[n:]}
+                if reference is not None:
+                    lp["ref_chosen_logps"], lp["ref_rejected_logps"] = reference(batch, batch_pairs)
+                loss = (pair_loss(lp, args) * weights).sum() / denominator
+                loss = train_sft.maybe_inject_fault(args, step, loss)
+                loss.backward()
+                local_sums += pair_stats(loss, lp, weights, batch_pairs, args)
+            # One all-reduce: every rank sees the same sums, so the finite check is agreed across ranks.
+            sums = train_sft.clip_and_reduce(model, args.max_grad_norm, local_sums, PAIR_STATS)
+            if train_sft.is_finite(sums):
+                fields = {"optim/update_norm": train_sft.apply_update(model, optimizer), **pair_metrics(sums, args)}
+                fields["logps/collapse_warning"] = collapse.check(step + 1, fields["logps/chosen"],
+                                                                  fields["logps/rejected"])
+                epoch_progress = epoch + (step_in_epoch + 1) / sampler.steps_per_epoch
+                metrics.log(train_sft.step_record(step + 1, epoch_progress, optimizer, clock, device, sums, **fields))
+            else:
+                metrics.log(train_sft.skip_or_stop(args, step, epoch, sums, optimizer, save))
+            step += 1
+            if step == total_steps or (args.save_every and step % args.save_every == 0):
+                save(step, {})
+    finally:
+        metrics.close()
+    print0(f"done: {step} steps in {clock.elapsed():.1f}s; model in {os.path.join(args.output_dir, 'final')}")
 
 
 # -----------------------------------------------------------------------------
 # main
 
 
-def first_logged_logps(args):
-    """On resume, the collapse check's starting LogPS come from the first step in metrics.jsonl."""
-    path = os.path.join(args.output_dir, "metrics.jsonl")
-    if os.path.exists(path):
-        with open(path) as f:
-            for record in map(json.loads, filter(str.strip, f)):
-                if "chosen_logps" in record:
-                    return record["chosen_logps"], record["rejected_logps"]
-    return None
-
-
 def main(argv=None):
     args = parse_args(argv)
     try:
         rank, world_size, device, tokenizer, model, lm, optimizer = train_sft.prepare(args)
-        from data import load_pairs, num_tokens, tokenize_pairs
-
         pairs = tokenize_pairs(tokenizer, load_pairs(args.data), args.max_seq_len)
         print0(f"{len(pairs)} pairs from {args.data}; loss {args.loss} {loss_hyperparameters(args)}, lr {args.lr:g}")
         sampler = train_sft.build_sampler(args, [num_tokens(p) for p in pairs], world_size, rank)
-        ref_model = ref_cache = None
-        if args.loss == "dpo" and args.precompute_ref:
-            if len({p["id"] for p in pairs}) != len(pairs):
-                raise ValueError(f"{args.data}: pair ids are not unique; --precompute-ref keys its cache by id")
-            ref_cache = load_or_compute_reference(args, pairs, tokenizer.pad_token_id, device)
-        elif args.loss == "dpo":
-            ref_model, _ = train_sft.load_model(args.ref_model or args.model, args, device, trainable=False)
+        reference = build_reference(args, pairs, tokenizer.pad_token_id, device) if args.loss == "dpo" else None
         resume_from = train_sft.resolve_resume(args)
         state = train_sft.load_checkpoint(resume_from, model, optimizer) if resume_from else None
-        task = PairTask(args, pairs, sampler, tokenizer.pad_token_id, device, ref_model, ref_cache)
         if state:
             print0(f"resumed from {resume_from} at step {state['step']}")
-            task.start = first_logged_logps(args)
-        train_sft.train(args, model, lm, tokenizer, optimizer, sampler, task, device, state)
+        train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, reference, state)
     except train_sft.NonFiniteError as e:
         print(f"[rank {os.environ.get('RANK', 0)}] stopped: {e}", file=sys.stderr, flush=True)
         sys.exit(3)

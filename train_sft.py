@@ -42,23 +42,36 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib
 import json
 import math
 import os
 import platform
 import random
+import resource
 import shutil
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import transformers
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from data import StepSampler, collate, load_sft_examples, load_tokenizer, num_tokens, tokenize_sft
+from redi_loss import IGNORE_INDEX, sft_loss, token_logps_from_hidden
 
 # -----------------------------------------------------------------------------
 # arguments
 
 
-def build_parser(description: str, lr: float, global_batch: int, epochs: float) -> argparse.ArgumentParser:
+def build_parser(description: str, lr: float | None, global_batch: int, epochs: float,
+                 lr_help: str | None = None) -> argparse.ArgumentParser:
     """Flags shared by both stages; the defaults passed in are the stage's paper recipe."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
@@ -83,7 +96,7 @@ def build_parser(description: str, lr: float, global_batch: int, epochs: float) 
                    help="padding-free layout: a micro-batch is one row with per-sequence positions")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=lr,
-                   help=f"peak learning rate (paper: {lr:g})" if lr else "peak learning rate (default: per --loss)")
+                   help=lr_help or f"peak learning rate (paper: {lr:g})")
     g.add_argument("--epochs", type=float, default=epochs, help="passes over the data (fractions allowed)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (smoke runs)")
     g.add_argument("--global-batch-size", type=int, default=global_batch,
@@ -198,46 +211,41 @@ def all_reduce_sum(values: list[float], device) -> list[float]:
 # model
 
 
-def _policy_module_class():
-    import torch
-    from redi_loss import IGNORE_INDEX, token_logps_from_hidden
+class LogpsModel(torch.nn.Module):
+    """A causal LM whose forward returns per-sequence response log-probs, not logits.
 
-    class LogpsModel(torch.nn.Module):
-        """A causal LM whose forward returns per-sequence response log-probs, not logits.
+    forward(...) -> (sum_logps [S], num_tokens [S]): for each of the S sequences in the batch,
+    sum_t log p(y_t | x, y_<t) over its supervised tokens (labels != IGNORE_INDEX) and how many
+    there are. Log-probs come from the decoder's final hidden states and the output embedding, a
+    chunk of tokens at a time (redi_loss.token_logps_from_hidden), so [T, V] logits never exist.
+    FSDP2 wraps this module as the root, so the (tied) embedding is gathered inside its forward.
+    """
 
-        Log-probs come from the decoder's final hidden states and the output embedding, a chunk of
-        tokens at a time (redi_loss.token_logps_from_hidden), so [T, V] logits never exist. FSDP2
-        wraps this module as the root, so the (tied) embedding is gathered inside its forward.
-        """
+    def __init__(self, lm, chunk_size: int):
+        super().__init__()
+        self.lm, self.chunk_size = lm, chunk_size
 
-        def __init__(self, lm, chunk_size: int):
-            super().__init__()
-            self.lm, self.chunk_size = lm, chunk_size
-
-        def forward(self, input_ids, labels, attention_mask=None, position_ids=None, seq_index=None,
-                    num_sequences=None):
-            if seq_index is not None and self.lm.config._attn_implementation != "flash_attention_2":
-                attention_mask = block_causal_mask(seq_index, self.lm.get_output_embeddings().weight.dtype)
-            hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                           position_ids=position_ids, use_cache=False).last_hidden_state
-            weight = self.lm.get_output_embeddings().weight
-            per_token = token_logps_from_hidden(hidden, weight, labels, IGNORE_INDEX, self.chunk_size)  # [S or 1, T]
-            valid = labels != IGNORE_INDEX
-            valid[:, 0] = False                   # position 0 has no prediction
-            if seq_index is None:
-                return per_token.sum(-1), valid.sum(-1)
-            sums = per_token.new_zeros(num_sequences).index_add(0, seq_index, per_token[0])
-            counts = torch.zeros(num_sequences, dtype=torch.long, device=labels.device).index_add(
-                0, seq_index, valid[0].long())
-            return sums, counts
-
-    return LogpsModel
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, seq_index=None,
+                num_sequences=None):
+        if seq_index is not None and self.lm.config._attn_implementation != "flash_attention_2":
+            attention_mask = block_causal_mask(seq_index, self.lm.get_output_embeddings().weight.dtype)
+        hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                       position_ids=position_ids, use_cache=False).last_hidden_state
+        weight = self.lm.get_output_embeddings().weight
+        per_token = token_logps_from_hidden(hidden, weight, labels, IGNORE_INDEX, self.chunk_size)  # [B, T]
+        valid = labels != IGNORE_INDEX
+        valid[:, 0] = False                   # position 0 has no prediction
+        if seq_index is None:                 # padded layout: one sequence per row
+            return per_token.sum(-1), valid.sum(-1)
+        # packed layout: one row [1, T]; seq_index [T] says which sequence each token belongs to
+        sums = per_token.new_zeros(num_sequences).index_add(0, seq_index, per_token[0])
+        counts = torch.zeros(num_sequences, dtype=torch.long, device=labels.device).index_add(
+            0, seq_index, valid[0].long())
+        return sums, counts
 
 
 def block_causal_mask(seq_index, dtype):
     """[1, 1, T, T] additive mask for packed rows: causal within a sequence, blocked across them."""
-    import torch
-
     same = seq_index[:, None] == seq_index[None, :]
     causal = torch.ones_like(same).tril()
     return torch.where(same & causal, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
@@ -248,8 +256,6 @@ def load_config(path, args):
 
     The reference model (DPO) gets the same overrides as the policy, so that at step 0 the two
     compute identical log-probs."""
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(path)
     if args.max_position_embeddings is not None:
         config.max_position_embeddings = args.max_position_embeddings
@@ -270,17 +276,13 @@ def load_model(path, args, device, trainable: bool = True):
     on GPU (or --mixed-precision bf16) the forward/backward run in bf16 with fp32 gradient
     reduction: at lr 1e-6, bf16 master weights would round most updates away.
     """
-    import torch
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    from transformers import AutoModelForCausalLM
-
     lm = AutoModelForCausalLM.from_pretrained(path, config=load_config(path, args), dtype=torch.float32,
                                               attn_implementation=args.attn_implementation)
     if getattr(lm.get_output_embeddings(), "bias", None) is not None:
         raise ValueError(f"{path}: an lm_head with a bias is not supported by the chunked log-prob code")
     if args.activation_checkpointing and trainable:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = _policy_module_class()(lm, args.logps_chunk_size)
+    model = LogpsModel(lm, args.logps_chunk_size)
     bf16 = args.mixed_precision == "bf16" or (args.mixed_precision == "auto" and device.type == "cuda")
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     for layer in lm.get_decoder().layers:
@@ -298,13 +300,21 @@ def load_model(path, args, device, trainable: bool = True):
     return model, lm
 
 
-def load_tokenizer(path):
-    from transformers import AutoTokenizer
+def prepare(args):
+    """Shared start of both stages: process group, seeds, tokenizer, policy, optimizer."""
+    rank, world_size, device = setup_distributed()
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    tokenizer = load_tokenizer(args.model)
+    model, lm = load_model(args.model, args, device)
+    if args.max_seq_len is None:
+        args.max_seq_len = lm.config.max_position_embeddings
+    optimizer = build_optimizer(model, args)
+    return rank, world_size, device, tokenizer, model, lm, optimizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
 # -----------------------------------------------------------------------------
@@ -319,11 +329,115 @@ def lr_at(step: int, total_steps: int, peak_lr: float, warmup_ratio: float) -> f
     return peak_lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
 
-def build_optimizer(model, args):
-    import torch
+def total_training_steps(args, steps_per_epoch: int) -> int:
+    total = math.ceil(args.epochs * steps_per_epoch)
+    return min(total, args.max_steps) if args.max_steps else total
 
+
+def build_optimizer(model, args):
     return torch.optim.AdamW(model.parameters(), lr=args.lr, betas=tuple(args.adam_betas), eps=args.adam_eps,
                              weight_decay=args.weight_decay, foreach=True)
+
+
+def build_sampler(args, lengths, world_size, rank):
+    return StepSampler(lengths, args.global_batch_size, world_size, rank, args.seed,
+                       micro_batch_size=None if args.max_tokens_per_micro_batch else args.micro_batch_size,
+                       max_tokens=args.max_tokens_per_micro_batch)
+
+
+# -----------------------------------------------------------------------------
+# pieces of an optimizer step (both stages' loops call them in the same order)
+
+
+def global_count(sampler, epoch: int, step_in_epoch: int, cost) -> float:
+    """sum of cost[i] * weight over the step's examples on ALL ranks: the loss's denominator.
+
+    Every rank can compute every rank's share of the step from the sampler, so this needs no
+    collective; padding items carry weight 0."""
+    return float(sum(cost[i] * w for r in range(sampler.world_size)
+                     for i, w in sampler.rank_slice(epoch, step_in_epoch, r)))
+
+
+def maybe_inject_fault(args, step: int, loss):
+    """--inject-nan-at-step (tests): rank 0's loss becomes NaN at that step."""
+    if args.inject_nan_at_step == step and dist.get_rank() == 0:
+        return loss * float("nan")
+    return loss
+
+
+def clip_and_reduce(model, max_grad_norm, local_sums, names) -> dict:
+    """Clip gradients, sum this rank's step statistics over ranks: ONE host sync for the step.
+
+    Returns {name: global sum} plus "grad_norm". Every rank gets the same numbers, so a
+    non-finite check on them is agreed across ranks without another collective: a NaN or inf in
+    any rank's loss is in the summed loss, and one in any gradient is in the (global) grad norm.
+    """
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    dist.all_reduce(local_sums)
+    values = torch.cat([local_sums, grad_norm.reshape(1).to(local_sums)]).tolist()
+    return dict(zip([*names, "grad_norm"], values))
+
+
+def is_finite(sums: dict) -> bool:
+    return math.isfinite(sums["loss"]) and math.isfinite(sums["grad_norm"])
+
+
+def apply_update(model, optimizer) -> float:
+    """optimizer.step(); returns the global norm of the parameter change ||theta_new - theta_old||."""
+    before = [p.detach().to_local().clone() if hasattr(p, "to_local") else p.detach().clone()
+              for p in model.parameters()]
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    after = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in model.parameters()]
+    torch._foreach_sub_(before, after)                       # before now holds -delta, shard by shard
+    update_sq = torch.stack(torch._foreach_norm(before)).double().pow(2).sum()
+    dist.all_reduce(update_sq)
+    return math.sqrt(update_sq.item())
+
+
+def skip_or_stop(args, step, epoch, sums, optimizer, save) -> dict:
+    """After a non-finite loss or gradient (no update applied): zero the gradients, then
+    --on-nonfinite stop: save the last finite state and raise; skip: return the step's record."""
+    optimizer.zero_grad(set_to_none=True)
+    message = (f"non-finite loss ({sums['loss']}) or gradient norm ({sums['grad_norm']}) at step {step}; "
+               f"no optimizer step was taken")
+    if args.on_nonfinite == "stop":
+        save(step, {"stopped": message})
+        raise NonFiniteError(message + f"; saved the last finite state as checkpoint step-{step:07d}")
+    print0(message + "; skipping this step (--on-nonfinite skip)")
+    return {"step": step + 1, "epoch": epoch, "optim/skipped": True, "loss": sums["loss"],
+            "optim/grad_norm": sums["grad_norm"]}
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class StepClock:
+    """Wall time of the current step and of the whole run (carried over a resume)."""
+
+    def __init__(self, state):
+        self.elapsed0 = state.get("elapsed_s", 0.0) if state else 0.0
+        self.run_start = self.step_start = time.time()
+
+    def start_step(self):
+        self.step_start = time.time()
+
+    def step_seconds(self) -> float:
+        return time.time() - self.step_start
+
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.time() - self.run_start
+
+
+def step_record(step, epoch, optimizer, clock, device, sums, **fields) -> dict:
+    """The metrics.jsonl line of one optimizer step (keys namespaced; `step` and `loss` plain)."""
+    dt = clock.step_seconds()
+    return {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "loss": sums["loss"],
+            "optim/grad_norm": sums["grad_norm"], **fields, "data/tokens": int(sums["tokens"]),
+            "perf/tokens_per_s": sums["tokens"] / dt, "perf/step_time_s": dt,
+            "perf/peak_mem_gb": peak_memory_gb(device), "perf/elapsed_s": clock.elapsed()}
 
 
 # -----------------------------------------------------------------------------
@@ -337,12 +451,6 @@ def save_checkpoint(out_dir, step, model, lm, optimizer, tokenizer, args, extra=
     `latest` pointer is replaced with os.replace, so a crash mid-save never leaves a corrupt
     latest checkpoint.
     """
-    import torch
-    import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-
     ckpt_root = os.path.join(out_dir, "checkpoints")
     name = f"step-{step:07d}"
     final, tmp = os.path.join(ckpt_root, name), os.path.join(ckpt_root, f".tmp-{name}")
@@ -377,11 +485,6 @@ def save_checkpoint(out_dir, step, model, lm, optimizer, tokenizer, args, extra=
 
 def load_checkpoint(path, model, optimizer) -> dict:
     """Restore model, optimizer and this rank's RNG from a checkpoint dir; returns trainer_state."""
-    import torch
-    import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
-                                                         set_model_state_dict, set_optimizer_state_dict)
 
     if not os.path.isdir(os.path.join(path, "train_state")):
         raise FileNotFoundError(f"{path}: no train_state/ to resume from (is it a model-only export?)")
@@ -409,8 +512,6 @@ def resolve_resume(args) -> str | None:
 
 
 def _rng_state():
-    import numpy as np
-    import torch
 
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -419,8 +520,6 @@ def _rng_state():
 
 
 def _set_rng_state(state):
-    import numpy as np
-    import torch
 
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -500,10 +599,10 @@ class Metrics:
                 self.writer.add_scalar(k, v, record["step"])
         if self.bar:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record.get('perf/tokens_per_s', 0):.0f}")
         elif self.print_every and (record["step"] % self.print_every == 0 or record["step"] == self.total_steps):
             print(f"step {record['step']}/{self.total_steps}  loss {record['loss']:.4f}  "
-                  f"{record['tokens_per_s']:.0f} tokens/s  {record.get('elapsed_s', 0):.0f}s", flush=True)
+                  f"{record.get('perf/tokens_per_s', 0):.0f} tokens/s  {record.get('perf/elapsed_s', 0):.0f}s", flush=True)
 
     def close(self):
         if not self.enabled:
@@ -518,21 +617,34 @@ class Metrics:
 
 
 def _truncate_metrics(path, start_step):
-    """On resume keep only the lines up to the resumed step, so a restart never duplicates steps."""
+    """On resume keep only the lines up to the resumed step, so a restart never duplicates steps.
+
+    A last line cut short by a kill mid-write is not JSON; it is dropped with a note."""
     if not start_step:
         if os.path.exists(path):
             os.remove(path)
         return
-    if os.path.exists(path):
-        with open(path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
-        with open(path, "w") as f:
-            f.writelines(kept)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise SystemExit(f"{path}:{number}: not JSON ({line[:60]!r}); only a cut-short last line is "
+                                 f"repaired on --resume")
+            print0(f"{path}:{number}: dropped a cut-short last line (killed mid-write?)")
+            continue
+        if record.get("step", 0) <= start_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    with open(path, "w") as f:
+        f.writelines(kept)
 
 
 def _optional_import(module, what):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as e:
@@ -540,173 +652,71 @@ def _optional_import(module, what):
 
 
 def library_versions() -> dict:
-    import torch
-    import transformers
-
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def peak_memory_gb(device) -> float:
-    import resource
-
-    import torch
-
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20    # Linux reports KiB
 
 
 # -----------------------------------------------------------------------------
-# the step loop (shared by both stages)
+# the SFT step loop (its twin, the pair loop, is train_redi.train)
+
+SFT_STATS = ("loss", "tokens", "data/response_tokens", "logps/response_sum")
 
 
-def parameter_snapshot(model):
-    """This rank's fp32 shards of every parameter, to measure the update size after the step."""
-    return [p.detach().to_local().clone() if hasattr(p, "to_local") else p.detach().clone() for p in model.parameters()]
-
-
-def update_norm_sq(model, before) -> float:
-    """Squared norm of this rank's part of (theta_after - theta_before); summed over ranks later."""
-    total = 0.0
-    for p, old in zip(model.parameters(), before):
-        new = p.detach().to_local() if hasattr(p, "to_local") else p.detach()
-        total += (new.double() - old.double()).pow(2).sum().item()
-    return total
-
-
-def train(args, model, lm, tokenizer, optimizer, sampler, task, device, start_state=None):
-    """Run optimizer steps until the end; `task` supplies the per-micro-batch loss and metrics.
-
-    task.normaliser(step, epoch, step_in_epoch) -> float   same on every rank (global count)
-    task.micro_batch(model, items, normaliser) -> (loss tensor, {stat: float tensor}) this rank
-    task.metrics(sums: dict) -> dict                       step metrics from all-reduced sums
-    task.after_step(record) -> dict                        extra fields, e.g. the collapse warning
-    Stat names starting with "_" are summed but not logged.
-    """
-    import torch
-    import torch.distributed as dist
-
+def train(args, model, lm, tokenizer, optimizer, examples, sampler, device, state=None):
+    """Optimizer steps over the SFT examples until the end of training (Eq. 1 over the global batch)."""
     total_steps = total_training_steps(args, sampler.steps_per_epoch)
-    step = start_state["step"] if start_state else 0
+    step = state["step"] if state else 0
     metrics = Metrics(args, total_steps, step, dist.get_world_size())
-    elapsed0 = start_state.get("elapsed_s", 0.0) if start_state else 0.0
-    t_start = time.time()
+    clock = StepClock(state)
+    response_tokens = [sum(t != IGNORE_INDEX for t in e["labels"][1:]) for e in examples]
+    save = lambda at, extra: save_checkpoint(args.output_dir, at, model, lm, optimizer, tokenizer, args,  # noqa: E731
+                                             {"elapsed_s": clock.elapsed(), **extra})
     print0(f"training: {total_steps} steps ({sampler.steps_per_epoch} per epoch), global batch "
            f"{args.global_batch_size} = {dist.get_world_size()} ranks x {sampler.per_rank} examples; "
            f"micro-batches per step: {len(sampler.micro_batches(0, 0))}")
     try:
         while step < total_steps:
-            t0 = time.time()
+            clock.start_step()
             epoch, step_in_epoch = divmod(step, sampler.steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, args.lr, args.warmup_ratio)
-            normaliser = task.normaliser(epoch, step_in_epoch)
-            sums = {}
+            # Eq. (1) over the GLOBAL batch: each micro-batch's summed NLL is divided by the response
+            # tokens of the whole step on all ranks, and FSDP SUMS gradients over ranks (load_model),
+            # so the step is the same for any world size and accumulation.
+            global_tokens = global_count(sampler, epoch, step_in_epoch, response_tokens)
+            local_sums = torch.zeros(len(SFT_STATS), dtype=torch.float64, device=device)
             for items in sampler.micro_batches(epoch, step_in_epoch):
-                loss, stats = task.micro_batch(model, items, normaliser)
-                if args.inject_nan_at_step == step and dist.get_rank() == 0:
-                    loss = loss * float("nan")
+                batch = to_device(collate([examples[i] for i, _ in items], tokenizer.pad_token_id, args.packed), device)
+                weights = torch.tensor([w for _, w in items], device=device)      # [B]; 0 = padding item
+                sum_logps, num_tokens = model(**batch)                            # [B], [B]
+                loss = sft_loss(sum_logps * weights, num_tokens, total_tokens=global_tokens)
+                loss = maybe_inject_fault(args, step, loss)
                 loss.backward()
-                for k, v in {"loss": loss.detach(), **stats}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), args.max_grad_norm if args.max_grad_norm else float("inf"))
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            keys = sorted(sums)
-            sums = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], device)))
-            if not (math.isfinite(sums["loss"]) and math.isfinite(grad_norm)):
-                optimizer.zero_grad(set_to_none=True)
-                message = (f"non-finite loss ({sums['loss']}) or gradient norm ({grad_norm}) at step {step}; "
-                           f"no optimizer step was taken")
-                if args.on_nonfinite == "skip":
-                    print0(message + "; skipping this step (--on-nonfinite skip)")
-                    metrics.log({"step": step + 1, "epoch": epoch, "skipped": True, "loss": sums["loss"],
-                                 "grad_norm": grad_norm, "tokens_per_s": 0.0})
-                    step += 1
-                    continue
-                save_checkpoint(args.output_dir, step, model, lm, optimizer, tokenizer, args,
-                                {"elapsed_s": elapsed0 + time.time() - t_start, "stopped": message})
-                raise NonFiniteError(message + f"; saved the last finite state as checkpoint step-{step:07d}")
-            before = parameter_snapshot(model)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            (update_sq,) = all_reduce_sum([update_norm_sq(model, before)], device)
-            del before
-            step += 1
-            dt = time.time() - t0
-            record = {"step": step, "epoch": epoch + (step_in_epoch + 1) / sampler.steps_per_epoch,
-                      "lr": optimizer.param_groups[0]["lr"], "loss": sums["loss"], "grad_norm": grad_norm,
-                      "update_norm": math.sqrt(update_sq), **task.metrics(sums),
-                      "tokens": int(sums["_tokens"]), "tokens_per_s": sums["_tokens"] / dt,
-                      "step_time_s": dt, "peak_mem_gb": peak_memory_gb(device),
-                      "elapsed_s": elapsed0 + time.time() - t_start}
-            record.update(task.after_step(record))
+                tokens = sum(len(examples[i]["input_ids"]) for i, w in items if w > 0)
+                local_sums += torch.stack([loss.detach().double(), torch.tensor(tokens, device=device).double(),
+                                           (num_tokens * weights).sum().double(),
+                                           (sum_logps.detach() * weights).sum().double()])
+            sums = clip_and_reduce(model, args.max_grad_norm, local_sums, SFT_STATS)
+            if is_finite(sums):
+                fields = {"optim/update_norm": apply_update(model, optimizer),
+                          "data/response_tokens": int(sums["data/response_tokens"]),
+                          "logps/response": sums["logps/response_sum"] / max(sums["data/response_tokens"], 1.0)}
+                epoch_progress = epoch + (step_in_epoch + 1) / sampler.steps_per_epoch
+                record = step_record(step + 1, epoch_progress, optimizer, clock, device, sums, **fields)
+            else:
+                record = skip_or_stop(args, step, epoch, sums, optimizer, save)
             metrics.log(record)
+            step += 1
             if step == total_steps or (args.save_every and step % args.save_every == 0):
-                save_checkpoint(args.output_dir, step, model, lm, optimizer, tokenizer, args,
-                                {"elapsed_s": record["elapsed_s"]})
+                save(step, {})
     finally:
         metrics.close()
-    print0(f"done: {step} steps in {time.time() - t_start:.1f}s; model in {os.path.join(args.output_dir, 'final')}")
-
-
-class NonFiniteError(RuntimeError):
-    pass
-
-
-def total_training_steps(args, steps_per_epoch: int) -> int:
-    total = math.ceil(args.epochs * steps_per_epoch)
-    return min(total, args.max_steps) if args.max_steps else total
-
-
-def build_sampler(args, lengths, world_size, rank):
-    from data import StepSampler
-
-    return StepSampler(lengths, args.global_batch_size, world_size, rank, args.seed,
-                       micro_batch_size=None if args.max_tokens_per_micro_batch else args.micro_batch_size,
-                       max_tokens=args.max_tokens_per_micro_batch)
-
-
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-
-
-# -----------------------------------------------------------------------------
-# SFT: loss and metrics
-
-
-class SFTTask:
-    """Eq. (1): summed response NLL of the micro-batch divided by the step's GLOBAL token count."""
-
-    def __init__(self, examples, sampler, pad_id, packed, device):
-        self.examples, self.sampler, self.pad_id, self.packed, self.device = examples, sampler, pad_id, packed, device
-        self.response_tokens = [sum(t != -100 for t in e["labels"][1:]) for e in examples]
-
-    def normaliser(self, epoch, step_in_epoch):
-        # Every rank knows every rank's share of the step, so no collective is needed.
-        return float(sum(self.response_tokens[i] * w for r in range(self.sampler.world_size)
-                         for i, w in self.sampler.rank_slice(epoch, step_in_epoch, r)))
-
-    def micro_batch(self, model, items, normaliser):
-        import torch
-        from data import collate_sft
-        from redi_loss import sft_loss
-
-        batch = to_device(collate_sft([self.examples[i] for i, _ in items], self.pad_id, self.packed), self.device)
-        weights = torch.tensor([w for _, w in items], device=self.device)
-        sum_logps, num_tokens = model(**batch)
-        loss = sft_loss(sum_logps * weights, num_tokens, total_tokens=normaliser)
-        stats = {"_tokens": int(sum(len(self.examples[i]["input_ids"]) for i, w in items if w > 0)),
-                 "_response_tokens": float((num_tokens * weights).sum()),
-                 "_logps": float((sum_logps.detach() * weights).sum())}
-        return loss, stats
-
-    def metrics(self, sums):
-        return {"response_tokens": int(sums["_response_tokens"]),
-                "logps_per_token": sums["_logps"] / max(sums["_response_tokens"], 1.0)}
-
-    def after_step(self, record):
-        return {}
+    print0(f"done: {step} steps in {clock.elapsed():.1f}s; model in {os.path.join(args.output_dir, 'final')}")
 
 
 # -----------------------------------------------------------------------------
@@ -720,27 +730,10 @@ def parse_args(argv=None):
     return args
 
 
-def prepare(args):
-    """Shared start of both stages: process group, seeds, tokenizer, policy, optimizer."""
-    import torch
-
-    rank, world_size, device = setup_distributed()
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    tokenizer = load_tokenizer(args.model)
-    model, lm = load_model(args.model, args, device)
-    if args.max_seq_len is None:
-        args.max_seq_len = lm.config.max_position_embeddings
-    optimizer = build_optimizer(model, args)
-    return rank, world_size, device, tokenizer, model, lm, optimizer
-
-
 def main(argv=None):
     args = parse_args(argv)
     try:
         rank, world_size, device, tokenizer, model, lm, optimizer = prepare(args)
-        from data import load_sft_examples, num_tokens, tokenize_sft
-
         examples = tokenize_sft(tokenizer, load_sft_examples(args.data), args.max_seq_len)
         print0(f"{len(examples)} SFT examples from {args.data}")
         sampler = build_sampler(args, [num_tokens(e) for e in examples], world_size, rank)
@@ -748,8 +741,7 @@ def main(argv=None):
         state = load_checkpoint(resume_from, model, optimizer) if resume_from else None
         if state:
             print0(f"resumed from {resume_from} at step {state['step']}")
-        task = SFTTask(examples, sampler, tokenizer.pad_token_id, args.packed, device)
-        train(args, model, lm, tokenizer, optimizer, sampler, task, device, state)
+        train(args, model, lm, tokenizer, optimizer, examples, sampler, device, state)
     except NonFiniteError as e:
         print(f"[rank {os.environ.get('RANK', 0)}] stopped: {e}", file=sys.stderr, flush=True)
         sys.exit(3)

@@ -125,13 +125,14 @@ def test_each_stage2_loss_trains_three_steps_and_changes_every_parameter(loss, t
     header, steps = read_metrics(out)
     assert header["args"]["loss"] == loss and header["world_size"] == 2 and "torch" in header["versions"]
     assert [r["step"] for r in steps] == [1, 2, 3]
-    expected = {"step", "epoch", "lr", "loss", "grad_norm", "update_norm", "tokens", "tokens_per_s", "peak_mem_gb",
-                "elapsed_s", "chosen_logps", "rejected_logps", "margin", "pair_accuracy", "pairs", "collapse_warning"}
+    expected = {"step", "epoch", "lr", "loss", "optim/grad_norm", "optim/update_norm", "data/tokens",
+                "perf/tokens_per_s", "perf/peak_mem_gb", "perf/step_time_s", "perf/elapsed_s", "logps/chosen",
+                "logps/rejected", "logps/margin", "logps/accuracy", "data/pairs", "logps/collapse_warning"}
     assert expected <= steps[0].keys()
-    assert all(math.isfinite(r["loss"]) and r["update_norm"] > 0 and r["pairs"] == 4 for r in steps)
+    assert all(math.isfinite(r["loss"]) and r["optim/update_norm"] > 0 and r["data/pairs"] == 4 for r in steps)
     if loss == "dpo":
         assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)      # reference == policy at step 0
-        assert {"chosen_reward", "rejected_reward", "reward_accuracy"} <= steps[0].keys()
+        assert {"rewards/chosen", "rewards/rejected", "rewards/accuracy"} <= steps[0].keys()
     before, after = load_state_dict(tiny_model_dir), load_state_dict(out / "final")
     assert before.keys() == after.keys()
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
@@ -146,7 +147,7 @@ def test_sft_two_ranks_uneven_data_full_epoch_and_export_reloads(tmp_path, tiny_
                     "--max-position-embeddings", "4096", "--rope-theta", "300000")
     header, steps = read_metrics(out)
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
-    assert sum(r["response_tokens"] for r in steps) == _total_response_tokens(tiny_model_dir, sft_file)
+    assert sum(r["data/response_tokens"] for r in steps) == _total_response_tokens(tiny_model_dir, sft_file)
     assert sorted(os.listdir(out / "checkpoints")) == ["latest", "step-0000002", "step-0000004"]
     assert os.readlink(out / "final") == os.path.join("checkpoints", "step-0000004")
     # The overrides are persisted into the exported config, and the export reloads.
@@ -183,7 +184,7 @@ def test_resume_continues_bitwise_identically(tmp_path, tiny_model_dir, pairs_fi
     _, a = read_metrics(full)
     _, b = read_metrics(resumed)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
-    for key in ("loss", "grad_norm", "update_norm", "chosen_logps", "rejected_logps", "lr"):
+    for key in ("loss", "optim/grad_norm", "optim/update_norm", "logps/chosen", "logps/rejected", "lr"):
         assert [r[key] for r in a] == [r[key] for r in b], key
     sa, sb = load_state_dict(full / "final"), load_state_dict(resumed / "final")
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -211,7 +212,7 @@ def test_nan_skip_mode_skips_the_step_and_continues(tmp_path, tiny_model_dir, sf
                     "--max-steps", "3", "--lr", "1e-3", "--inject-nan-at-step", "1", "--on-nonfinite", "skip")
     _, steps = read_metrics(out)
     assert [r["step"] for r in steps] == [1, 2, 3]
-    assert steps[1].get("skipped") is True and not steps[0].get("skipped")
+    assert steps[1].get("optim/skipped") is True and not steps[0].get("optim/skipped")
 
 
 # ----------------------------------------------------------------------------- in-process checkpoint checks
@@ -250,11 +251,11 @@ def _one_step(model, optimizer, batch):
 
 
 def _batch(tokenizer):
-    from data import collate_sft, tokenize_example
+    from data import collate, tokenize_example
 
     examples = [tokenize_example(tokenizer, [{"role": "user", "content": f"q{i}"}], f"<think>\nr {i}\n</think>\n\n{i}", f"e{i}")
                 for i in range(3)]
-    return collate_sft(examples, tokenizer.pad_token_id)
+    return collate(examples, tokenizer.pad_token_id)
 
 
 @pytest.mark.slow
@@ -335,14 +336,10 @@ def test_dpo_precomputed_reference_is_cached_and_reused(tmp_path, tiny_model_dir
 
 def test_collapse_warning_needs_both_logps_to_fall_past_the_threshold(capsys):
     """Flag only when the windowed chosen AND rejected LogPS are > threshold below the first step's."""
-    import argparse
-
     import train_redi
 
-    args = argparse.Namespace(collapse_threshold=0.5, collapse_window=2, loss="redi", beta=None, alpha=0.8, gamma=None)
-    task = train_redi.PairTask.__new__(train_redi.PairTask)
-    task.args, task.history, task.start, task.warned = args, [], None, False
-    flags = [task.after_step({"step": i + 1, "chosen_logps": c, "rejected_logps": r})["collapse_warning"]
+    monitor = train_redi.CollapseMonitor(threshold=0.5, window=2)
+    flags = [monitor.check(i + 1, c, r)
              for i, (c, r) in enumerate([(-0.1, -0.3), (-0.2, -1.5), (-0.9, -1.6), (-1.0, -1.7), (-1.1, 0.5)])]
     # window means: (-0.15,-0.9): chosen fell 0.05; (-0.55,-1.55): 0.45; (-0.95,-1.65): both > 0.5;
     # (-1.05,-0.6): rejected fell only 0.3

@@ -1,11 +1,13 @@
-"""Test helper: run ONE optimizer step's forward/backward with the real task code, save loss + grads.
+"""Test helper: run ONE optimizer step of the real training script, save its loss and gradients.
 
     torchrun --nproc_per_node N tests/helpers/grad_probe.py OUT.pt {sft|redi|dpo|simpo} TRAIN_ARGS...
 
-Builds the model, data, sampler and task exactly as train_sft.py / train_redi.py do, runs the
-micro-batches of step 0 and backward, then gathers the full gradients (all ranks, FSDP
-reduce-scattered) and the step's all-reduced loss, and rank 0 saves them with torch.save.
+Runs train_sft.main / train_redi.main unchanged with --max-steps 1; the only hook is on the
+optimizer: just before its step, the full (all-ranks, FSDP reduce-scattered) gradients are
+gathered. The step's all-reduced loss is read back from metrics.jsonl. Rank 0 saves
+{"loss", "grads", "micro_batches"} with torch.save.
 """
+import json
 import os
 import sys
 
@@ -15,34 +17,42 @@ import torch  # noqa: E402
 
 import train_redi  # noqa: E402
 import train_sft  # noqa: E402
-from data import load_pairs, load_sft_examples, num_tokens, tokenize_pairs, tokenize_sft  # noqa: E402
+
+captured = {}
+
+
+def build_optimizer_with_probe(model, args, build=train_sft.build_optimizer):
+    optimizer = build(model, args)
+    step = optimizer.step
+
+    def probed_step(*a, **k):
+        captured["grads"] = {n: p.grad.full_tensor().clone() for n, p in model.named_parameters()}
+        return step(*a, **k)
+    optimizer.step = probed_step
+    return optimizer
+
+
+def count_micro_batches(build=train_sft.build_sampler):
+    def build_sampler(*a, **k):
+        sampler = build(*a, **k)
+        captured["micro_batches"] = len(sampler.micro_batches(0, 0))
+        return sampler
+    return build_sampler
 
 
 def main():
-    out, stage, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
-    args = train_sft.parse_args(argv) if stage == "sft" else train_redi.parse_args(argv + ["--loss", stage])
-    rank, world, device, tokenizer, model, lm, optimizer = train_sft.prepare(args)
+    out, stage, argv = sys.argv[1], sys.argv[2], sys.argv[3:] + ["--max-steps", "1"]
+    train_sft.build_optimizer = build_optimizer_with_probe
+    train_sft.build_sampler = count_micro_batches()
     if stage == "sft":
-        data = tokenize_sft(tokenizer, load_sft_examples(args.data))
-        sampler = train_sft.build_sampler(args, [num_tokens(e) for e in data], world, rank)
-        task = train_sft.SFTTask(data, sampler, tokenizer.pad_token_id, args.packed, device)
+        train_sft.main(argv)
     else:
-        data = tokenize_pairs(tokenizer, load_pairs(args.data))
-        sampler = train_sft.build_sampler(args, [num_tokens(p) for p in data], world, rank)
-        ref = train_sft.load_model(args.model, args, device, trainable=False)[0] if stage == "dpo" else None
-        task = train_redi.PairTask(args, data, sampler, tokenizer.pad_token_id, device, ref_model=ref)
-    normaliser = task.normaliser(0, 0)
-    total = 0.0
-    micro_batches = sampler.micro_batches(0, 0)
-    for items in micro_batches:
-        loss, _ = task.micro_batch(model, items, normaliser)
-        loss.backward()
-        total += loss.item()
-    (total,) = train_sft.all_reduce_sum([total], device)
-    grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
-    if rank == 0:
-        torch.save({"loss": total, "grads": grads, "micro_batches": len(micro_batches)}, out)
-    train_sft.cleanup()
+        train_redi.main(argv + ["--loss", stage])
+    if int(os.environ.get("RANK", "0")) == 0:
+        output_dir = argv[argv.index("--output-dir") + 1]
+        with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+            loss = [json.loads(line) for line in f][1]["loss"]
+        torch.save({"loss": loss, **captured}, out)
 
 
 if __name__ == "__main__":
