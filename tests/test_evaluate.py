@@ -222,7 +222,7 @@ RESPONSES = [  # (id, text); three problems, four samples each
 
 def test_responses_mode_scores_a_hand_made_file(tmp_path):
     """c = 2, 4, 0 of n = 4: pass@1 = 1/2, pass@2 = (5/6 + 1 + 0)/3, pass@4 = 2/3; per-sample
-    scores 2/3, 1/3, 1/3, 2/3 give SEM = sqrt(1/27)/2; no model, no torch."""
+    scores 2/3, 1/3, 1/3, 2/3 give SEM = sqrt(1/27)/2; no model loaded."""
     bench = tmp_path / "toy.jsonl"
     write_jsonl(bench, [{"id": "toy/1", "problem": "p1", "answer": "025"},
                         {"id": "toy/2", "problem": "p2", "answer": "\\frac{1}{2}"},

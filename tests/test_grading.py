@@ -1,4 +1,5 @@
-"""Grading: answer extraction, equivalence, time limits, pass@k, SEM, and the real benchmark files.
+"""Grading (grader.py): answer extraction, equivalence, time limits, the real benchmark files; and
+evaluate.py's pass@k, SEM and table.
 
 The pair-by-pair conventions of `is_equivalent` live in test_grading_table.py; this file checks the
 machinery around them and the grader's verdicts on every gold answer we ship.
@@ -7,6 +8,8 @@ import itertools
 import json
 import math
 import multiprocessing
+import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,9 +19,10 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 import evaluate
+import grader
 from conftest import BENCHMARKS, ROOT
-from evaluate import (extract_answer, format_table, grade_many, grade_response, is_equivalent, judge, pass_at_k,
-                      sem_over_samples, summarize)
+from evaluate import format_table, pass_at_k, sem_over_samples, summarize
+from grader import extract_answer, grade_many, grade_response, is_equivalent, judge
 
 LIMIT_S = 5.0  # one is_equivalent call, extraction included, must return within this
 
@@ -133,11 +137,11 @@ def test_huge_response_with_unbalanced_braces_is_graded_quickly():
 def test_sympy_overrun_is_killed_and_counted():
     """A sympy request past its deadline is abandoned at the deadline, the child killed, the time-out
     counted, and the next request gets a fresh child."""
-    answers, seconds = _timed(evaluate._SYMPY.ask, [["sleep", "30", ""]], 0.5)
+    answers, seconds = _timed(grader._SYMPY.ask, [["sleep", "30", ""]], 0.5)
     assert answers is None and seconds < 2.0
-    before = evaluate.GRADER_STATS["timeouts"]
+    before = grader.GRADER_STATS["timeouts"]
     assert judge("\\sqrt{4}", "2", timeout=1e-4) == (False, True)  # deadline passes before sympy answers
-    assert evaluate.GRADER_STATS["timeouts"] == before + 1
+    assert grader.GRADER_STATS["timeouts"] == before + 1
     assert judge("\\sqrt{4}", "2", timeout=LIMIT_S) == (True, False)
 
 
@@ -146,7 +150,7 @@ def test_grading_works_off_the_main_thread():
     out = {}
 
     def work():
-        out["kill"] = _timed(evaluate._SYMPY.ask, [["sleep", "30", ""]], 0.5)
+        out["kill"] = _timed(grader._SYMPY.ask, [["sleep", "30", ""]], 0.5)
         out["ok"] = judge("2\\sqrt{2}", "\\sqrt{8}", timeout=LIMIT_S)
 
     thread = threading.Thread(target=work)
@@ -157,7 +161,7 @@ def test_grading_works_off_the_main_thread():
 
 
 def _grade_in_worker(_):
-    killed = evaluate._SYMPY.ask([["sleep", "30", ""]], 0.5)
+    killed = grader._SYMPY.ask([["sleep", "30", ""]], 0.5)
     return killed, judge("\\frac{1}{\\sqrt{2}}", "\\frac{\\sqrt{2}}{2}", timeout=LIMIT_S)
 
 
@@ -323,9 +327,9 @@ def test_every_gold_parses_and_is_self_equivalent(name):
     normalised form, and reduces to a non-empty answer."""
     for row in read_jsonl(name):
         for gold in row.get("answers") or [row["answer"]]:
-            assert evaluate.normalize_answer(gold), (row["id"], gold)
+            assert grader.normalize_answer(gold), (row["id"], gold)
             assert is_equivalent(gold, gold), (row["id"], gold)
-            assert is_equivalent(evaluate.normalize_answer(gold), gold), (row["id"], gold)
+            assert is_equivalent(grader.normalize_answer(gold), gold), (row["id"], gold)
 
 
 def test_amc_integer_answers_match_rllm_float_strings():
@@ -342,7 +346,7 @@ def test_olympiadbench_multi_answers_any_order():
     multi = [r for r in rows.values() if r["meta"]["is_multiple_answer"] and "," in r["answer"]]
     assert len(multi) > 50
     for row in multi:
-        parts = evaluate._split_top(evaluate.normalize_answer(row["answer"]), ",")
+        parts = grader._split_top(grader.normalize_answer(row["answer"]), ",")
         if len(parts) < 2 or any("=" in p for p in parts):
             continue
         assert is_equivalent(", ".join(reversed(parts)), row["answers"]), row["id"]
@@ -350,11 +354,36 @@ def test_olympiadbench_multi_answers_any_order():
 
 
 # ---------------------------------------------------------------------------------------------
-# Cheap import, --help without torch
+# grader.py stands alone; evaluate re-exports it and stays cheap to import
 # ---------------------------------------------------------------------------------------------
 
-def test_grading_api_and_help_do_not_import_torch():
-    """`from evaluate import ...` and `--help` stay cheap: no torch, no transformers."""
+def test_grader_alone_imports_no_torch_and_boots_its_own_sympy_worker(tmp_path):
+    """grader.py copied alone into an empty folder grades with sympy: its worker boots from
+    grader.py (no evaluate.py there to re-run), and the grading process loads no torch,
+    transformers or sympy."""
+    shutil.copy(ROOT / "grader.py", tmp_path / "grader.py")
+    code = ("import sys\nimport grader\n"
+            "assert grader.judge('2\\\\sqrt{2}', '\\\\sqrt{8}') == (True, False)\n"
+            "assert grader._SYMPY._proc is not None, 'sympy never asked'\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'sympy', 'evaluate') if m in sys.modules))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_evaluate_re_exports_the_grader():
+    """Scripts keep importing the grader's API from evaluate: the very same objects."""
+    for name in ("extract_answer", "normalize_answer", "judge", "is_equivalent", "grade_response", "grade_many",
+                 "GRADER_STATS", "DEFAULT_TIMEOUT"):
+        assert getattr(evaluate, name) is getattr(grader, name), name
+    assert evaluate.is_equivalent("\\frac{2}{4}", "0.5") and evaluate.extract_answer("</think>\\boxed{7}") == "7"
+
+
+def test_evaluate_import_and_help_do_not_import_torch():
+    """`import evaluate` and `--help` stay cheap: no torch, no transformers (the sampling
+    functions import them when called)."""
     code = ("import sys\nimport evaluate\n"
             "try:\n    evaluate.parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n")

@@ -1,11 +1,11 @@
 """A table of tricky (prediction, gold, expected) triples for `is_equivalent`, decided by hand.
 
-Each row is a claim about one convention of the grader (see the evaluate.py docstring). Negatives
+Each row is a claim about one convention of the grader (see the grader.py docstring). Negatives
 matter as much as positives: a grader that says "yes" too often inflates every score.
 """
 import pytest
 
-from evaluate import is_equivalent
+from grader import is_equivalent
 
 T, F = True, False
 
