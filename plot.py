@@ -7,9 +7,9 @@ train_redi.py) is one line in each panel, labelled by its directory relative to 
 Panels against the optimizer step:
     held-out accuracy   pass@1 from `<run>/evals/step-NNNNNNN/summary.json` (evaluate.py's summary,
                         one per evaluated checkpoint; step 0 = the starting model), if any exist
-    chosen LogPS        mean log p(y_w|x)/|y_w|  (metrics key chosen_logps)
-    rejected LogPS      mean log p(y_l|x)/|y_l|  (rejected_logps)
-    update size         norm of the parameter change of each step (update_norm)
+    chosen LogPS        mean log p(y_w|x)/|y_w|  (metrics key logps/chosen)
+    rejected LogPS      mean log p(y_l|x)/|y_l|  (logps/rejected)
+    update size         norm of the parameter change of each step (optim/update_norm)
 plus the training loss. SFT runs have no LogPS; their panels show what they have.
 Writes OUT/dynamics.png (default OUT: the first RUN_DIR) and prints the path.
 
@@ -24,8 +24,8 @@ import json
 import os
 import sys
 
-PANELS = [("accuracy", "held-out pass@1"), ("chosen_logps", "chosen LogPS"),
-          ("rejected_logps", "rejected LogPS"), ("update_norm", "update size ||Δθ||"), ("loss", "training loss")]
+PANELS = [("accuracy", "held-out pass@1"), ("logps/chosen", "chosen LogPS"),
+          ("logps/rejected", "rejected LogPS"), ("optim/update_norm", "update size ||Δθ||"), ("loss", "training loss")]
 
 
 def load_run(run_dir: str, benchmark: str | None = None) -> dict:
@@ -34,7 +34,7 @@ def load_run(run_dir: str, benchmark: str | None = None) -> dict:
 
     series: dict[str, list] = {}
     for _, record in read_jsonl(os.path.join(run_dir, "metrics.jsonl")):
-        if "step" not in record or record.get("skipped"):
+        if "step" not in record or record.get("optim/skipped"):
             continue
         for key, value in record.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":

@@ -325,16 +325,14 @@ def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, referen
     pair_loss, normalise_by = OBJECTIVES[args.loss]
     cost = ([1.0] * len(pairs) if normalise_by == "pairs" else
             [sum(t != IGNORE_INDEX for t in p["chosen"]["labels"][1:]) for p in pairs])
-    save = lambda at, extra: train_sft.save_checkpoint(args.output_dir, at, model, lm, optimizer,  # noqa: E731
-                                                       tokenizer, args, {"elapsed_s": clock.elapsed(), **extra})
+    save = train_sft.checkpoint_saver(args, model, lm, optimizer, tokenizer, clock)
     print0(f"training: {total_steps} steps of {args.global_batch_size} pairs = {dist.get_world_size()} ranks x "
            f"{sampler.per_rank}, {len(sampler.micro_batches(0, 0))} micro-batches per step")
     try:
         while step < total_steps:
             clock.start_step()
             epoch, step_in_epoch = divmod(step, sampler.steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = train_sft.lr_at(step, total_steps, args.lr, args.warmup_ratio)
+            train_sft.set_lr(optimizer, train_sft.lr_at(step, total_steps, args.lr, args.warmup_ratio))
             # The loss is a mean over the step's pairs on ALL ranks (chosen tokens for the SFT control):
             # each rank divides its sum by that global count and FSDP SUMS the gradients (load_model), so
             # a step is the same for any world size and accumulation (tests/test_train.py checks it).
@@ -365,11 +363,11 @@ def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, referen
             else:
                 metrics.log(train_sft.skip_or_stop(args, step, epoch, sums, optimizer, save))
             step += 1
-            if step == total_steps or (args.save_every and step % args.save_every == 0):
+            if train_sft.is_save_step(args, step) or step == total_steps:
                 save(step, {})
     finally:
         metrics.close()
-    print0(f"done: {step} steps in {clock.elapsed():.1f}s; model in {os.path.join(args.output_dir, 'final')}")
+    print0(f"done: {step} steps of {args.loss} in {clock.elapsed():.1f}s; final model: {args.output_dir}/final")
 
 
 # -----------------------------------------------------------------------------

@@ -334,6 +334,11 @@ def total_training_steps(args, steps_per_epoch: int) -> int:
     return min(total, args.max_steps) if args.max_steps else total
 
 
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def build_optimizer(model, args):
     return torch.optim.AdamW(model.parameters(), lr=args.lr, betas=tuple(args.adam_betas), eps=args.adam_eps,
                              weight_decay=args.weight_decay, foreach=True)
@@ -481,6 +486,19 @@ def save_checkpoint(out_dir, step, model, lm, optimizer, tokenizer, args, extra=
         _prune(ckpt_root, args.keep_last)
     dist.barrier()
     return final
+
+
+def is_save_step(args, step: int) -> bool:
+    """--save-every N: a checkpoint every N steps (the last step is always saved)."""
+    return bool(args.save_every) and step % args.save_every == 0
+
+
+def checkpoint_saver(args, model, lm, optimizer, tokenizer, clock):
+    """save(step, extra): save_checkpoint with this run's objects and its elapsed time recorded."""
+    def save(step, extra):
+        return save_checkpoint(args.output_dir, step, model, lm, optimizer, tokenizer, args,
+                               {"elapsed_s": clock.elapsed(), **extra})
+    return save
 
 
 def load_checkpoint(path, model, optimizer) -> dict:
@@ -674,8 +692,7 @@ def train(args, model, lm, tokenizer, optimizer, examples, sampler, device, stat
     metrics = Metrics(args, total_steps, step, dist.get_world_size())
     clock = StepClock(state)
     response_tokens = [sum(t != IGNORE_INDEX for t in e["labels"][1:]) for e in examples]
-    save = lambda at, extra: save_checkpoint(args.output_dir, at, model, lm, optimizer, tokenizer, args,  # noqa: E731
-                                             {"elapsed_s": clock.elapsed(), **extra})
+    save = checkpoint_saver(args, model, lm, optimizer, tokenizer, clock)
     print0(f"training: {total_steps} steps ({sampler.steps_per_epoch} per epoch), global batch "
            f"{args.global_batch_size} = {dist.get_world_size()} ranks x {sampler.per_rank} examples; "
            f"micro-batches per step: {len(sampler.micro_batches(0, 0))}")
@@ -683,8 +700,7 @@ def train(args, model, lm, tokenizer, optimizer, examples, sampler, device, stat
         while step < total_steps:
             clock.start_step()
             epoch, step_in_epoch = divmod(step, sampler.steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, args.lr, args.warmup_ratio)
+            set_lr(optimizer, lr_at(step, total_steps, args.lr, args.warmup_ratio))
             # Eq. (1) over the GLOBAL batch: each micro-batch's summed NLL is divided by the response
             # tokens of the whole step on all ranks, and FSDP SUMS gradients over ranks (load_model),
             # so the step is the same for any world size and accumulation.
@@ -712,7 +728,7 @@ def train(args, model, lm, tokenizer, optimizer, examples, sampler, device, stat
                 record = skip_or_stop(args, step, epoch, sums, optimizer, save)
             metrics.log(record)
             step += 1
-            if step == total_steps or (args.save_every and step % args.save_every == 0):
+            if step == total_steps or is_save_step(args, step):
                 save(step, {})
     finally:
         metrics.close()

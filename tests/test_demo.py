@@ -41,7 +41,7 @@ def test_quick_demo_writes_every_artifact(quick_runs):
         header, *steps = _jsonl(out / run / "metrics.jsonl")
         assert "args" in header and steps and all("loss" in r for r in steps)
     redi_steps = _jsonl(out / "redi" / "metrics.jsonl")[1:]
-    assert all({"chosen_logps", "rejected_logps", "update_norm"} <= r.keys() for r in redi_steps)
+    assert all({"logps/chosen", "logps/rejected", "optim/update_norm"} <= r.keys() for r in redi_steps)
     for run in ("redi", "sft_control"):
         evals = sorted(p.name for p in (out / run / "evals").iterdir())
         assert evals == ["step-0000000", "step-0000002", "step-0000004"]

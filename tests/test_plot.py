@@ -11,9 +11,9 @@ from conftest import ROOT, run_script, write_jsonl
 def _fake_run(run_dir, steps, evals):
     """A stage-2 run dir: a header line, step records, one skipped step, eval summaries per checkpoint."""
     rows = [{"args": {"loss": "redi"}, "versions": {}}]
-    rows += [{"step": s, "loss": 1.0 / s, "chosen_logps": -0.1 * s, "rejected_logps": -0.2 * s,
-              "update_norm": 0.01 * s, "collapse_warning": False} for s in range(1, steps + 1)]
-    rows.insert(3, {"step": 99, "skipped": True, "loss": float("nan")})
+    rows += [{"step": s, "loss": 1.0 / s, "logps/chosen": -0.1 * s, "logps/rejected": -0.2 * s,
+              "optim/update_norm": 0.01 * s, "logps/collapse_warning": False} for s in range(1, steps + 1)]
+    rows.insert(3, {"step": 99, "optim/skipped": True, "loss": float("nan")})
     run_dir.mkdir(parents=True)
     write_jsonl(run_dir / "metrics.jsonl", rows)
     for step, acc in evals.items():
@@ -26,7 +26,7 @@ def test_load_run_extracts_series_and_checkpoint_accuracy(tmp_path):
     """Numeric keys become (step, value) series; skipped steps and booleans are left out; evals sorted."""
     _fake_run(tmp_path / "redi", 4, {4: 0.5, 0: 0.25, 2: 0.375})
     series = plot.load_run(str(tmp_path / "redi"))
-    assert series["chosen_logps"] == [(1, -0.1), (2, -0.2), (3, pytest.approx(-0.3)), (4, -0.4)]
+    assert series["logps/chosen"] == [(1, -0.1), (2, -0.2), (3, pytest.approx(-0.3)), (4, -0.4)]
     assert [s for s, _ in series["loss"]] == [1, 2, 3, 4]
     assert "collapse_warning" not in series
     assert series["accuracy"] == [(0, 0.25), (2, 0.375), (4, 0.5)]
