@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-BENCHMARKS = SHARED / "benchmarks"
+# Copies of ../shared/benchmarks (provenance and checksums: tests/data/benchmarks/SOURCE.md), so the
+# suite is whole on any clone.
+BENCHMARKS = ROOT / "tests" / "data" / "benchmarks"
 sys.path.insert(0, str(ROOT))
 
 # Keep every test offline and quiet, single-threaded per process (CI has 2 cores).
@@ -37,7 +38,7 @@ def tiny_tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def run_script(args, cwd=ROOT, timeout=600, env=None, check=True):
+def run_script(args, cwd=ROOT, timeout=300, env=None, check=True):
     """Run a repo script in a subprocess (as a user would); returns CompletedProcess."""
     full_env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     full_env.update(env or {})

@@ -25,6 +25,7 @@ def quick_runs(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)   # the module's fixture runs the quick demo twice
 def test_quick_demo_writes_every_artifact(quick_runs):
     """Data, curation summary, three trained models, metrics, per-checkpoint evals, table, plot."""
     out, proc = quick_runs[0]
@@ -57,6 +58,7 @@ def test_quick_demo_writes_every_artifact(quick_runs):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_quick_demo_is_reproducible_with_the_same_seed(quick_runs):
     """Same seed, fresh directory: identical training losses and identical evaluation results."""
     (a, _), (b, _) = quick_runs
