@@ -149,6 +149,7 @@ no_positive + problems_with_positive.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -196,10 +197,28 @@ def _describe(value) -> str:
     return f"{names.get(type(value), type(value).__name__)} {text}"
 
 
-def data_error(path, line, field, expected, found) -> ValueError:
-    """ValueError 'PATH:LINE: field 'F': expected E, found X' (LINE is the 1-based row for Parquet)."""
+class InputError(ValueError):
+    """Bad input from the user: a file, line, field or option that is not what was expected.
+
+    Every CLI (data.py, train_*.py, evaluate.py, plot.py, demo.py) runs under `exit_on_input_error`,
+    which prints it as one line and exits non-zero without a traceback. Any other exception is a
+    bug and keeps its traceback."""
+
+
+@contextlib.contextmanager
+def exit_on_input_error(prog: str):
+    """`with exit_on_input_error("data.py curate"):` -> 'PROG: error: MESSAGE' on stderr, exit 2."""
+    try:
+        yield
+    except InputError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def data_error(path, line, field, expected, found) -> InputError:
+    """InputError 'PATH:LINE: field 'F': expected E, found X' (LINE is the 1-based row for Parquet)."""
     where = f"{path}:{line}" + (f": field '{field}'" if field else "")
-    return ValueError(f"{where}: expected {expected}, found {found}")
+    return InputError(f"{where}: expected {expected}, found {found}")
 
 
 def read_jsonl(path):
