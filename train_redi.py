@@ -59,13 +59,12 @@ import gc
 import hashlib
 import json
 import os
-import sys
 
 import torch
 import torch.distributed as dist
 
 import train_sft
-from data import collate_pairs, load_pairs, num_tokens, read_jsonl, tokenize_pairs
+from data import InputError, collate_pairs, exit_on_input_error, load_pairs, num_tokens, read_jsonl, tokenize_pairs
 from redi_loss import IGNORE_INDEX, LOSSES
 from train_sft import print0, to_device
 
@@ -199,7 +198,7 @@ def compute_reference_logps(ref_model, pairs, pad_id, args, device) -> dict:
 def load_or_compute_reference(args, pairs, pad_id, device) -> dict:
     """--precompute-ref: read the cache if it covers every pair, else compute, write, and read it."""
     if len({p["id"] for p in pairs}) != len(pairs):
-        raise ValueError(f"{args.data}: pair ids are not unique; --precompute-ref keys its cache by id")
+        raise InputError(f"{args.data}: pair ids are not unique; --precompute-ref keys its cache by id")
     path = reference_cache_path(args)
     if os.path.exists(path):
         cache = {r["id"]: (r["chosen"], r["rejected"]) for _, r in read_jsonl(path)}
@@ -377,19 +376,20 @@ def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, referen
 def main(argv=None):
     args = parse_args(argv)
     try:
-        rank, world_size, device, tokenizer, model, lm, optimizer = train_sft.prepare(args)
-        pairs = tokenize_pairs(tokenizer, load_pairs(args.data), args.max_seq_len)
-        print0(f"{len(pairs)} pairs from {args.data}; loss {args.loss} {loss_hyperparameters(args)}, lr {args.lr:g}")
-        sampler = train_sft.build_sampler(args, [num_tokens(p) for p in pairs], world_size, rank)
-        reference = build_reference(args, pairs, tokenizer.pad_token_id, device) if args.loss == "dpo" else None
-        resume_from = train_sft.resolve_resume(args)
-        state = train_sft.load_checkpoint(resume_from, model, optimizer) if resume_from else None
-        if state:
-            print0(f"resumed from {resume_from} at step {state['step']}")
+        with exit_on_input_error(f"train_redi.py [rank {os.environ.get('RANK', 0)}]"):
+            rank, world_size, device, tokenizer, model, lm, optimizer = train_sft.prepare(args)
+            pairs = tokenize_pairs(tokenizer, load_pairs(args.data), args.max_seq_len)
+            print0(f"{len(pairs)} pairs from {args.data}; loss {args.loss} {loss_hyperparameters(args)}, "
+                   f"lr {args.lr:g}")
+            sampler = train_sft.build_sampler(args, [num_tokens(p) for p in pairs], world_size, rank)
+            reference = build_reference(args, pairs, tokenizer.pad_token_id, device) if args.loss == "dpo" else None
+            resume_from = train_sft.resolve_resume(args)
+            state = train_sft.load_checkpoint(resume_from, model, optimizer) if resume_from else None
+            if state:
+                print0(f"resumed from {resume_from} at step {state['step']}")
         train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, reference, state)
-    except train_sft.NonFiniteError as e:
-        print(f"[rank {os.environ.get('RANK', 0)}] stopped: {e}", file=sys.stderr, flush=True)
-        sys.exit(3)
+    except (train_sft.NonFiniteError, train_sft.CheckpointError) as e:
+        train_sft.exit_stopped(e)
     finally:
         train_sft.cleanup()
 

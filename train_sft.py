@@ -5,9 +5,11 @@ turn, including its end-of-turn token) over the GLOBAL batch:
 
     L = - sum_{i in step} log p(y_i | x_i) / sum_{i in step} |y_i|
 
-This file also owns the training infrastructure that stage 2 (`train_redi.py`) imports:
-distributed setup, FSDP2 model loading, the learning-rate schedule, checkpointing, metrics and
-the step loop. Plain torch.distributed + FSDP2 (`fully_shard`), no Trainer/accelerate/DeepSpeed.
+The SFT step loop is `train()` near the end of this file; stage 2 (`train_redi.py`) has its own
+loop with the same skeleton. This file also owns the machinery both stages import: distributed
+setup, pre-flight checks, FSDP2 model loading (`LogpsModel`), the learning-rate schedule, the
+pieces of an optimizer step, checkpointing and metrics. Plain torch.distributed + FSDP2
+(`fully_shard`), no Trainer/accelerate/DeepSpeed.
 
 Launch:
     # one GPU / CPU (a process group of one is created for you)
@@ -23,14 +25,25 @@ Paper recipe (Qwen2.5-Math-1.5B): lr 5e-5, global batch 128, 3 or 5 epochs, Adam
 1e-8, weight decay 1e-4), 10% linear warmup then linear decay to 0, no gradient clipping.
 
 Outputs in --output-dir:
-    metrics.jsonl              first line {"args", "versions", "world_size"}; then one object per
-                               optimizer step, all-reduced over ranks (step, epoch, lr, loss,
-                               grad_norm, update_norm, tokens, tokens_per_s, peak_mem_gb, elapsed_s)
+    metrics.jsonl              first line {"args", "versions", "world_size", "total_steps",
+                               "resumed_from_step"} (again after each resume); then one object per
+                               optimizer step, all-reduced over ranks: step, epoch, lr, loss,
+                               optim/grad_norm, optim/update_norm, data/tokens, perf/tokens_per_s,
+                               perf/step_time_s, perf/peak_mem_gb, perf/elapsed_s; for SFT also
+                               data/response_tokens and logps/response (mean log-prob per response
+                               token); train_redi.py adds its pair metrics. A skipped step
+                               (--on-nonfinite skip) logs {step, epoch, optim/skipped, loss, optim/grad_norm}.
     checkpoints/step-NNNNNNN/  a Hugging Face model dir (safetensors, config, tokenizer, generation
                                config) + train_state/ (DCP shards of model and optimizer) +
                                trainer_state.json + rng-rank*.pt; written to a temp dir and renamed
     checkpoints/latest         name of the newest complete checkpoint (replaced atomically)
     final -> checkpoints/step-N   the model at the end of training (symlink)
+
+Exit codes (every rank agrees, none waits for the process-group timeout): 0 done; 1 invalid
+arguments; 2 bad input found before any compute (data file, --model, --output-dir, disk space;
+one line "PROG [rank R]: error: ..." per rank, no traceback); 3 a non-finite loss or gradient with
+--on-nonfinite stop (the last finite state is saved first); 4 a checkpoint could not be written
+(the previous checkpoint and `latest` are untouched). Any other exit is a bug: it has a traceback.
 
 Departures from the paper's setup (TRL + DeepSpeed): micro-batches may be formed by a token budget
 (--max-tokens-per-micro-batch); the last, smaller global batch of an epoch is kept (zero-weight
@@ -63,7 +76,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from data import StepSampler, collate, load_sft_examples, load_tokenizer, num_tokens, tokenize_sft
+from data import InputError, StepSampler, collate, exit_on_input_error, load_sft_examples, load_tokenizer, num_tokens, tokenize_sft
 from redi_loss import IGNORE_INDEX, sft_loss, token_logps_from_hidden
 
 # -----------------------------------------------------------------------------
@@ -123,9 +136,14 @@ def build_parser(description: str, lr: float | None, global_batch: int, epochs: 
                    help="also send metrics to wandb or tensorboard (must be installed)")
     g.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     g = p.add_argument_group("testing")
-    g.add_argument("--inject-nan-at-step", type=int, default=None,
-                   help="(fault injection for tests) make rank 0's loss NaN at this step")
+    g.add_argument("--inject-fault", default=None, metavar="KIND:STEP[:RANK]",
+                   help="(fault injection for tests) at optimizer step STEP (0-based) on RANK (default 0): "
+                        "nan / inf = the loss becomes NaN / inf; nan-grad = finite loss, NaN gradients; "
+                        "save-error = writing that step's checkpoint fails with 'No space left on device'")
     return p
+
+
+FAULT_KINDS = ("nan", "inf", "nan-grad", "save-error")
 
 
 def validate_args(args) -> None:
@@ -143,6 +161,14 @@ def validate_args(args) -> None:
         problems.append("--max-tokens-per-micro-batch must be >= 1")
     if args.lr is None or args.lr <= 0:
         problems.append(f"--lr must be > 0, got {args.lr}")
+    if args.inject_fault is not None:
+        kind, *where = args.inject_fault.split(":")
+        if kind not in FAULT_KINDS or not 1 <= len(where) <= 2 or not all(w.isdigit() for w in where):
+            problems.append(f"--inject-fault must be KIND:STEP[:RANK] with KIND one of {', '.join(FAULT_KINDS)}, "
+                            f"got {args.inject_fault!r}")
+        else:
+            args.fault = (kind, int(where[0]), int(where[1]) if len(where) == 2 else 0)
+    args.fault = getattr(args, "fault", None)
     if problems:
         raise SystemExit("invalid arguments:\n  " + "\n  ".join(problems))
     # Checked here, on every rank, so that a missing package cannot stop rank 0 alone later.
@@ -300,9 +326,71 @@ def load_model(path, args, device, trainable: bool = True):
     return model, lm
 
 
+def preflight(args) -> None:
+    """Checks before any compute, on every rank; a problem on any rank stops every rank (InputError)
+    instead of leaving the others waiting at the first collective."""
+    problems = []
+    try:
+        config = _check_model_dir(args, problems)
+        if config is not None:
+            _check_output_dir(args, config, problems)
+    except OSError as e:
+        problems.append(str(e))
+    found = [None] * dist.get_world_size()
+    dist.all_gather_object(found, problems)
+    messages = sorted({p for rank_problems in found for p in rank_problems})
+    if messages:
+        raise InputError("; ".join(messages))
+
+
+def _check_model_dir(args, problems):
+    """--model is a model directory with a config and a chat-templated tokenizer; context fits."""
+    if not os.path.isdir(args.model):
+        problems.append(f"--model {args.model}: no such directory (a Hugging Face model dir, e.g. from "
+                        f"`huggingface-cli download Qwen/Qwen2.5-Math-1.5B --local-dir DIR`)")
+        return None
+    if not os.path.isfile(os.path.join(args.model, "config.json")):
+        problems.append(f"--model {args.model}: no config.json; not a Hugging Face model directory")
+        return None
+    config = load_config(args.model, args)
+    if not getattr(load_tokenizer(args.model), "chat_template", None):
+        problems.append(f"--model {args.model}: the tokenizer has no chat template (tokenizer_config.json "
+                        f"'chat_template'); prompts and responses are formatted with it")
+    context = config.max_position_embeddings
+    if args.max_seq_len is not None and args.max_seq_len > context:
+        problems.append(f"--max-seq-len {args.max_seq_len} exceeds the model's context {context} "
+                        f"(--max-position-embeddings extends it)")
+    return config
+
+
+def checkpoint_bytes(config) -> int:
+    """Estimated size of one checkpoint: fp32 export (4 B/param) + DCP fp32 weights (4) + AdamW (8)."""
+    with torch.device("meta"):
+        numel = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    return 16 * numel
+
+
+def _check_output_dir(args, config, problems):
+    """--output-dir is writable and has room for one checkpoint."""
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+        probe = os.path.join(args.output_dir, f".write-test-rank{dist.get_rank()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        problems.append(f"--output-dir {args.output_dir}: not writable ({e.strerror or e})")
+        return
+    need, free = checkpoint_bytes(config), shutil.disk_usage(args.output_dir).free
+    if free < need:
+        problems.append(f"--output-dir {args.output_dir}: {free / 2**30:.2f} GiB free, one checkpoint needs "
+                        f"about {need / 2**30:.2f} GiB (16 bytes per parameter)")
+
+
 def prepare(args):
-    """Shared start of both stages: process group, seeds, tokenizer, policy, optimizer."""
+    """Shared start of both stages: process group, checks, seeds, tokenizer, policy, optimizer."""
     rank, world_size, device = setup_distributed()
+    preflight(args)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     tokenizer = load_tokenizer(args.model)
@@ -363,10 +451,19 @@ def global_count(sampler, epoch: int, step_in_epoch: int, cost) -> float:
                      for i, w in sampler.rank_slice(epoch, step_in_epoch, r)))
 
 
+def fault_here(args, kind: str, step: int) -> bool:
+    """--inject-fault (tests): is a fault of this kind due now, on this rank?"""
+    return args.fault is not None and args.fault == (kind, step, dist.get_rank())
+
+
 def maybe_inject_fault(args, step: int, loss):
-    """--inject-nan-at-step (tests): rank 0's loss becomes NaN at that step."""
-    if args.inject_nan_at_step == step and dist.get_rank() == 0:
+    """--inject-fault nan|inf|nan-grad: corrupt this rank's micro-batch loss (tests)."""
+    if fault_here(args, "nan", step):
         return loss * float("nan")
+    if fault_here(args, "inf", step):
+        return loss + float("inf")
+    if fault_here(args, "nan-grad", step):
+        return loss + torch.sqrt(loss * 0.0)      # value + 0, but d sqrt(x)/dx at 0 is inf: 0 * inf = NaN
     return loss
 
 
@@ -449,43 +546,84 @@ def step_record(step, epoch, optimizer, clock, device, sums, **fields) -> dict:
 # checkpoints
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (disk full, read-only, ...); the previous one is intact."""
+
+
+def _agree(error: Exception | None, what: str) -> None:
+    """Raise CheckpointError on EVERY rank if any rank failed `what`, so no rank is left waiting
+    at the next collective until the process-group timeout."""
+    failed = [None] * dist.get_world_size()
+    dist.all_gather_object(failed, None if error is None else f"{type(error).__name__}: {error}")
+    problems = [f"rank {r}: {e}" for r, e in enumerate(failed) if e is not None]
+    if problems:
+        raise CheckpointError(f"{what} failed ({'; '.join(problems)}); the previous checkpoint is untouched")
+
+
 def save_checkpoint(out_dir, step, model, lm, optimizer, tokenizer, args, extra=None, with_state=True):
     """Write checkpoints/step-N atomically: HF export + (optionally) resumable training state.
 
     Everything goes to a temp dir first; only a complete dir is renamed into place, and the
     `latest` pointer is replaced with os.replace, so a crash mid-save never leaves a corrupt
-    latest checkpoint.
+    latest checkpoint. A failure on any rank (disk full, read-only) raises CheckpointError on
+    every rank; re-saving an existing step moves the old copy aside before the new one takes its
+    name, and `latest` names a complete checkpoint at every moment.
     """
     ckpt_root = os.path.join(out_dir, "checkpoints")
     name = f"step-{step:07d}"
     final, tmp = os.path.join(ckpt_root, name), os.path.join(ckpt_root, f".tmp-{name}")
-    if is_main():
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    dist.barrier()
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    error = None
     if is_main():
-        # Tied weights (Qwen2.5-1.5B ties lm_head to embed_tokens) are saved once, as HF does.
-        unique = {n for n, _ in lm.named_parameters()} | {n for n, _ in lm.named_buffers()}
-        export = {k.removeprefix("lm."): v for k, v in full.items() if k.removeprefix("lm.") in unique}
-        lm.save_pretrained(tmp, state_dict=export)
-        tokenizer.save_pretrained(tmp)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            if fault_here(args, "save-error", step):
+                raise OSError(28, "No space left on device (injected by --inject-fault)", tmp)
+            # Tied weights (Qwen2.5-1.5B ties lm_head to embed_tokens) are saved once, as HF does.
+            unique = {n for n, _ in lm.named_parameters()} | {n for n, _ in lm.named_buffers()}
+            export = {k.removeprefix("lm."): v for k, v in full.items() if k.removeprefix("lm.") in unique}
+            lm.save_pretrained(tmp, state_dict=export)
+            tokenizer.save_pretrained(tmp)
+        except OSError as e:
+            error = e
     del full
+    _agree(error, f"saving checkpoint {name} (model export)")
     if with_state:
-        dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)},
-                 checkpoint_id=os.path.join(tmp, "train_state"))
-        torch.save(_rng_state(), os.path.join(tmp, f"rng-rank{dist.get_rank()}.pt"))
-    dist.barrier()
+        try:
+            dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)},
+                     checkpoint_id=os.path.join(tmp, "train_state"))
+            torch.save(_rng_state(), os.path.join(tmp, f"rng-rank{dist.get_rank()}.pt"))
+        except (OSError, dcp.api.CheckpointException) as e:
+            error = e
+        _agree(error, f"saving checkpoint {name} (training state)")
     if is_main():
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            json.dump({"step": step, "args": vars(args), **(extra or {})}, f, indent=1)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        _atomic_write(os.path.join(ckpt_root, "latest"), name)
-        _atomic_symlink(os.path.join("checkpoints", name), os.path.join(out_dir, "final"))
-        _prune(ckpt_root, args.keep_last)
-    dist.barrier()
+        try:
+            _atomic_write(os.path.join(tmp, "trainer_state.json"),
+                          json.dumps({"step": step, "args": vars(args), **(extra or {})}, indent=1))
+            _install_checkpoint(out_dir, ckpt_root, name, tmp)
+            _prune(ckpt_root, args.keep_last)
+        except OSError as e:
+            error = e
+    _agree(error, f"saving checkpoint {name} (finalising)")
     return final
+
+
+def _install_checkpoint(out_dir, ckpt_root, name, tmp):
+    """Rename the complete temp dir to `name` and point `latest` and `final` at it.
+
+    If `name` already exists (the same step saved again), `latest` is first pointed at the old
+    copy under a new name, so it never names a directory that is missing."""
+    final = os.path.join(ckpt_root, name)
+    replaced = os.path.join(ckpt_root, f".replaced-{name}")
+    if os.path.exists(final):
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.replace(final, replaced)
+        _atomic_write(os.path.join(ckpt_root, "latest"), os.path.basename(replaced))
+    os.replace(tmp, final)
+    _atomic_write(os.path.join(ckpt_root, "latest"), name)
+    _atomic_symlink(os.path.join("checkpoints", name), os.path.join(out_dir, "final"))
+    shutil.rmtree(replaced, ignore_errors=True)
 
 
 def is_save_step(args, step: int) -> bool:
@@ -505,7 +643,8 @@ def load_checkpoint(path, model, optimizer) -> dict:
     """Restore model, optimizer and this rank's RNG from a checkpoint dir; returns trainer_state."""
 
     if not os.path.isdir(os.path.join(path, "train_state")):
-        raise FileNotFoundError(f"{path}: no train_state/ to resume from (is it a model-only export?)")
+        raise InputError(f"--resume {path}: no train_state/ to resume from (not a checkpoint dir, or a "
+                         f"model-only export)")
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
     dcp.load(state, checkpoint_id=os.path.join(path, "train_state"))
     set_model_state_dict(model, state["model"])
@@ -524,7 +663,7 @@ def resolve_resume(args) -> str | None:
         return args.resume
     pointer = os.path.join(args.output_dir, "checkpoints", "latest")
     if not os.path.exists(pointer):
-        raise FileNotFoundError(f"--resume: no {pointer}; nothing to resume from")
+        raise InputError(f"--resume: no {pointer}; nothing to resume from (no checkpoint was saved yet)")
     with open(pointer) as f:
         return os.path.join(args.output_dir, "checkpoints", f.read().strip())
 
@@ -749,20 +888,26 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        rank, world_size, device, tokenizer, model, lm, optimizer = prepare(args)
-        examples = tokenize_sft(tokenizer, load_sft_examples(args.data), args.max_seq_len)
-        print0(f"{len(examples)} SFT examples from {args.data}")
-        sampler = build_sampler(args, [num_tokens(e) for e in examples], world_size, rank)
-        resume_from = resolve_resume(args)
-        state = load_checkpoint(resume_from, model, optimizer) if resume_from else None
-        if state:
-            print0(f"resumed from {resume_from} at step {state['step']}")
+        with exit_on_input_error(f"train_sft.py [rank {os.environ.get('RANK', 0)}]"):
+            rank, world_size, device, tokenizer, model, lm, optimizer = prepare(args)
+            examples = tokenize_sft(tokenizer, load_sft_examples(args.data), args.max_seq_len)
+            print0(f"{len(examples)} SFT examples from {args.data}")
+            sampler = build_sampler(args, [num_tokens(e) for e in examples], world_size, rank)
+            resume_from = resolve_resume(args)
+            state = load_checkpoint(resume_from, model, optimizer) if resume_from else None
+            if state:
+                print0(f"resumed from {resume_from} at step {state['step']}")
         train(args, model, lm, tokenizer, optimizer, examples, sampler, device, state)
-    except NonFiniteError as e:
-        print(f"[rank {os.environ.get('RANK', 0)}] stopped: {e}", file=sys.stderr, flush=True)
-        sys.exit(3)
+    except (NonFiniteError, CheckpointError) as e:
+        exit_stopped(e)
     finally:
         cleanup()
+
+
+def exit_stopped(e) -> None:
+    """A run stopped by a non-finite step (exit 3) or a failed save (exit 4): one line per rank."""
+    print(f"[rank {os.environ.get('RANK', 0)}] stopped: {e}", file=sys.stderr, flush=True)
+    sys.exit(3 if isinstance(e, NonFiniteError) else 4)
 
 
 if __name__ == "__main__":

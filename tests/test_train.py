@@ -21,6 +21,13 @@ def read_metrics(out_dir):
     return lines[0], [r for r in lines[1:] if "step" in r]
 
 
+def worker_stderr(stderr: str) -> str:
+    """The ranks' own stderr: torchrun's launcher appends a ChildFailedError report (with the launcher's
+    traceback) when a worker exits non-zero; that part is cut off."""
+    cut = stderr.find("torch/distributed/elastic/multiprocessing/api.py")
+    return stderr if cut < 0 else stderr[:cut]
+
+
 def load_state_dict(model_dir):
     from safetensors.torch import load_file
 
@@ -171,19 +178,31 @@ def _total_response_tokens(model_dir, path):
 
 @pytest.mark.slow
 def test_resume_continues_bitwise_identically(tmp_path, tiny_model_dir, pairs_file):
-    """Run 6 steps (crossing an epoch) saving at 3; restart from step 3 in a fresh dir: steps 4-6 are bitwise identical."""
+    """Run 6 steps (crossing an epoch) saving at 3; restart from step 3: steps 4-6 are bitwise identical.
+
+    The resumed run must really resume: it says so, its metrics header records step 3, steps 1-3
+    are not recomputed (their lines, marked here, survive), and a last line cut short by the kill
+    is repaired rather than crashing the resume."""
     args = ["--loss", "redi", "--global-batch-size", "4", "--micro-batch-size", "1", "--max-steps", "6", "--epochs", "2",
             "--lr", "1e-3", "--save-every", "3"]
     full, _ = _train(tmp_path, 2, "train_redi.py", "full", tiny_model_dir, pairs_file, *args)
     resumed = tmp_path / "resumed"
     shutil.copytree(full, resumed, symlinks=True)
     shutil.rmtree(resumed / "checkpoints" / "step-0000006")
-    (resumed / "checkpoints" / "latest").write_text("step-0000003")      # as if killed after step 3
-    torchrun(2, "train_redi.py", "--model", tiny_model_dir, "--data", pairs_file, "--output-dir", resumed,
-             *COMMON, *args, "--resume")
+    (resumed / "checkpoints" / "latest").write_text("step-0000003")      # as if killed after step 3 ...
+    lines = (resumed / "metrics.jsonl").read_text().splitlines()
+    marked = [json.dumps({**json.loads(line), "marker": "before the kill"}) for line in lines[1:4]]
+    # ... while writing step 4's line: keep steps 1-3 (marked) and half of line 4
+    (resumed / "metrics.jsonl").write_text("\n".join([lines[0], *marked, lines[4][:25]]))
+    proc = torchrun(2, "train_redi.py", "--model", tiny_model_dir, "--data", pairs_file, "--output-dir", resumed,
+                    *COMMON, *args, "--resume")
+    assert "at step 3" in proc.stdout and "dropped a cut-short last line" in proc.stdout
     _, a = read_metrics(full)
     _, b = read_metrics(resumed)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [r.get("marker") for r in b] == ["before the kill"] * 3 + [None] * 3      # 1-3 not recomputed
+    headers = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines() if '"args"' in line]
+    assert [h["resumed_from_step"] for h in headers] == [None, 3]
     for key in ("loss", "optim/grad_norm", "optim/update_norm", "logps/chosen", "logps/rejected", "lr"):
         assert [r[key] for r in a] == [r[key] for r in b], key
     sa, sb = load_state_dict(full / "final"), load_state_dict(resumed / "final")
@@ -191,12 +210,16 @@ def test_resume_continues_bitwise_identically(tmp_path, tiny_model_dir, pairs_fi
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_both_ranks_cleanly_after_saving(tmp_path, tiny_model_dir, sft_file):
-    """A NaN on rank 0 at step 2: both ranks exit 3 naming step 2, no step is taken, state is saved."""
-    out, proc = _train(tmp_path, 2, "train_sft.py", "nan", tiny_model_dir, sft_file, "--global-batch-size", "4",
-                       "--max-steps", "5", "--lr", "1e-3", "--inject-nan-at-step", "2", check=False)
+@pytest.mark.parametrize("kind", ["nan", "inf", "nan-grad"])
+def test_nonfinite_on_rank1_stops_both_ranks_cleanly_after_saving(kind, tmp_path, tiny_model_dir, sft_file):
+    """A NaN/inf loss, or NaN only in the gradients, on rank 1 at step 2: both ranks exit 3 naming step 2,
+    no update is applied, and the saved state (the last finite one) is finite."""
+    out, proc = _train(tmp_path, 2, "train_sft.py", kind, tiny_model_dir, sft_file, "--global-batch-size", "4",
+                       "--max-steps", "5", "--lr", "1e-3", "--inject-fault", f"{kind}:2:1", check=False)
     assert proc.returncode != 0
-    assert proc.stderr.count("non-finite loss (nan)") >= 2 and "at step 2" in proc.stderr
+    assert proc.stderr.count("stopped: non-finite") == 2 and "at step 2" in proc.stderr
+    if kind == "nan-grad":
+        assert "non-finite loss (" in proc.stderr and "gradient norm (nan)" in proc.stderr
     _, steps = read_metrics(out)
     assert [r["step"] for r in steps] == [1, 2]
     saved = json.loads((out / "checkpoints" / "step-0000002" / "trainer_state.json").read_text())
@@ -206,13 +229,100 @@ def test_nan_loss_stops_both_ranks_cleanly_after_saving(tmp_path, tiny_model_dir
 
 
 @pytest.mark.slow
-def test_nan_skip_mode_skips_the_step_and_continues(tmp_path, tiny_model_dir, sft_file):
-    """--on-nonfinite skip: step 2 is logged as skipped, training reaches step 3."""
-    out, _ = _train(tmp_path, 1, "train_sft.py", "skip", tiny_model_dir, sft_file, "--global-batch-size", "4",
-                    "--max-steps", "3", "--lr", "1e-3", "--inject-nan-at-step", "1", "--on-nonfinite", "skip")
+@pytest.mark.parametrize("kind,at_step", [("nan-grad", 1), ("inf", 2)])
+def test_skip_mode_on_two_ranks_applies_no_update_anywhere_and_still_exports(kind, at_step, tmp_path, tiny_model_dir,
+                                                                             sft_file):
+    """--on-nonfinite skip, fault on rank 1: that step is logged as skipped, the weights saved before and after
+    it are identical (no rank stepped), the other steps train, and a skip at the LAST step still exports."""
+    out, _ = _train(tmp_path, 2, "train_sft.py", "skip", tiny_model_dir, sft_file, "--global-batch-size", "4",
+                    "--max-steps", "3", "--lr", "1e-3", "--save-every", "1", "--inject-fault", f"{kind}:{at_step}:1",
+                    "--on-nonfinite", "skip")
     _, steps = read_metrics(out)
     assert [r["step"] for r in steps] == [1, 2, 3]
-    assert steps[1].get("optim/skipped") is True and not steps[0].get("optim/skipped")
+    assert [bool(r.get("optim/skipped")) for r in steps] == [s == at_step for s in range(3)]
+    assert all(r["optim/update_norm"] > 0 for r in steps if not r.get("optim/skipped"))
+    ckpt = {s: load_state_dict(out / "checkpoints" / f"step-{s:07d}") for s in (1, 2, 3)}
+    ckpt[0] = load_state_dict(tiny_model_dir)
+    skipped_before, skipped_after = ckpt[at_step], ckpt[at_step + 1]
+    assert all(torch.equal(skipped_before[k], skipped_after[k]) for k in skipped_before)
+    assert not all(torch.equal(ckpt[0][k], ckpt[1][k]) for k in ckpt[0])          # step 0 trained
+    assert os.path.realpath(out / "final") == os.path.realpath(out / "checkpoints" / "step-0000003")
+    assert all(torch.isfinite(w).all() for w in ckpt[3].values())
+
+
+@pytest.mark.slow
+def test_a_failed_save_on_rank0_stops_both_ranks_and_keeps_the_previous_checkpoint(tmp_path, tiny_model_dir, sft_file):
+    """Disk full while rank 0 writes step 2's checkpoint: both ranks stop with one clear line (exit 4, no
+    waiting for the process-group timeout), `latest` stays step 1, which still resumes."""
+    args = ["--global-batch-size", "4", "--max-steps", "3", "--lr", "1e-3", "--save-every", "1"]
+    out, proc = _train(tmp_path, 2, "train_sft.py", "full", tiny_model_dir, sft_file, *args,
+                       "--inject-fault", "save-error:2:0", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count("saving checkpoint step-0000002 (model export) failed") == 2
+    assert "No space left on device" in proc.stderr and "Traceback" not in worker_stderr(proc.stderr)
+    assert (out / "checkpoints" / "latest").read_text() == "step-0000001"
+    assert not (out / "checkpoints" / "step-0000002").exists()
+    proc = torchrun(2, "train_sft.py", "--model", tiny_model_dir, "--data", sft_file, "--output-dir", out,
+                    *COMMON, *args, "--resume")
+    assert "at step 1" in proc.stdout
+    assert (out / "checkpoints" / "latest").read_text() == "step-0000003"
+
+
+@pytest.mark.slow
+def test_bad_model_dir_stops_every_rank_before_compute_without_a_traceback(tmp_path, sft_file):
+    """--model pointing nowhere: each of 2 ranks prints one clear line and exits non-zero; no hang."""
+    out, proc = _train(tmp_path, 2, "train_sft.py", "bad", tmp_path / "no-such-model", sft_file, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: --model") == 2 and "no such directory" in proc.stderr
+    assert "Traceback" not in worker_stderr(proc.stderr)
+
+
+def _two_node_run(out, model, data, *args):
+    """torchrun --nnodes 2 --nproc_per_node 1 with a c10d rendezvous on localhost: two launchers, as two nodes."""
+    import socket
+    import subprocess
+
+    from conftest import ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"test-{port}",
+           str(ROOT / "train_redi.py"), "--model", str(model), "--data", str(data), "--output-dir", str(out),
+           *COMMON, *args]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    nodes = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    logs = [node.communicate(timeout=240)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(log[-3000:] for log in logs)
+    return logs
+
+
+@pytest.mark.slow
+def test_two_nodes_train_checkpoint_resume_and_equal_the_one_node_run(tmp_path, tiny_model_dir, pairs_file):
+    """2 nodes x 1 rank (c10d rendezvous) train 4 steps and checkpoint; killed after step 2 they resume on 2 nodes;
+    losses, LogPS and final weights equal those of 1 node x 2 ranks."""
+    args = ["--loss", "redi", "--global-batch-size", "4", "--max-steps", "4", "--lr", "1e-3", "--save-every", "2"]
+    one_node, _ = _train(tmp_path, 2, "train_redi.py", "one-node", tiny_model_dir, pairs_file, *args)
+    two_nodes = tmp_path / "two-nodes"
+    _two_node_run(two_nodes, tiny_model_dir, pairs_file, *args)
+    resumed = tmp_path / "two-nodes-resumed"
+    shutil.copytree(two_nodes, resumed, symlinks=True)
+    shutil.rmtree(resumed / "checkpoints" / "step-0000004")
+    (resumed / "checkpoints" / "latest").write_text("step-0000002")
+    logs = _two_node_run(resumed, tiny_model_dir, pairs_file, *args, "--resume")
+    assert any("at step 2" in log for log in logs)
+    _, reference = read_metrics(one_node)
+    header, _ = read_metrics(two_nodes)
+    assert header["world_size"] == 2
+    for run in (two_nodes, resumed):
+        _, steps = read_metrics(run)
+        for key in ("loss", "optim/grad_norm", "logps/chosen", "logps/rejected"):
+            assert [r[key] for r in steps] == pytest.approx([r[key] for r in reference], rel=1e-6), (run, key)
+        a, b = load_state_dict(one_node / "final"), load_state_dict(run / "final")
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7, msg=k)
 
 
 # ----------------------------------------------------------------------------- in-process checkpoint checks
@@ -270,7 +380,7 @@ def test_crash_mid_save_keeps_the_last_good_checkpoint(single_rank_group, tiny_m
     def crash(*a, **k):
         raise OSError("disk full (simulated)")
     monkeypatch.setattr(tok, "save_pretrained", crash)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(train_sft.CheckpointError, match=r"rank 0: OSError: disk full \(simulated\)"):
         train_sft.save_checkpoint(args.output_dir, 2, model, lm, optimizer, tok, args)
     ckpts = tmp_path / "out" / "checkpoints"
     assert (ckpts / "latest").read_text() == "step-0000001"
@@ -278,6 +388,76 @@ def test_crash_mid_save_keeps_the_last_good_checkpoint(single_rank_group, tiny_m
     assert os.path.realpath(tmp_path / "out" / "final") == os.path.realpath(good)
     state = train_sft.load_checkpoint(good, model, optimizer)
     assert state["step"] == 1
+
+
+def test_resaving_a_step_keeps_latest_on_a_complete_checkpoint_at_every_moment(single_rank_group, tiny_model_dir,
+                                                                               tmp_path, monkeypatch):
+    """Saving step 1 again: at every write of `latest` the directory it names exists and holds a checkpoint;
+    a crash between moving the old copy aside and installing the new one leaves `latest` resumable."""
+    args, model, lm, optimizer, tok = _in_process_model(tiny_model_dir, tmp_path)
+    _one_step(model, optimizer, _batch(tok))
+    train_sft.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
+    ckpts = tmp_path / "out" / "checkpoints"
+    named, write = [], train_sft._atomic_write
+
+    def checked_write(path, text):
+        write(path, text)
+        if os.path.basename(path) == "latest":
+            named.append((text, (ckpts / text / "trainer_state.json").is_file()))
+    monkeypatch.setattr(train_sft, "_atomic_write", checked_write)
+    train_sft.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
+    assert named == [(".replaced-step-0000001", True), ("step-0000001", True)]
+    replace = os.replace
+
+    def crash_on_install(src, dst):
+        if os.path.basename(src).startswith(".tmp-"):
+            raise OSError(28, "No space left on device (simulated)")
+        replace(src, dst)
+    monkeypatch.setattr(os, "replace", crash_on_install)
+    with pytest.raises(train_sft.CheckpointError, match="finalising"):
+        train_sft.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
+    monkeypatch.setattr(os, "replace", replace)
+    args.resume = "latest"
+    assert train_sft.load_checkpoint(train_sft.resolve_resume(args), model, optimizer)["step"] == 1
+
+
+def _preflight_args(tmp_path, model, *extra):
+    return train_sft.parse_args(["--model", str(model), "--data", "unused", "--output-dir", str(tmp_path / "out"),
+                                 *extra])
+
+
+def test_preflight_names_each_problem_before_any_compute(single_rank_group, tiny_model_dir, tmp_path, monkeypatch):
+    """Missing model dir, no config, no chat template, --max-seq-len beyond the context, an output dir that
+    cannot be created, too little disk for one checkpoint: each is an InputError naming the option."""
+    from data import InputError
+
+    cases = []
+    cases.append((_preflight_args(tmp_path, tmp_path / "missing"), r"--model .*missing: no such directory"))
+    (tmp_path / "empty").mkdir()
+    cases.append((_preflight_args(tmp_path, tmp_path / "empty"), r"--model .*empty: no config.json"))
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        if (bare / name).exists():
+            (bare / name).unlink()
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    cases.append((_preflight_args(tmp_path, bare), r"the tokenizer has no chat template"))
+    cases.append((_preflight_args(tmp_path, tiny_model_dir, "--max-seq-len", "1000000"),
+                  r"--max-seq-len 1000000 exceeds the model's context \d+"))
+    (tmp_path / "a-file").write_text("")
+    args = _preflight_args(tmp_path, tiny_model_dir)
+    args.output_dir = str(tmp_path / "a-file" / "out")
+    cases.append((args, r"--output-dir .*a-file/out: not writable"))
+    for args, message in cases:
+        with pytest.raises(InputError, match=message):
+            train_sft.preflight(args)
+    train_sft.preflight(_preflight_args(tmp_path, tiny_model_dir))                 # all fine: no error
+    need = train_sft.checkpoint_bytes(train_sft.load_config(str(tiny_model_dir), _preflight_args(tmp_path, tiny_model_dir)))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 * need, 10 * need, need - 1))
+    with pytest.raises(InputError, match=r"GiB free, one checkpoint needs about"):
+        train_sft.preflight(_preflight_args(tmp_path, tiny_model_dir))
 
 
 @pytest.mark.slow
