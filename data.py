@@ -25,8 +25,8 @@ file (detected from the keys):
            "prompt" + "completion" (strings or messages, as for pairs)
 Both return canonical dicts: pairs {"id", "prompt_messages", "chosen", "rejected"}, SFT
 {"id", "prompt_messages", "response"}; a missing "id" becomes "BASENAME:LINE", duplicates are
-an error. A prompt's last message must be the user's. Bad rows raise ValueError naming file,
-line and field. `python data.py check --data FILE...` runs the same loaders and prints counts.
+an error. A prompt's last message must be the user's. Bad rows raise InputError (a ValueError)
+naming file, line and field. `python data.py check --data FILE...` runs the same loaders and prints counts.
 
 ## Formatting and batching (used by train_sft.py and train_redi.py)
 `load_tokenizer` loads a Hugging Face tokenizer and, when it has none, makes EOS the pad token
@@ -75,13 +75,22 @@ dependency) or a directory whose *.jsonl / *.parquet shards are read in name ord
    positive], the generation unchanged (with its <think> block). Not length-filtered.
 5. Pairs: for each kept row with a positive AND a negative: chosen = that same positive,
    rejected = the lowest-index negative.
-6. Length filter, pairs only, with `--tokenizer` (REDI: Qwen2.5-Math-1.5B): prompt tokens =
+6. Refusals, so that every row written loads with `load_sft_examples` / `load_pairs` (which
+   refuse an empty response). Not written, and counted by name (`refused` in the summary; a
+   pair once, by the first that applies): SFT `empty_response` (the chosen generation is "":
+   no SFT example and no pair); pairs `empty_chosen` (the same case, for the pair),
+   `empty_rejected` (the rejected generation is ""; the SFT example is still written), and,
+   only with `--drop-identical-pairs`, `chosen_equals_rejected` (the very same text labelled
+   positive and negative: nothing to prefer). Without that flag such pairs are written, as
+   REDI's code writes them, and counted (`identical_pairs`); OPENR1_SCHEMA.md's fixture
+   expects two of them (rows D and H).
+7. Length filter, pairs only, with `--tokenizer` (REDI: Qwen2.5-Math-1.5B): prompt tokens =
    the chat-templated [user] message without generation prompt, + 1; chosen / rejected tokens
    = the lone [assistant] message chat-templated, + 1 for EOS (Qwen's template adds its default
    system block to a lone message, so this overcounts slightly, exactly as REDI did). Keep the
    pair iff prompt <= 800 and chosen <= 19,000 and rejected <= 19,000. Without `--tokenizer`
    this step is skipped and the summary says so.
-7. Outputs are ordered by a seeded shuffle (`--seed`, default 42) of the raw rows.
+8. Outputs are ordered by a seeded shuffle (`--seed`, default 42) of the raw rows.
 
 The paper reports **77,629 SFT examples and 53,175 pairs** on the full Raw train split. Those
 figures come from the paper and were NOT reproduced here (these machines cannot reach the hub);
@@ -97,9 +106,10 @@ figures come from the paper and were NOT reproduced here (these machines cannot 
    `np.random.default_rng(seed).permutation(num_rows)`, which is what `datasets` does per its
    source; without that library installed it is not checked bit-for-bit.
 3. A field of the wrong JSON type (e.g. `generations` not a list of strings, a label that is not
-   true/false/null, `problem_is_valid` not a string), a row that is not an object, and malformed
-   JSON are errors naming file, line and field: they mean a different schema, and REDI's code
-   would crash or misread them. Rows REDI's code skips (step 2) are skipped and counted.
+   true/false/null, `problem_is_valid` not a string), a row that is not an object, malformed
+   JSON, and a text to be written that UTF-8 cannot encode (a lone surrogate escape, "\\ud800")
+   are errors naming file, line and field: they mean a different schema, and REDI's code would
+   crash or misread them. Rows REDI's code skips (rule 2) are skipped and counted.
 4. Pairs are stored in TRL's conversational explicit-prompt form (prompt as a message list,
    chosen / rejected as the lone assistant message); REDI stored `prompt` as a string and
    chosen / rejected as full two-message conversations. Both forms load ("Bring your own data").
@@ -108,6 +118,13 @@ figures come from the paper and were NOT reproduced here (these machines cannot 
    non-alphanumerics) between curated problems and benchmark problems; `--drop-contaminated`
    also removes those problems from both outputs (counted). Default: report only. Each hit
    lists the shared n-gram: overlaps inside [asy] code or tables can be coincidental, so read them.
+6. Rule 6's refusals: REDI's scripts would write an empty response, which our loaders (and any
+   trainer) cannot use. Whether the full Raw data holds any was not measured here; if it does, a
+   run there writes fewer rows than the paper's counts by the numbers under `refused`.
+   Identical chosen/rejected pairs are kept by default, as REDI kept them (REDI's loss on one
+   is (1 - alpha)-weighted SFT; DPO's gradient is zero); the built-in toy task has them (a
+   correct trace the noisy judge refused, ~3% of its pairs), and `--drop-identical-pairs`
+   refuses them.
 
 ## Curated output formats (JSON Lines, UTF-8)
     SFT:  {"id", "messages": [{"role": "user", "content": PROBLEM},
@@ -127,6 +144,8 @@ template adds its default system prompt at training time).
     rows_kept         rows passing every filter
     labels            {"generations", "positive", "negative", "null_labels_counted_negative"}
     selection         {"no_positive" (no SFT, no pair), "no_negative" (SFT only), "problems_with_positive"}
+    refused           {"sft": [{"name", "reason", "dropped"}], "pairs": [...]}: rule 6, in the order above
+    identical_pairs   {"found" (pairs whose chosen text equals the rejected), "action" ("kept" or "dropped")}
     decontamination   null, or {"ngram", "normalisation", "checked", "action", "contaminated_problems",
                       "dropped": {"sft", "pairs"},
                       "benchmarks": {name: {"files", "problems", "too_short", "hits", "curated_problems_hit"}},
@@ -142,7 +161,15 @@ template adds its default system prompt at training time).
                       "tokenize_seconds", "tokenized_texts", "tokenized_tokens"}
     args              the command line options
 Every raw row is accounted for: rows_read = sum of dropped + rows_kept, and rows_kept =
-no_positive + problems_with_positive.
+no_positive + problems_with_positive; SFT written = problems_with_positive - refused sft -
+decontamination dropped sft; pairs before the length filter = problems_with_positive -
+no_negative - refused pairs - decontamination dropped pairs (checked on every run).
+
+## Errors
+Bad input (a missing or unreadable file, a row that is not what the rules expect, an option out
+of range, an output that cannot be written) is one line, `data.py COMMAND: error: FILE:LINE:
+field 'F': expected ..., found ...` where a file and line exist, and exit status 2, with no
+traceback (`InputError`, `exit_on_input_error`); anything else is a bug and keeps its traceback.
 """
 
 
@@ -178,7 +205,12 @@ def load_tokenizer(name_or_path):
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:   # transformers' words for "no tokenizer there"
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{name_or_path}: cannot load a tokenizer (expected a model or tokenizer directory, "
+                         f"or a Hugging Face hub name): {first_line}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -188,7 +220,7 @@ def load_tokenizer(name_or_path):
 # reading JSON Lines, and errors that name file, line and field
 
 
-def _describe(value) -> str:
+def describe(value) -> str:
     """A short, JSON-flavoured description of a found value for error messages."""
     names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number",
              float: "number", type(None): "null"}
@@ -216,25 +248,44 @@ def exit_on_input_error(prog: str):
 
 
 def data_error(path, line, field, expected, found) -> InputError:
-    """InputError 'PATH:LINE: field 'F': expected E, found X' (LINE is the 1-based row for Parquet)."""
-    where = f"{path}:{line}" + (f": field '{field}'" if field else "")
+    """InputError 'PATH:LINE: field 'F': expected E, found X' (LINE: 1-based row for Parquet; None for
+    a whole-file JSON document)."""
+    where = str(path) + (f":{line}" if line is not None else "") + (f": field '{field}'" if field else "")
     return InputError(f"{where}: expected {expected}, found {found}")
+
+
+def make_output_dir(path, what) -> str:
+    """os.makedirs(path, exist_ok=True), or InputError 'WHAT: ...' saying why it cannot hold outputs
+    (WHAT names the option, e.g. "--out-dir runs/x")."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"{what}: {path} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{what}: cannot create the directory {path} ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"{what}: cannot write into {path} (permission denied)")
+    return path
 
 
 def read_jsonl(path):
     """Yield (line_number, record) for every non-blank line of a JSON Lines file (lines are 1-based)."""
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:   # missing, a directory, no permission
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
         for line_number, raw in enumerate(f, 1):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{line_number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+                raise InputError(f"{path}:{line_number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
             if not text.strip():
                 continue  # blank lines hold no record (a trailing newline, say)
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_number}: invalid JSON: {e.msg} at column {e.colno}") from None
+                raise InputError(f"{path}:{line_number}: invalid JSON: {e.msg} at column {e.colno}") from None
             yield line_number, record
 
 
@@ -249,12 +300,12 @@ def _messages(value, path, line, field) -> list[dict]:
     """Validate a non-empty chat message list; returns copies holding only role and content."""
     if not isinstance(value, list) or not value:
         raise data_error(path, line, field, "a non-empty list of {\"role\", \"content\"} messages",
-                         _describe(value))
+                         describe(value))
     out = []
     for i, m in enumerate(value):
         if not (isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in CHAT_ROLES):
             raise data_error(path, line, f"{field}[{i}]",
-                             "a message {\"role\": system|user|assistant, \"content\": string}", _describe(m))
+                             "a message {\"role\": system|user|assistant, \"content\": string}", describe(m))
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -263,12 +314,12 @@ def _prompt(value, path, line, field) -> list[dict]:
     """A prompt given as a string (one user message) or as messages ending with a user turn."""
     if isinstance(value, str):
         if not value:
-            raise data_error(path, line, field, "a non-empty prompt", _describe(value))
+            raise data_error(path, line, field, "a non-empty prompt", describe(value))
         return [{"role": "user", "content": value}]
     messages = _messages(value, path, line, field)
     if messages[-1]["role"] != "user":
         raise data_error(path, line, f"{field}[{len(messages) - 1}].role", "\"user\" (the prompt's last turn)",
-                         _describe(messages[-1]["role"]))
+                         describe(messages[-1]["role"]))
     return messages
 
 
@@ -284,10 +335,10 @@ def _response(value, prompt, path, line, field) -> str:
                              f"{len(messages)} messages whose first {len(messages) - 1} differ from the prompt")
         if messages[-1]["role"] != "assistant":
             raise data_error(path, line, f"{field}[{len(messages) - 1}].role", "\"assistant\"",
-                             _describe(messages[-1]["role"]))
+                             describe(messages[-1]["role"]))
         text = messages[-1]["content"]
     if not text:
-        raise data_error(path, line, field, "a non-empty response", _describe(text))
+        raise data_error(path, line, field, "a non-empty response", describe(text))
     return text
 
 
@@ -297,7 +348,7 @@ def _record_id(record, path, line) -> str:
     if rid is None:
         return f"{os.path.basename(path)}:{line}"
     if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
-        raise data_error(path, line, "id", "a non-empty string or an integer", _describe(rid))
+        raise data_error(path, line, "id", "a non-empty string or an integer", describe(rid))
     return str(rid)
 
 
@@ -309,7 +360,7 @@ def normalize_record(record, path, line) -> dict:
     Accepted inputs are listed in the module docstring ("Bring your own data").
     """
     if not isinstance(record, dict):
-        raise data_error(path, line, None, "a JSON object", _describe(record))
+        raise data_error(path, line, None, "a JSON object", describe(record))
     rid = _record_id(record, path, line)
     if "chosen" in record or "rejected" in record:
         for name in ("chosen", "rejected"):
@@ -333,7 +384,7 @@ def normalize_record(record, path, line) -> dict:
         last = f"messages[{len(messages) - 1}]"
         if messages[-1]["role"] != "assistant":
             raise data_error(path, line, f"{last}.role", "\"assistant\" (the last message is the response)",
-                             _describe(messages[-1]["role"]))
+                             describe(messages[-1]["role"]))
         prompt = _prompt(messages[:-1], path, line, "messages")
         return {"id": rid, "prompt_messages": prompt,
                 "response": _response(messages[-1]["content"], prompt, path, line, f"{last}.content")}
@@ -357,7 +408,7 @@ def load_curated(path) -> tuple[str, list[dict]]:
         if kind is None:
             kind, first_line = row_kind, line
         elif row_kind != kind:
-            raise ValueError(f"{path}:{line}: this row is {row_kind} but line {first_line} is {kind}; "
+            raise InputError(f"{path}:{line}: this row is {row_kind} but line {first_line} is {kind}; "
                              f"a file must hold one kind")
         if canonical["id"] in seen:
             raise data_error(path, line, "id", "ids unique within the file",
@@ -365,7 +416,7 @@ def load_curated(path) -> tuple[str, list[dict]]:
         seen[canonical["id"]] = line
         records.append(canonical)
     if kind is None:
-        raise ValueError(f"{path}: no records (the file is empty)")
+        raise InputError(f"{path}: no records (the file is empty)")
     return kind, records
 
 
@@ -373,7 +424,7 @@ def load_sft_examples(path) -> list[dict]:
     """Canonical SFT examples ({"id", "prompt_messages", "response"}) from any accepted SFT format."""
     kind, records = load_curated(path)
     if kind != "sft":
-        raise ValueError(f"{path}: expected SFT examples (messages, or prompt/completion), found preference pairs")
+        raise InputError(f"{path}: expected SFT examples (messages, or prompt/completion), found preference pairs")
     return records
 
 
@@ -381,7 +432,7 @@ def load_pairs(path) -> list[dict]:
     """Canonical pairs ({"id", "prompt_messages", "chosen", "rejected"}) from any accepted pair format."""
     kind, records = load_curated(path)
     if kind != "pairs":
-        raise ValueError(f"{path}: expected preference pairs (prompt/chosen/rejected), found SFT examples")
+        raise InputError(f"{path}: expected preference pairs (prompt/chosen/rejected), found SFT examples")
     return records
 
 
@@ -395,7 +446,7 @@ def end_of_turn_id(tokenizer) -> int:
     if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
         return token_id
     if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has neither <|im_end|> nor an EOS token to end the assistant turn")
+        raise InputError("the tokenizer has neither <|im_end|> nor an EOS token to end the assistant turn")
     return tokenizer.eos_token_id
 
 
@@ -415,7 +466,7 @@ def tokenize_example(tokenizer, prompt_messages: list[dict], response: str, exam
     full_text = tokenizer.apply_chat_template(
         list(prompt_messages) + [{"role": "assistant", "content": response}], tokenize=False)
     if not full_text.startswith(prompt_text):
-        raise ValueError(
+        raise InputError(
             f"example {example_id}: the templated prompt is not a prefix of the templated conversation. "
             f"The chat template's generation prompt ends with {prompt_text[-30:]!r}, but the conversation "
             f"continues with {full_text[len(prompt_text) - 30:len(prompt_text)]!r}. With REDI's template the "
@@ -424,17 +475,17 @@ def tokenize_example(tokenizer, prompt_messages: list[dict], response: str, exam
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
     if full_ids[:len(prompt_ids)] != prompt_ids:
-        raise ValueError(f"example {example_id}: the prompt tokenizes differently alone and inside the "
+        raise InputError(f"example {example_id}: the prompt tokenizes differently alone and inside the "
                          f"conversation (a token merges across the prompt/response boundary)")
     eot = end_of_turn_id(tokenizer)
     ends = [i for i in range(len(prompt_ids), len(full_ids)) if full_ids[i] == eot]
     if not ends:
-        raise ValueError(f"example {example_id}: no end-of-turn token (id {eot}) after the response")
+        raise InputError(f"example {example_id}: no end-of-turn token (id {eot}) after the response")
     input_ids = full_ids[:ends[-1] + 1]
     if len(input_ids) == len(prompt_ids):
-        raise ValueError(f"example {example_id}: empty response")
+        raise InputError(f"example {example_id}: empty response")
     if max_length is not None and len(input_ids) > max_length:
-        raise ValueError(f"example {example_id}: {len(input_ids)} tokens exceed the maximum sequence length "
+        raise InputError(f"example {example_id}: {len(input_ids)} tokens exceed the maximum sequence length "
                          f"{max_length}; responses are never truncated, filter such examples at curation "
                          f"(data.py curate --max-response-tokens) or raise --max-seq-len")
     labels = [IGNORE_INDEX] * len(prompt_ids) + input_ids[len(prompt_ids):]
@@ -532,15 +583,15 @@ class StepSampler:
     def __init__(self, lengths: list[int], global_batch: int, world_size: int, rank: int, seed: int,
                  micro_batch_size: int | None = None, max_tokens: int | None = None):
         if global_batch % world_size:
-            raise ValueError(f"global batch {global_batch} is not divisible by the world size {world_size}")
+            raise InputError(f"global batch {global_batch} is not divisible by the world size {world_size}")
         per_rank = global_batch // world_size
         if max_tokens is None and (micro_batch_size is None or per_rank % micro_batch_size):
-            raise ValueError(
+            raise InputError(
                 f"global batch {global_batch} = world size {world_size} x micro-batch {micro_batch_size} "
                 f"x accumulation steps must hold; {global_batch} / ({world_size} x {micro_batch_size}) "
                 f"is not an integer")
         if not lengths:
-            raise ValueError("no examples to sample from")
+            raise InputError("no examples to sample from")
         self.lengths, self.global_batch, self.world_size, self.rank = lengths, global_batch, world_size, rank
         self.seed, self.micro_batch_size, self.max_tokens = seed, micro_batch_size, max_tokens
         self.per_rank = per_rank
@@ -611,6 +662,18 @@ ROW_FILTERS = {
                        "null, or not one label per generation",
 }
 
+# Candidates the training loaders would refuse (load_* reject an empty response), and, on request,
+# pairs with nothing to prefer: never written, counted by name; a pair once, by the first that applies.
+SFT_REFUSALS = {
+    "empty_response": "the chosen generation (lowest-index positive) is '': no SFT example and no pair",
+}
+PAIR_REFUSALS = {
+    "empty_chosen": "the chosen generation is '' (its SFT example is refused too)",
+    "empty_rejected": "the rejected generation (lowest-index negative) is ''; the SFT example is kept",
+    "chosen_equals_rejected": "chosen and rejected are the same text (--drop-identical-pairs); the SFT "
+                              "example is kept",
+}
+
 # Fields the rules read, with the JSON type they must have when present and not null. A wrong type
 # means the file is not OpenR1-Math-Raw: an error, never a silently skipped row.
 RAW_FIELD_TYPES = {
@@ -625,14 +688,18 @@ RAW_FIELD_TYPES = {
 def read_parquet(path):
     """Yield (row_number, record) for each row of a Parquet file (1-based), via pyarrow if installed."""
     try:
+        import pyarrow
         import pyarrow.parquet as pq
     except ImportError:
-        raise ImportError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
+        raise InputError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
     row_number = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for record in batch.to_pylist():
-            row_number += 1
-            yield row_number, record
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for record in batch.to_pylist():
+                row_number += 1
+                yield row_number, record
+    except (OSError, pyarrow.ArrowException) as e:   # not Parquet, truncated, unreadable
+        raise InputError(f"{path}: cannot read it as Parquet (after {row_number} rows): {e}") from None
 
 
 def read_records(path):
@@ -645,12 +712,12 @@ def list_input_files(path) -> list[str]:
     if os.path.isdir(path):
         files = sorted(os.path.join(path, name) for name in os.listdir(path) if name.endswith(INPUT_SUFFIXES))
         if not files:
-            raise FileNotFoundError(f"{path}: the directory holds no *.jsonl or *.parquet files")
+            raise InputError(f"{path}: the directory holds no *.jsonl or *.parquet files")
         return files
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file or directory")
+        raise InputError(f"{path}: no such file or directory")
     if not path.endswith(INPUT_SUFFIXES):
-        raise ValueError(f"{path}: expected a .jsonl or .parquet file, or a directory of them")
+        raise InputError(f"{path}: expected a .jsonl or .parquet file, or a directory of them")
     return [path]
 
 
@@ -661,22 +728,22 @@ def list_input_files(path) -> list[str]:
 def check_raw_row(row, path, line) -> None:
     """Raise if a field the rules read has the wrong type (null and missing are left to the filters)."""
     if not isinstance(row, dict):
-        raise data_error(path, line, None, "a JSON object (one OpenR1-Math-Raw row)", _describe(row))
+        raise data_error(path, line, None, "a JSON object (one OpenR1-Math-Raw row)", describe(row))
     for field, (types, expected) in RAW_FIELD_TYPES.items():
         value = row.get(field)
         if value is not None and not isinstance(value, types):
-            raise data_error(path, line, field, expected, _describe(value))
+            raise data_error(path, line, field, expected, describe(value))
     for i, generation in enumerate(row.get("generations") or []):
         if not isinstance(generation, str):
-            raise data_error(path, line, f"generations[{i}]", "a string", _describe(generation))
+            raise data_error(path, line, f"generations[{i}]", "a string", describe(generation))
     correctness = row.get("correctness") or {}
     for field in LABEL_FIELDS:
         labels = correctness.get(field)
         if labels is not None and not isinstance(labels, list):
-            raise data_error(path, line, f"correctness.{field}", "a list of booleans", _describe(labels))
+            raise data_error(path, line, f"correctness.{field}", "a list of booleans", describe(labels))
         for i, label in enumerate(labels or []):
             if label is not None and not isinstance(label, bool):
-                raise data_error(path, line, f"correctness.{field}[{i}]", "true, false or null", _describe(label))
+                raise data_error(path, line, f"correctness.{field}[{i}]", "true, false or null", describe(label))
 
 
 def _absent(container, field, empty_name) -> str | None:
@@ -722,6 +789,31 @@ def label_generations(row: dict) -> tuple[list[int], list[int], int]:
     for i, (a, b) in enumerate(zip(llama, reparsed)):
         (positives if a and b else negatives).append(i)
     return positives, negatives, llama.count(None) + reparsed.count(None)
+
+
+def refusal_reasons(chosen: str, rejected: str | None, drop_identical: bool) -> tuple[str | None, str | None]:
+    """(SFT refusal, pair refusal) of a problem's chosen and rejected texts (rejected None: no negative);
+    the names are those of SFT_REFUSALS / PAIR_REFUSALS, None where the row is written."""
+    if not chosen:
+        return "empty_response", None if rejected is None else "empty_chosen"
+    if rejected is None:
+        return None, None
+    if not rejected:
+        return None, "empty_rejected"
+    return None, "chosen_equals_rejected" if drop_identical and rejected == chosen else None
+
+
+def check_encodable(row: dict, gen_indices, path, line) -> None:
+    """Raise if a text that will be written holds a lone surrogate: valid JSON ("\\ud800") that UTF-8
+    cannot encode, so writing it (or tokenizing it) would fail."""
+    fields = {"problem": row["problem"], "source": row.get("source") or "",
+              **{f"generations[{i}]": row["generations"][i] for i in gen_indices}}
+    for field, text in fields.items():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise data_error(path, line, field, "text that UTF-8 can encode",
+                             f"a lone surrogate {text[e.start]!r} at character {e.start}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -772,6 +864,8 @@ class CurationStats:
     no_positive: int = 0
     no_negative: int = 0
     candidates: int = 0
+    refused: dict = dataclasses.field(default_factory=lambda: {"sft": Counter(), "pairs": Counter()})
+    identical_pairs: int = 0
     contaminated: dict = dataclasses.field(default_factory=lambda: {"sft": 0, "pairs": 0})
     pairs_before_length_filter: int = 0
     length_dropped: int = 0
@@ -786,7 +880,7 @@ class CurationStats:
     tokenized_tokens: int = 0
 
 
-def iter_candidates(files, id_prefix, excluded_sources, stats: CurationStats):
+def iter_candidates(files, id_prefix, excluded_sources, drop_identical_pairs, stats: CurationStats):
     """Stream raw rows from all files; count every drop in `stats`; yield a Candidate per kept problem."""
     for path in files:
         rows_in_file = 0
@@ -809,17 +903,28 @@ def iter_candidates(files, id_prefix, excluded_sources, stats: CurationStats):
             stats.no_negative += not negatives
             stats.candidates += 1
             generations = row["generations"]
+            chosen = generations[positives[0]]
+            rejected = generations[negatives[0]] if negatives else None
+            stats.identical_pairs += bool(chosen) and rejected == chosen
+            sft_refused, pair_refused = refusal_reasons(chosen, rejected, drop_identical_pairs)
+            if pair_refused:
+                stats.refused["pairs"][pair_refused] += 1
+            if sft_refused:
+                stats.refused["sft"][sft_refused] += 1
+                continue
+            with_pair = rejected is not None and not pair_refused
+            check_encodable(row, positives[:1] + (negatives[:1] if with_pair else []), path, line)
             c = Candidate(id=f"{id_prefix}/{original_index}", original_index=original_index,
                           source=row.get("source"), problem=row["problem"],
-                          chosen_gen_idx=positives[0], chosen=generations[positives[0]])
-            if negatives:
-                c.rejected_gen_idx, c.rejected = negatives[0], generations[negatives[0]]
+                          chosen_gen_idx=positives[0], chosen=chosen)
+            if with_pair:
+                c.rejected_gen_idx, c.rejected = negatives[0], rejected
             yield c
         stats.files.append({"path": path, "rows": rows_in_file})
 
 
 # -----------------------------------------------------------------------------
-# curation: length filter (pairs only; rule 6 of the module docstring)
+# curation: length filter (pairs only; rule 7 of the module docstring)
 
 
 def chat_token_counts(tokenizer, conversations: list[list[dict]]) -> list[int]:
@@ -891,7 +996,7 @@ class BenchmarkIndex:
             for line, record in read_jsonl(path):
                 problem = record.get("problem") if isinstance(record, dict) else None
                 if not isinstance(problem, str):
-                    raise data_error(path, line, "problem", "a string (the benchmark problem)", _describe(problem))
+                    raise data_error(path, line, "problem", "a string (the benchmark problem)", describe(problem))
                 bench_id = str(record.get("id") or f"{os.path.basename(path)}:{line}")
                 info["problems"] += 1
                 words = ngram_words(problem)
@@ -1008,15 +1113,20 @@ def curate(args) -> dict:
     """Run the curation described in the module docstring; write both outputs; return the summary."""
     start = time.perf_counter()
     files = list_input_files(args.raw)
+    for option, path in output_paths(args):   # fail now, not after the whole run
+        make_output_dir(os.path.dirname(os.path.abspath(path)), f"{option} {path}")
     id_prefix = args.id_prefix or os.path.splitext(os.path.basename(os.path.normpath(args.raw)))[0]
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
+        raise InputError(f"--tokenizer {args.tokenizer}: the tokenizer has no chat template (tokenizer_config.json "
+                         f"'chat_template'); REDI's length filter counts chat-templated tokens")
     index = BenchmarkIndex(args.benchmarks, args.decontam_ngram) if args.benchmarks else None
     stats, hits = CurationStats(), []
     stats.setup_seconds = time.perf_counter() - start   # tokenizer and benchmark loading
     sft_out, pairs_out = ShuffledJsonlWriter(args.sft_out), ShuffledJsonlWriter(args.pairs_out)
     try:
         batch = []
-        for c in iter_candidates(files, id_prefix, set(args.exclude_source), stats):
+        for c in iter_candidates(files, id_prefix, set(args.exclude_source), args.drop_identical_pairs, stats):
             if index is not None and record_contamination(index, c, hits) and args.drop_contaminated:
                 stats.contaminated["sft"] += 1
                 stats.contaminated["pairs"] += c.rejected is not None
@@ -1026,6 +1136,8 @@ def curate(args) -> dict:
                 emit_batch(batch, tokenizer, args, stats, sft_out, pairs_out)
                 batch = []
         emit_batch(batch, tokenizer, args, stats, sft_out, pairs_out)
+        if stats.rows_read == 0:
+            raise InputError(f"--raw {args.raw}: no rows to curate (every input file is empty)")
         rank = shuffle_rank(stats.rows_read, args.seed)
         stats.sft_written, stats.pairs_written = sft_out.finish(rank), pairs_out.finish(rank)
     finally:
@@ -1055,12 +1167,22 @@ def summary_path(args) -> str:
     return stem + ".summary.json"
 
 
+def output_paths(args) -> list[tuple[str, str]]:
+    """(option, path) of the three files curate writes."""
+    return [("--sft-out", args.sft_out), ("--pairs-out", args.pairs_out),
+            ("--summary-out" if args.summary_out else "the summary (from --sft-out)", summary_path(args))]
+
+
 def build_summary(args, stats: CurationStats, index, hits, seconds) -> dict:
     """The summary dict (schema in the module docstring); checks that every row is accounted for."""
     dropped_rows = sum(sum(c.values()) for c in stats.dropped.values())
     rows_kept = stats.rows_read - dropped_rows
+    refused = {kind: sum(counts.values()) for kind, counts in stats.refused.items()}
     assert rows_kept == stats.no_positive + stats.candidates, "a raw row went uncounted"
-    assert stats.sft_written == stats.candidates - stats.contaminated["sft"], "an SFT example went uncounted"
+    assert stats.sft_written == stats.candidates - refused["sft"] - stats.contaminated["sft"], \
+        "an SFT example went uncounted"
+    assert stats.pairs_before_length_filter == (stats.candidates - stats.no_negative - refused["pairs"]
+                                                - stats.contaminated["pairs"]), "a pair went uncounted"
     assert stats.pairs_written == stats.pairs_before_length_filter - stats.length_dropped, "a pair went uncounted"
     summary = {
         "inputs": stats.files,
@@ -1074,6 +1196,11 @@ def build_summary(args, stats: CurationStats, index, hits, seconds) -> dict:
                    "null_labels_counted_negative": stats.null_labels},
         "selection": {"no_positive": stats.no_positive, "no_negative": stats.no_negative,
                       "problems_with_positive": stats.candidates},
+        "refused": {kind: [{"name": name, "reason": reason, "dropped": stats.refused[kind][name]}
+                           for name, reason in reasons.items()]
+                    for kind, reasons in (("sft", SFT_REFUSALS), ("pairs", PAIR_REFUSALS))},
+        "identical_pairs": {"found": stats.identical_pairs,
+                            "action": "dropped" if args.drop_identical_pairs else "kept"},
         "decontamination": None,
         "length_filter": {
             "applied": args.tokenizer is not None, "tokenizer": args.tokenizer,
@@ -1098,7 +1225,7 @@ def build_summary(args, stats: CurationStats, index, hits, seconds) -> dict:
     if index is not None:
         summary["decontamination"] = {
             "ngram": index.n, "normalisation": "lower-case; runs of non-alphanumerics -> one space; word n-grams",
-            "checked": "problems with a positive generation (every SFT example and pair)",
+            "checked": "problems with a positive generation, less those refused (every SFT example and pair)",
             "action": "dropped from both outputs" if args.drop_contaminated else "report only",
             "contaminated_problems": len({h["curated_id"] for h in hits}),
             "dropped": stats.contaminated, "benchmarks": index.benchmarks, "hits": hits}
@@ -1118,6 +1245,12 @@ def format_summary(s: dict) -> str:
     rows += [("rows kept", s["rows_kept"], ""),
              ("  no positive generation (no SFT, no pair)", s["selection"]["no_positive"], ""),
              ("  no negative generation (SFT only, no pair)", s["selection"]["no_negative"], "")]
+    for kind, label in (("sft", "SFT example"), ("pairs", "pair")):
+        rows += [(f"  {label} refused: {r['name']}", r["dropped"], r["reason"]) for r in s["refused"][kind]]
+    same = s["identical_pairs"]
+    rows.append(("  pairs with chosen == rejected", same["found"],
+                 "dropped (--drop-identical-pairs)" if same["action"] == "dropped"
+                 else "kept, as REDI's code keeps them (--drop-identical-pairs refuses them)"))
     d = s["decontamination"]
     if d:
         per_bench = ", ".join(f"{b}: {i['hits']}" for b, i in d["benchmarks"].items())
@@ -1169,6 +1302,9 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("--exclude-source", nargs="*", default=DEFAULT_EXCLUDED_SOURCES, metavar="SOURCE",
                        help="drop rows from these sources (default: cn_k12; give the flag alone to keep all)")
     rules.add_argument("--seed", type=int, default=42, help="seed of the shuffle that orders the outputs")
+    rules.add_argument("--drop-identical-pairs", action="store_true",
+                       help="refuse pairs whose chosen and rejected texts are identical (default: keep and "
+                            "count them, as REDI does)")
     length = cur.add_argument_group("length filter (pairs only)")
     length.add_argument("--tokenizer", default=None, help="tokenizer dir or hub name (REDI: Qwen2.5-Math-1.5B); "
                                                           "without it pairs are NOT length-filtered")
@@ -1197,9 +1333,15 @@ def validate_curate_args(parser, args) -> None:
     for name in ("max_prompt_tokens", "max_response_tokens", "batch_size", "decontam_ngram"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    outputs = [os.path.abspath(p) for p in (args.sft_out, args.pairs_out, summary_path(args))]
-    if len(set(outputs)) < 3:
+    if len({os.path.abspath(path) for _, path in output_paths(args)}) < 3:
         parser.error("--sft-out, --pairs-out and the summary path must be three different files")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0 (numpy's shuffle), got {args.seed}")
+    for option, path in output_paths(args):
+        if os.path.isdir(path):
+            parser.error(f"{option} {path} is a directory; expected the path of a JSON file to write")
+        if os.path.abspath(path) == os.path.abspath(args.raw):
+            parser.error(f"{option} {path} is the --raw input; it would be overwritten")
     if args.drop_contaminated and not args.benchmarks:
         parser.error("--drop-contaminated needs --benchmarks")
 
@@ -1211,6 +1353,10 @@ def run_curate(args) -> int:
         json.dump(summary, f, ensure_ascii=False, indent=2)
     print(format_summary(summary))
     print(f"summary written to {path}")
+    for kind, loader in (("sft", "load_sft_examples"), ("pairs", "load_pairs")):
+        if summary["outputs"][kind]["rows"] == 0:
+            print(f"data.py curate: warning: {summary['outputs'][kind]['path']} has no rows (see the table); "
+                  f"{loader}, and so training, refuses an empty file", file=sys.stderr)
     expected = summary["expected_counts"]
     if expected and not expected["ok"]:
         print(f"data.py curate: error: expected {expected['expected']} but wrote {expected['found']}",
@@ -1232,10 +1378,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.command == "curate":
         validate_curate_args(parser, args)
-    try:
+    with exit_on_input_error(f"data.py {args.command}"):
         code = {"curate": run_curate, "check": run_check}[args.command](args)
-    except (ValueError, OSError, ImportError) as e:
-        sys.exit(f"data.py {args.command}: error: {e}")
     sys.exit(code)
 
 

@@ -22,6 +22,7 @@ Fixtures:
   shorter than 13 words ("bench/short").
 """
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -63,8 +64,6 @@ def by_case(rows):
 @pytest.mark.parametrize("with_tokenizer", [False, True])
 def test_shared_fixture_gives_the_schema_notes_expected_outputs(tmp_path, tiny_model_dir, with_tokenizer):
     """SFT = A gen0, D gen1, E gen0, H gen3; pairs = A (0, 1), D (1, 0), H (3, 0); nothing length-filtered."""
-    if not SHARED_FIXTURE.exists():
-        pytest.skip(f"{SHARED_FIXTURE} not present")
     extra = ["--tokenizer", tiny_model_dir] if with_tokenizer else []
     summary, sft, pairs = curate(tmp_path, SHARED_FIXTURE, *extra)
     letter = lambda r: (r["messages"][0] if "messages" in r else r["prompt"][0])["content"].split()[1][0]
@@ -73,6 +72,16 @@ def test_shared_fixture_gives_the_schema_notes_expected_outputs(tmp_path, tiny_m
         ("A", 0, 1), ("D", 1, 0), ("H", 3, 0)]
     assert summary["length_filter"]["dropped"] == 0
     assert [f["dropped"] for f in summary["row_filters"]] == [1, 1, 0, 0, 1]   # C, B, G
+    assert summary["identical_pairs"] == {"found": 2, "action": "kept"}       # D and H: same text
+
+
+def test_drop_identical_pairs_refuses_the_shared_fixtures_d_and_h(tmp_path):
+    """--drop-identical-pairs: D's and H's chosen text equals their rejected, so only A's pair is written."""
+    summary, sft, pairs = curate(tmp_path, SHARED_FIXTURE, "--drop-identical-pairs")
+    assert [p["chosen"] != p["rejected"] for p in pairs] == [True] and len(sft) == 4
+    refused = {r["name"]: r["dropped"] for r in summary["refused"]["pairs"]}
+    assert refused == {"empty_chosen": 0, "empty_rejected": 0, "chosen_equals_rejected": 2}
+    assert summary["identical_pairs"] == {"found": 2, "action": "dropped"}
 
 
 # ---- the hand-made raw fixture: exact outputs and counts ---------------------------------
@@ -122,6 +131,7 @@ def test_summary_counts_every_row_and_every_reason(tmp_path, tiny_model_dir):
     assert summary["rows_read"] == 19 and summary["rows_kept"] == 8
     assert summary["rows_read"] == sum(d for d, _ in filters.values()) + summary["rows_kept"]
     assert summary["selection"] == {"no_positive": 1, "no_negative": 1, "problems_with_positive": 7}
+    assert [r["dropped"] for kind in ("sft", "pairs") for r in summary["refused"][kind]] == [0, 0, 0, 0]
     assert summary["labels"]["null_labels_counted_negative"] == 1
     lf = summary["length_filter"]
     assert (lf["applied"], lf["pairs_before"], lf["dropped"]) == (True, 6, 3)
@@ -162,9 +172,6 @@ def test_excluded_sources_are_configurable(tmp_path):
     assert 5 in by_case(sft) and 5 in by_case(pairs)
 
 
-# ---- bad input: errors that name file, line and field -------------------------------------
-
-
 def write_rows(path, rows):
     lines = [(r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows]
     path.write_text("".join(lines), encoding="utf-8")
@@ -173,6 +180,77 @@ def write_rows(path, rows):
 
 def good_row():
     return json.loads(RAW.read_text(encoding="utf-8").splitlines()[0])
+
+
+# ---- refusals: every row curate writes loads ------------------------------------------------
+
+
+def refusal_rows():
+    """Row 0 of curation_raw (gen1 the first positive, gen0 the first negative), varied:
+    0 as is; 1 gen1 ''; 2 all positive with gen0 ''; 3 gen0 ''; 4 gen0 = gen1; 5 gen0 and gen1 ''."""
+    rows = []
+    for case in range(6):
+        row = good_row()
+        row["problem"] = f"REFUSAL CASE {case}: compute 0+0."
+        gens = row["generations"]
+        if case in (1, 5):
+            gens[1] = ""
+        if case in (3, 5):
+            gens[0] = ""
+        if case == 2:
+            gens[0] = ""
+            row["correctness"] = {k: [True] * 4 for k in row["correctness"]}
+        if case == 4:
+            gens[0] = gens[1]
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("drop_identical", [False, True])
+def test_refused_candidates_are_counted_by_reason_and_every_written_row_loads(tmp_path, drop_identical):
+    """Empty chosen / rejected (and, with --drop-identical-pairs, identical pairs) are not written but
+    counted by name; the files written load entirely; rows in = rows out + counted drops."""
+    raw = write_rows(tmp_path / "raw.jsonl", refusal_rows())
+    extra = ["--drop-identical-pairs"] if drop_identical else []
+    summary, sft, pairs = curate(tmp_path, raw, *extra)
+    refused = {kind: {r["name"]: r["dropped"] for r in summary["refused"][kind]} for kind in ("sft", "pairs")}
+    assert refused == {"sft": {"empty_response": 3},                     # cases 1, 2, 5
+                       "pairs": {"empty_chosen": 2, "empty_rejected": 1,  # cases 1, 5; case 3
+                                 "chosen_equals_rejected": int(drop_identical)}}   # case 4
+    assert summary["identical_pairs"] == {"found": 1, "action": "dropped" if drop_identical else "kept"}
+    assert sorted(by_case(sft)) == [0, 3, 4]
+    assert sorted(by_case(pairs)) == ([0] if drop_identical else [0, 4])
+    out = tmp_path / "out"
+    assert len(data.load_sft_examples(out / "sft.jsonl")) == len(sft)
+    assert len(data.load_pairs(out / "pairs.jsonl")) == len(pairs)
+    assert summary["rows_read"] == len(sft) + sum(refused["sft"].values())
+    with_negative = summary["selection"]["problems_with_positive"] - summary["selection"]["no_negative"]
+    assert with_negative == len(pairs) + sum(refused["pairs"].values())
+    table = data.format_summary(summary)
+    for name in ("empty_response", "empty_chosen", "empty_rejected", "chosen_equals_rejected"):
+        assert f"refused: {name}" in table
+    assert "pairs with chosen == rejected" in table
+
+
+def test_a_lone_surrogate_in_a_text_to_write_is_an_error_naming_its_field(tmp_path):
+    """'\\ud800' is valid JSON but not encodable as UTF-8: an InputError naming file, line and field."""
+    row = good_row()
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(json.dumps(good_row()) + "\n" + json.dumps(row).replace("0-1\\n", "0-1\\ud800\\n", 1) + "\n")
+    with pytest.raises(data.InputError, match=re.escape(f"{raw}:2: field 'generations[1]': expected text "
+                                                        f"that UTF-8 can encode, found a lone surrogate")):
+        curate(tmp_path, raw)
+
+
+def test_an_empty_raw_file_is_an_error_and_writes_nothing(tmp_path):
+    """Zero rows: InputError naming --raw; no output and no spool file is left behind."""
+    raw = write_rows(tmp_path / "raw.jsonl", [])
+    with pytest.raises(data.InputError, match=re.escape(f"--raw {raw}: no rows to curate")):
+        curate(tmp_path, raw)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+# ---- bad input: errors that name file, line and field -------------------------------------
 
 
 @pytest.mark.parametrize("field, value, expected", [
@@ -187,12 +265,11 @@ def good_row():
     ("problem_is_valid", True, "field 'problem_is_valid': expected a string"),
 ])
 def test_wrong_types_are_errors_naming_file_line_and_field(tmp_path, field, value, expected):
-    """A value of the wrong JSON type means another schema: ValueError 'FILE:LINE: field ...', not a skip."""
+    """A value of the wrong JSON type means another schema: InputError 'FILE:LINE: field ...', not a skip."""
     bad = value if field is None else dict(good_row(), **{field: value})
     path = write_rows(tmp_path / "raw.jsonl", [good_row(), bad])
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(data.InputError, match=f"^{re.escape(str(path))}:2: .*{re.escape(expected)}"):
         curate(tmp_path, path)
-    assert str(e.value).startswith(f"{path}:2") and expected in str(e.value)
 
 
 def test_malformed_json_line_is_an_error_with_file_and_line(tmp_path):
@@ -206,12 +283,12 @@ def test_malformed_json_line_is_an_error_with_file_and_line(tmp_path):
 
 
 def test_parquet_without_pyarrow_says_how_to_install_it(tmp_path, monkeypatch):
-    """Reading Parquet with pyarrow missing raises ImportError naming the file and 'pip install pyarrow'."""
+    """Reading Parquet with pyarrow missing is an InputError naming the file and 'pip install pyarrow'."""
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     path = tmp_path / "train-00000.parquet"
     path.write_bytes(b"PAR1")
-    with pytest.raises(ImportError, match=r"00000\.parquet: reading Parquet needs pyarrow: pip install pyarrow"):
+    with pytest.raises(data.InputError, match=r"00000\.parquet: reading Parquet needs pyarrow: pip install pyarrow"):
         list(data.read_records(str(path)))
 
 
@@ -343,7 +420,7 @@ def test_normalize_record_accepts_each_documented_format(record, expected):
 
 
 @pytest.mark.parametrize("record, message", [
-    ([1], "dir/f.jsonl:7: expected a JSON object"),
+    ([1], "expected a JSON object, found list [1]"),
     ({"text": "hello"}, "expected a pair (prompt/chosen/rejected) or an SFT example"),
     ({"prompt": "Q?", "chosen": "A."}, "field 'rejected': expected both 'chosen' and 'rejected'"),
     ({"chosen": "A.", "rejected": "B."}, "field 'prompt': expected a prompt, or 'chosen'/'rejected' as full"),
@@ -362,10 +439,9 @@ def test_normalize_record_accepts_each_documented_format(record, expected):
      "field 'id': expected a non-empty string or an integer"),
 ])
 def test_normalize_record_rejects_bad_rows_naming_file_line_and_field(record, message):
-    """Each malformed row raises ValueError starting 'FILE:LINE' and naming what was expected."""
-    with pytest.raises(ValueError) as e:
+    """Each malformed row raises InputError starting 'FILE:LINE' and naming what was expected."""
+    with pytest.raises(data.InputError, match=f"^dir/f\\.jsonl:7: .*{re.escape(message)}"):
         data.normalize_record(record, "dir/f.jsonl", 7)
-    assert str(e.value).startswith("dir/f.jsonl:7") and message in str(e.value)
 
 
 def test_loaders_read_curate_outputs_as_canonical_records(tmp_path):
@@ -379,7 +455,7 @@ def test_loaders_read_curate_outputs_as_canonical_records(tmp_path):
                      "prompt_messages": [{"role": "user", "content": raw[0]["problem"]}],
                      "chosen": raw[0]["generations"][1], "rejected": raw[0]["generations"][0]}
     assert {p["id"] for p in pairs} <= {s["id"] for s in sft}
-    with pytest.raises(ValueError, match="expected preference pairs .* found SFT examples"):
+    with pytest.raises(data.InputError, match="expected preference pairs .* found SFT examples"):
         data.load_pairs(tmp_path / "out" / "sft.jsonl")
 
 
@@ -387,12 +463,12 @@ def test_loaders_reject_mixed_kinds_duplicate_ids_and_empty_files(tmp_path):
     """One kind per file, unique ids, at least one record; each error names file and line."""
     pair, sft = {"prompt": "Q?", "chosen": "A.", "rejected": "B."}, {"prompt": "Q?", "completion": "A."}
     mixed = write_rows(tmp_path / "mixed.jsonl", [pair, pair, sft])
-    with pytest.raises(ValueError, match=r"mixed\.jsonl:3: this row is sft but line 1 is pairs"):
+    with pytest.raises(data.InputError, match=r"mixed\.jsonl:3: this row is sft but line 1 is pairs"):
         data.load_pairs(mixed)
     dup = write_rows(tmp_path / "dup.jsonl", [dict(sft, id="a"), dict(sft, id="a")])
-    with pytest.raises(ValueError, match=r"dup\.jsonl:2: field 'id': .*'a' again \(first on line 1\)"):
+    with pytest.raises(data.InputError, match=r"dup\.jsonl:2: field 'id': .*'a' again \(first on line 1\)"):
         data.load_sft_examples(dup)
-    with pytest.raises(ValueError, match="no records"):
+    with pytest.raises(data.InputError, match=r"empty\.jsonl: no records \(the file is empty\)"):
         data.load_sft_examples(write_rows(tmp_path / "empty.jsonl", []))
 
 
