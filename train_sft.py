@@ -54,8 +54,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -93,20 +95,29 @@ def build_parser(description: str, lr: float | None, global_batch: int, epochs: 
                    help="override the context length; saved into the exported config (REDI: 32768)")
     g.add_argument("--rope-theta", type=float, default=None,
                    help="override the RoPE base; saved into the exported config (REDI: 300000)")
-    g.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
-                   help="attention kernel passed to transformers")
+    g.add_argument("--attn-implementation", default="auto",
+                   choices=["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"],
+                   help="attention kernel passed to transformers; auto: flash_attention_2 on GPU when the "
+                        "flash-attn package is installed, else sdpa")
     g.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute each decoder layer in backward (less memory, ~30%% more compute)")
     g.add_argument("--mixed-precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="compute dtype; fp32 master weights/optimizer always. auto: bf16 on GPU, fp32 on CPU")
+    g.add_argument("--save-dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="dtype of the exported model (checkpoints' training state stays fp32 for exact "
+                        "resume); auto: bf16 when training computes in bf16, else fp32")
     g.add_argument("--logps-chunk-size", type=int, default=1024,
                    help="tokens per chunk when computing log-probs from hidden states (memory vs speed)")
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="JSON Lines file (curated by data.py, or your own format)")
     g.add_argument("--max-seq-len", type=int, default=None,
                    help="longest allowed sequence; longer examples are an error (default: model context)")
-    g.add_argument("--packed", action="store_true",
-                   help="padding-free layout: a micro-batch is one row with per-sequence positions")
+    g.add_argument("--layout", default="auto", choices=["auto", "padded", "packed"],
+                   help="micro-batch layout: padded rows, or packed (one row, positions restart per sequence; "
+                        "flash-attn varlen when available, else each sequence through causal SDPA; the "
+                        "default). Neither ever builds a [T, T] mask")
+    g.add_argument("--packed", action="store_const", const="packed", dest="layout",
+                   help="same as --layout packed")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=lr,
                    help=lr_help or f"peak learning rate (paper: {lr:g})")
@@ -245,6 +256,12 @@ class LogpsModel(torch.nn.Module):
     there are. Log-probs come from the decoder's final hidden states and the output embedding, a
     chunk of tokens at a time (redi_loss.token_logps_from_hidden), so [T, V] logits never exist.
     FSDP2 wraps this module as the root, so the (tied) embedding is gathered inside its forward.
+
+    Attention never gets a [T, T] mask (it would be 3.2 GB in bf16 at T = 40k):
+      padded rows (data.collate pads on the RIGHT): under causal attention a real token never
+        sees the pads after it, so no mask is passed and SDPA runs its causal (flash) kernel;
+      packed row + flash-attn: the varlen kernel reads sequence boundaries from position_ids;
+      packed row otherwise: each sequence goes through the decoder alone (causal, no mask).
     """
 
     def __init__(self, lm, chunk_size: int):
@@ -253,10 +270,15 @@ class LogpsModel(torch.nn.Module):
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None, seq_index=None,
                 num_sequences=None):
-        if seq_index is not None and self.lm.config._attn_implementation != "flash_attention_2":
-            attention_mask = block_causal_mask(seq_index, self.lm.get_output_embeddings().weight.dtype)
-        hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                       position_ids=position_ids, use_cache=False).last_hidden_state
+        decoder = self.lm.get_decoder()
+        if seq_index is None:
+            hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state              # [S, T, H]
+        elif self.lm.config._attn_implementation.startswith("flash_attention"):
+            hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        else:
+            lengths = torch.bincount(seq_index, minlength=num_sequences).tolist()
+            hidden = torch.cat([decoder(input_ids=part[None], use_cache=False).last_hidden_state[0]
+                                for part in input_ids[0].split(lengths)])[None]                 # [1, T, H]
         weight = self.lm.get_output_embeddings().weight
         per_token = token_logps_from_hidden(hidden, weight, labels, IGNORE_INDEX, self.chunk_size)  # [B, T]
         valid = labels != IGNORE_INDEX
@@ -270,11 +292,17 @@ class LogpsModel(torch.nn.Module):
         return sums, counts
 
 
-def block_causal_mask(seq_index, dtype):
-    """[1, 1, T, T] additive mask for packed rows: causal within a sequence, blocked across them."""
-    same = seq_index[:, None] == seq_index[None, :]
-    causal = torch.ones_like(same).tril()
-    return torch.where(same & causal, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+def choose_kernels(args, device) -> str:
+    """Resolve --attn-implementation auto and --layout auto (in place); returns a line for the log."""
+    if args.attn_implementation == "auto":
+        flash = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+        args.attn_implementation = "flash_attention_2" if flash else "sdpa"
+    varlen = args.attn_implementation.startswith("flash_attention")
+    if args.layout == "auto":       # packed is the faster of the two on CPU as well (BENCHMARKS.md)
+        args.layout = "packed"
+    args.packed = args.layout == "packed"
+    how = ("flash-attn varlen" if varlen else "one causal SDPA call per sequence") if args.packed else "causal, no mask"
+    return f"layout: {args.layout} ({how}), attention {args.attn_implementation}"
 
 
 def load_config(path, args):
@@ -302,14 +330,22 @@ def load_model(path, args, device, trainable: bool = True):
     on GPU (or --mixed-precision bf16) the forward/backward run in bf16 with fp32 gradient
     reduction: at lr 1e-6, bf16 master weights would round most updates away.
     """
-    lm = AutoModelForCausalLM.from_pretrained(path, config=load_config(path, args), dtype=torch.float32,
-                                              attn_implementation=args.attn_implementation)
+    choose_kernels(args, device)                  # no-op once resolved (prepare() resolves and logs it)
+    config, rank, world = load_config(path, args), dist.get_rank(), dist.get_world_size()
+    if rank == 0 or world == 1:
+        lm = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32,
+                                                  attn_implementation=args.attn_implementation)
+    else:   # only shapes: rank 0 broadcasts the weights after sharding, so a node holds one full copy
+        with torch.device("meta"):
+            lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32,
+                                                  attn_implementation=args.attn_implementation)
     if getattr(lm.get_output_embeddings(), "bias", None) is not None:
         raise ValueError(f"{path}: an lm_head with a bias is not supported by the chunked log-prob code")
     if args.activation_checkpointing and trainable:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = LogpsModel(lm, args.logps_chunk_size)
-    bf16 = args.mixed_precision == "bf16" or (args.mixed_precision == "auto" and device.type == "cuda")
+    full_state = model.state_dict() if rank == 0 and world > 1 else {}
+    bf16 = computes_in_bf16(args, device)
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     for layer in lm.get_decoder().layers:
         fully_shard(layer, mp_policy=mp)
@@ -319,11 +355,23 @@ def load_model(path, args, device, trainable: bool = True):
     for module in [*lm.get_decoder().layers, model]:
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)    # plain SUM: gloo has no PREMUL_SUM
+    if world > 1:
+        broadcast_weights(model, full_state, device)
     if not trainable:
         model.eval().requires_grad_(False)
     else:
         model.train()
     return model, lm
+
+
+def broadcast_weights(model, full_state: dict, device) -> None:
+    """Rank 0's full (unsharded) state -> every rank's shards; buffers (e.g. RoPE's inv_freq, which no
+    state dict holds) copied from rank 0. The other ranks' parameters are on the meta device until here."""
+    if dist.get_rank() != 0:
+        model.to_empty(device=device)
+    set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def preflight(args) -> None:
@@ -387,10 +435,22 @@ def _check_output_dir(args, config, problems):
                         f"about {need / 2**30:.2f} GiB (16 bytes per parameter)")
 
 
+def computes_in_bf16(args, device) -> bool:
+    return args.mixed_precision == "bf16" or (args.mixed_precision == "auto" and device.type == "cuda")
+
+
+def export_dtype(args, device) -> torch.dtype:
+    """--save-dtype resolved: the dtype the exported model is written in."""
+    if args.save_dtype == "auto":
+        return torch.bfloat16 if computes_in_bf16(args, device) else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[args.save_dtype]
+
+
 def prepare(args):
     """Shared start of both stages: process group, checks, seeds, tokenizer, policy, optimizer."""
     rank, world_size, device = setup_distributed()
     preflight(args)
+    print0(choose_kernels(args, device))          # resolves --layout / --attn-implementation auto
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     tokenizer = load_tokenizer(args.model)
@@ -428,8 +488,10 @@ def set_lr(optimizer, lr: float) -> None:
 
 
 def build_optimizer(model, args):
+    # fused: one kernel for the whole update on GPU; on CPU the foreach (multi-tensor) path
+    fused = next(model.parameters()).device.type == "cuda"
     return torch.optim.AdamW(model.parameters(), lr=args.lr, betas=tuple(args.adam_betas), eps=args.adam_eps,
-                             weight_decay=args.weight_decay, foreach=True)
+                             weight_decay=args.weight_decay, foreach=not fused, fused=fused)
 
 
 def build_sampler(args, lengths, world_size, rank):
@@ -582,8 +644,13 @@ def save_checkpoint(out_dir, step, model, lm, optimizer, tokenizer, args, extra=
                 raise OSError(28, "No space left on device (injected by --inject-fault)", tmp)
             # Tied weights (Qwen2.5-1.5B ties lm_head to embed_tokens) are saved once, as HF does.
             unique = {n for n, _ in lm.named_parameters()} | {n for n, _ in lm.named_buffers()}
-            export = {k.removeprefix("lm."): v for k, v in full.items() if k.removeprefix("lm.") in unique}
+            dtype = export_dtype(args, next(model.parameters()).device)
+            export = {k.removeprefix("lm."): v.to(dtype) if v.is_floating_point() else v
+                      for k, v in full.items() if k.removeprefix("lm.") in unique}
             lm.save_pretrained(tmp, state_dict=export)
+            config = copy.deepcopy(lm.config)
+            config.dtype = dtype               # save_pretrained records the fp32 master weights' dtype
+            config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         except OSError as e:
             error = e

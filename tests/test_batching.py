@@ -174,3 +174,68 @@ def test_resuming_mid_epoch_needs_only_the_step_counter():
     assert b.micro_batches(1, 2) == plans[(1, 2)]
     with pytest.raises(IndexError, match="past the end"):
         b.micro_batches(0, a.steps_per_epoch)
+
+
+# ----------------------------------------------------------------------------- attention without [T, T]
+
+
+def _long_sequences(tokenizer, lengths, seed=0):
+    """Random token sequences of the given lengths, labels on their second half."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        ids = torch.randint(3, tokenizer.vocab_size, (n,), generator=generator).tolist()
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (n // 2) + ids[n // 2:]})
+    return out
+
+
+def _logps_and_grads(lm, batch):
+    import train_sft
+
+    lm.zero_grad(set_to_none=True)
+    sums, counts = train_sft.LogpsModel(lm, chunk_size=64)(**batch)
+    (sums.sum() / counts.sum()).backward()
+    return sums.detach(), {n: p.grad.clone() for n, p in lm.named_parameters()}
+
+
+def test_padded_and_packed_layouts_give_equal_logps_and_gradients(tiny_model_dir, tiny_tokenizer):
+    """Padded (no mask) and packed (one SDPA call per sequence) rows: log-probs and every gradient within 1e-5."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    sequences = _long_sequences(tiny_tokenizer, [37, 90, 64, 11])
+    padded, padded_grads = _logps_and_grads(lm, collate(sequences, tiny_tokenizer.pad_token_id))
+    packed, packed_grads = _logps_and_grads(lm, collate(sequences, tiny_tokenizer.pad_token_id, packed=True))
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+    for name, g in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records, over every op run inside it, the output tensor with the most elements."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = (0, None, None)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else [out]):
+            if isinstance(t, torch.Tensor) and t.numel() > self.largest[0]:
+                self.largest = (t.numel(), tuple(t.shape), str(func))
+        return out
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_no_layout_builds_a_t_by_t_tensor_in_forward_or_backward(packed, tiny_model_dir, tiny_tokenizer):
+    """Two 1,200-token sequences: the largest tensor of forward + backward is far below T x T elements."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    sequences = _long_sequences(tiny_tokenizer, [1200, 1100])
+    batch = collate(sequences, tiny_tokenizer.pad_token_id, packed=packed)
+    with _LargestTensor() as probe:
+        _logps_and_grads(lm, batch)
+    numel, shape, op = probe.largest
+    # T x T of one sequence is 1.44M; the activations are [2, 1200, 256] = 614k at most (hidden 64, MLP 256).
+    assert numel < 1200 * 1200 / 2, (shape, op)

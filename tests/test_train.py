@@ -106,8 +106,8 @@ def test_global_batch_equivalence_across_ranks_and_accumulation(stage, tmp_path,
 def test_packed_layout_gives_the_same_step(tmp_path, tiny_model_dir, pairs_file):
     """Padding-free packed micro-batches: same pair loss and gradients as the padded layout."""
     extra = ["--global-batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3"]
-    padded = _probe(tmp_path, 1, "redi", tiny_model_dir, pairs_file, extra)
-    packed = _probe(tmp_path, 1, "redi", tiny_model_dir, pairs_file, extra + ["--packed"])
+    padded = _probe(tmp_path, 1, "redi", tiny_model_dir, pairs_file, extra + ["--layout", "padded"])
+    packed = _probe(tmp_path, 1, "redi", tiny_model_dir, pairs_file, extra + ["--layout", "packed"])
     assert packed["loss"] == pytest.approx(padded["loss"], rel=1e-5)
     for name, g in padded["grads"].items():
         torch.testing.assert_close(packed["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
@@ -478,6 +478,29 @@ def test_exported_model_reloads_with_the_same_log_probs(single_rank_group, tiny_
     assert counts.tolist() == fsdp_counts.tolist()
     torch.testing.assert_close(sums, fsdp_sums, rtol=1e-5, atol=1e-5)
     assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()   # still tied
+
+
+def test_bf16_export_is_written_and_reloads_as_bf16_with_close_log_probs(single_rank_group, tiny_model_dir, tmp_path):
+    """--save-dtype bf16: safetensors and config say bfloat16, the export reloads, log-probs agree to bf16 precision;
+    the training state in the same checkpoint stays fp32 (exact resume)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    args, model, lm, optimizer, tok = _in_process_model(tiny_model_dir, tmp_path, ["--save-dtype", "bf16"])
+    batch = _batch(tok)
+    _one_step(model, optimizer, batch)
+    path = train_sft.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
+    with safe_open(os.path.join(path, "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert str(AutoConfig.from_pretrained(path).dtype).endswith("bfloat16")
+    reloaded = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert next(reloaded.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        fsdp_sums, _ = model(**batch)
+        bf16_sums, _ = train_sft.LogpsModel(reloaded, 64)(**batch)
+    torch.testing.assert_close(bf16_sums.float(), fsdp_sums, rtol=0.05, atol=0.5)
+    assert train_sft.load_checkpoint(path, model, optimizer)["step"] == 1
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 @pytest.mark.slow
