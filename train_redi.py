@@ -362,7 +362,7 @@ def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, referen
             else:
                 metrics.log(train_sft.skip_or_stop(args, step, epoch, sums, optimizer, save))
             step += 1
-            if train_sft.is_save_step(args, step) or step == total_steps:
+            if train_sft.is_save_step(args, step, total_steps):
                 save(step, {})
     finally:
         metrics.close()

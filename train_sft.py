@@ -140,6 +140,8 @@ def build_parser(description: str, lr: float | None, global_batch: int, epochs: 
     g = p.add_argument_group("checkpointing and logging")
     g.add_argument("--output-dir", required=True, help="where metrics and checkpoints go")
     g.add_argument("--save-every", type=int, default=0, help="save a checkpoint every N steps (0: only at the end)")
+    g.add_argument("--no-save", action="store_true",
+                   help="write no checkpoint at all, not even the final model (benchmarks, smoke runs)")
     g.add_argument("--keep-last", type=int, default=0, help="delete older step checkpoints beyond the last N (0: keep all)")
     g.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from OUTPUT_DIR/checkpoints/latest, or from the given checkpoint dir")
@@ -567,6 +569,8 @@ def skip_or_stop(args, step, epoch, sums, optimizer, save) -> dict:
     message = (f"non-finite loss ({sums['loss']}) or gradient norm ({sums['grad_norm']}) at step {step}; "
                f"no optimizer step was taken")
     if args.on_nonfinite == "stop":
+        if args.no_save:
+            raise NonFiniteError(message + " (--no-save: nothing saved)")
         save(step, {"stopped": message})
         raise NonFiniteError(message + f"; saved the last finite state as checkpoint step-{step:07d}")
     print0(message + "; skipping this step (--on-nonfinite skip)")
@@ -693,9 +697,9 @@ def _install_checkpoint(out_dir, ckpt_root, name, tmp):
     shutil.rmtree(replaced, ignore_errors=True)
 
 
-def is_save_step(args, step: int) -> bool:
-    """--save-every N: a checkpoint every N steps (the last step is always saved)."""
-    return bool(args.save_every) and step % args.save_every == 0
+def is_save_step(args, step: int, total_steps: int) -> bool:
+    """The last step is saved, and every --save-every N steps; nothing with --no-save."""
+    return not args.no_save and (step == total_steps or (bool(args.save_every) and step % args.save_every == 0))
 
 
 def checkpoint_saver(args, model, lm, optimizer, tokenizer, clock):
@@ -934,7 +938,7 @@ def train(args, model, lm, tokenizer, optimizer, examples, sampler, device, stat
                 record = skip_or_stop(args, step, epoch, sums, optimizer, save)
             metrics.log(record)
             step += 1
-            if step == total_steps or is_save_step(args, step):
+            if is_save_step(args, step, total_steps):
                 save(step, {})
     finally:
         metrics.close()
