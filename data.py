@@ -208,9 +208,14 @@ def load_tokenizer(name_or_path):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:   # transformers' words for "no tokenizer there"
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise InputError(f"{name_or_path}: cannot load a tokenizer (expected a model or tokenizer directory, "
-                         f"or a Hugging Face hub name): {first_line}") from None
+        if os.path.isdir(name_or_path):
+            reason = f"the directory holds {sorted(os.listdir(name_or_path))[:8]}, no tokenizer it can read"
+        elif str(name_or_path).startswith(("/", ".", "~")):
+            reason = "no such directory"
+        else:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{name_or_path}: cannot load a tokenizer (expected a model or tokenizer directory, or a "
+                         f"Hugging Face hub name): {reason}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

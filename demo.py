@@ -22,6 +22,10 @@ here), its output streamed as it goes; everything lands in one run directory (--
 A second invocation with the same --seed reproduces the same numbers (training on CPU is
 deterministic, sampling is seeded per sample). Stages whose outputs exist are re-run, not
 skipped: use a fresh --out to keep an old run.
+
+A stage that fails stops the demo: its own output (above, or in the log it names) says why,
+and demo.py adds one line naming the stage and exits 1; an --out that cannot be written is
+one line and exit 2.
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ import shutil
 import subprocess
 import sys
 import time
+
+from data import exit_on_input_error, make_output_dir
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -58,11 +64,20 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="one seed for data, initialisation, order and sampling")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every stage (CI)")
     p.add_argument("--nproc", type=int, default=2, help="torchrun processes for training (CPU: gloo)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.nproc < 1:
+        p.error(f"--nproc must be >= 1, got {args.nproc}")
+    if args.seed < 0:
+        p.error(f"--seed must be >= 0 (data.py curate's shuffle needs it), got {args.seed}")
+    return args
 
 
 # -----------------------------------------------------------------------------
 # running the stages
+
+
+class StageFailed(Exception):
+    """A stage's command exited non-zero; its own output says why."""
 
 
 class Stages:
@@ -77,7 +92,9 @@ class Stages:
     def run(self, name, cmd):
         print(f"\n=== [{time.time() - self.t0:6.0f}s] {name}\n$ {' '.join(map(str, cmd))}", flush=True)
         t = time.time()
-        subprocess.run([str(c) for c in cmd], cwd=ROOT, env=self.env, check=True)
+        code = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=self.env).returncode
+        if code:
+            raise StageFailed(f"stage '{name}' failed (exit status {code}); its output is above")
         self.times[name] = time.time() - t
 
     def run_parallel(self, name, jobs, workers):
@@ -95,7 +112,10 @@ class Stages:
                 if proc.poll() is not None:
                     del running[label]
                     if proc.returncode:
-                        raise subprocess.CalledProcessError(proc.returncode, f"{label} (see {log})")
+                        for other, _ in running.values():   # the stage is lost: do not leave them running
+                            other.kill()
+                        raise StageFailed(f"stage '{name}': {label} failed (exit status {proc.returncode}); "
+                                          f"see {log}")
                     print(f"  [{time.time() - self.t0:6.0f}s] done: {label}", flush=True)
         self.times[name] = time.time() - t
 
@@ -210,15 +230,20 @@ def write_report(out, summaries, stages, args, cfg):
 def main(argv=None):
     args = parse_args(argv)
     cfg = CONFIGS["quick" if args.quick else "full"]
-    out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
+    with exit_on_input_error("demo.py"):
+        out = os.path.abspath(make_output_dir(args.out, f"--out {args.out}"))
     stages = Stages(out)
-    data, init = prepare_data_and_model(stages, out, cfg, args.seed)
-    train_all(stages, out, cfg, args.seed, args.nproc, data, init)
-    summaries = evaluate_all(stages, out, cfg, args.seed, data, workers=args.nproc)
-    stages.run("7. plots", python("plot.py", *(os.path.join(out, run) for run in STAGE2_RUNS), "--out", out))
+    try:
+        data, init = prepare_data_and_model(stages, out, cfg, args.seed)
+        train_all(stages, out, cfg, args.seed, args.nproc, data, init)
+        summaries = evaluate_all(stages, out, cfg, args.seed, data, workers=args.nproc)
+        stages.run("7. plots", python("plot.py", *(os.path.join(out, run) for run in STAGE2_RUNS), "--out", out))
+    except StageFailed as e:
+        print(f"demo.py: error: {e}", file=sys.stderr, flush=True)
+        return 1
     write_report(out, summaries, stages, args, cfg)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

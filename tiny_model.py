@@ -16,8 +16,8 @@ Digits are split one per token, as in Qwen's tokenizer.
 from __future__ import annotations
 
 import argparse
-import json
-import os
+
+from data import InputError, exit_on_input_error, make_output_dir, read_jsonl
 
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -105,8 +105,9 @@ def build_model(tokenizer, hidden_size=64, num_layers=2, num_heads=4, num_kv_hea
     return model
 
 
-def read_corpus(path):
-    """Texts from a JSON Lines file: every string value (nested lists/dicts included)."""
+def read_corpus(path) -> list[str]:
+    """Texts from a JSON Lines file: every string value (nested lists/dicts included); InputError
+    naming the file when it holds none (an empty file would silently train on the built-in texts)."""
     def strings(value):
         if isinstance(value, str):
             yield value
@@ -117,17 +118,17 @@ def read_corpus(path):
             for v in value.values():
                 yield from strings(v)
 
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield from strings(json.loads(line))
+    texts = [text for _, record in read_jsonl(path) for text in strings(record)]
+    if not texts:
+        raise InputError(f"--corpus {path}: no text to train the tokenizer on (no string values in it)")
+    return texts
 
 
 def save_tiny(out_dir, texts=(), vocab_size=512, seed=0, system_prompt=DEFAULT_SYSTEM_PROMPT, **model_kwargs):
     """Build tokenizer + model and save both to `out_dir`; returns `out_dir`."""
     tokenizer = build_tokenizer(texts, vocab_size=vocab_size, system_prompt=system_prompt)
     model = build_model(tokenizer, seed=seed, **model_kwargs)
-    os.makedirs(out_dir, exist_ok=True)
+    make_output_dir(out_dir, f"output directory {out_dir}")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
@@ -148,17 +149,29 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="initialisation seed")
     p.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT,
                    help="the chat template's default system message (default: Qwen2.5-Math's)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                 "max_position_embeddings"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.hidden_size % args.num_heads or args.num_heads % args.num_kv_heads:
+        p.error(f"--hidden-size ({args.hidden_size}) must be a multiple of --num-heads ({args.num_heads}), and "
+                f"--num-heads a multiple of --num-kv-heads ({args.num_kv_heads})")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    texts = [t for path in args.corpus for t in read_corpus(path)]
-    save_tiny(args.out, texts, vocab_size=args.vocab_size, seed=args.seed, system_prompt=args.system_prompt,
-              hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
-              num_kv_heads=args.num_kv_heads, intermediate_size=args.intermediate_size,
-              max_position_embeddings=args.max_position_embeddings)
-    print(f"saved tiny Qwen2 model and tokenizer to {args.out}")
+    with exit_on_input_error("tiny_model.py"):
+        texts = [t for path in args.corpus for t in read_corpus(path)]
+        make_output_dir(args.out, f"--out {args.out}")   # before the build, which takes seconds
+        save_tiny(args.out, texts, vocab_size=args.vocab_size, seed=args.seed, system_prompt=args.system_prompt,
+                  hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
+                  num_kv_heads=args.num_kv_heads, intermediate_size=args.intermediate_size,
+                  max_position_embeddings=args.max_position_embeddings)
+    print(f"saved tiny Qwen2 model and tokenizer to {args.out} (tokenizer trained on {len(texts)} texts from "
+          f"--corpus and the built-in ones)")
 
 
 if __name__ == "__main__":

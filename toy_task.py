@@ -112,6 +112,8 @@ import re
 import sys
 from collections import Counter
 
+from data import InputError, exit_on_input_error, make_output_dir
+
 # -----------------------------------------------------------------------------
 # problems
 
@@ -411,8 +413,9 @@ def _distinct_problems(n, rng, form_weights, taken_keys, key_fn, max_misses=2000
         if key in taken_keys:
             misses += 1
             if misses > max_misses:
-                raise ValueError(f"problem space exhausted after {len(out)} of {n} new problems "
-                                 f"(forms {list(FORMS)}, weights {form_weights}); ask for fewer")
+                raise InputError(f"problem space exhausted after {len(out)} of {n} new problems "
+                                 f"(forms {list(FORMS)}, weights {form_weights}); ask for fewer "
+                                 f"(--num-problems, --num-test)")
             continue
         misses = 0
         taken_keys.add(key)
@@ -545,9 +548,10 @@ def write_jsonl(path, rows):
 def main(argv=None):
     args = parse_args(argv)
     knobs = validate_knobs(knobs_from_args(args))
-    rows = generate_raw(args.num_problems, args.seed, **knobs)
-    test_rows = generate_test(args.num_test, args.seed, exclude=rows, form_weights=knobs["form_weights"])
-    os.makedirs(args.out_dir, exist_ok=True)
+    with exit_on_input_error("toy_task.py"):
+        make_output_dir(args.out_dir, f"--out-dir {args.out_dir}")
+        rows = generate_raw(args.num_problems, args.seed, **knobs)
+        test_rows = generate_test(args.num_test, args.seed, exclude=rows, form_weights=knobs["form_weights"])
     raw_path, test_path = os.path.join(args.out_dir, "raw.jsonl"), os.path.join(args.out_dir, "test.jsonl")
     write_jsonl(raw_path, rows)
     write_jsonl(test_path, test_rows)

@@ -6,6 +6,7 @@ import pytest
 
 import plot
 from conftest import ROOT, run_script, write_jsonl
+from data import InputError
 
 
 def _fake_run(run_dir, steps, evals):
@@ -23,14 +24,16 @@ def _fake_run(run_dir, steps, evals):
 
 
 def test_load_run_extracts_series_and_checkpoint_accuracy(tmp_path):
-    """Numeric keys become (step, value) series; skipped steps and booleans are left out; evals sorted."""
+    """Numeric keys become (step, value) series; skipped steps (listed apart) and booleans are left out;
+    evals sorted."""
     _fake_run(tmp_path / "redi", 4, {4: 0.5, 0: 0.25, 2: 0.375})
     series = plot.load_run(str(tmp_path / "redi"))
     assert series["logps/chosen"] == [(1, -0.1), (2, -0.2), (3, pytest.approx(-0.3)), (4, -0.4)]
     assert [s for s, _ in series["loss"]] == [1, 2, 3, 4]
+    assert series["optim/skipped"] == [(99, 1)]
     assert "collapse_warning" not in series
     assert series["accuracy"] == [(0, 0.25), (2, 0.375), (4, 0.5)]
-    with pytest.raises(ValueError, match="no benchmark 'math500'"):
+    with pytest.raises(InputError, match="no benchmark 'math500'"):
         plot.load_run(str(tmp_path / "redi"), benchmark="math500")
 
 
@@ -40,8 +43,8 @@ def test_cli_writes_a_png_for_several_runs(tmp_path):
     _fake_run(tmp_path / "runs" / "redi", 5, {0: 0.1, 5: 0.2})
     _fake_run(tmp_path / "runs" / "sft_control", 5, {})
     proc = run_script([sys.executable, str(ROOT / "plot.py"), str(tmp_path / "runs"), "--out", str(tmp_path / "png")])
-    assert "redi: 5 steps, 2 evaluated checkpoints" in proc.stdout
-    assert "sft_control: 5 steps, 0 evaluated checkpoints" in proc.stdout
+    assert "redi: 5 steps (1 skipped step left out), 2 evaluated checkpoints" in proc.stdout
+    assert "sft_control: 5 steps (1 skipped step left out), 0 evaluated checkpoints" in proc.stdout
     png = (tmp_path / "png" / "dynamics.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -56,6 +59,9 @@ def test_missing_matplotlib_skips_with_a_message(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "run" / "dynamics.png").exists()
 
 
-def test_no_metrics_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="no metrics.jsonl under"):
+def test_no_metrics_is_a_clear_error(tmp_path, capsys):
+    """A directory without metrics.jsonl: one line on stderr naming it, exit status 2."""
+    with pytest.raises(SystemExit, match="^2$"):
         plot.main([str(tmp_path)])
+    assert capsys.readouterr().err == (f"plot.py: error: no metrics.jsonl under {tmp_path} (train_sft.py / "
+                                       f"train_redi.py write one per --output-dir)\n")
