@@ -31,8 +31,10 @@ When a prediction equals a gold answer (`judge`, `is_equivalent`; a list of gold
        refuses what it does not understand: `52_8` is base 8, not 52 times 8). It compares exactly,
        then numerically at random points (symbols positive, relative REL_TOL); exact rationals are
        equal exactly or not at all, infinities never equal anything else.
-    Answers over MAX_ANSWER_CHARS are compared as strings only. `is_equivalent` and `grade_response`
-    never raise: odd input types are read through str(), and a grader bug counts as "not equivalent".
+    Answers over MAX_ANSWER_CHARS are compared as strings only, brackets nested deeper than
+    MAX_NESTING = 100 are never sent to sympy, and a call asks sympy at most MAX_SYMPY_QUESTIONS =
+    256 questions (the rest count as "no"). `is_equivalent` and `grade_response` never raise: odd
+    input types are read through str(); errors, below.
 
 How sympy is sandboxed
     sympy can run for hours (`10^{10^{10^{10}}}`, `1000000!`) or print. All sympy work happens in a
@@ -40,12 +42,22 @@ How sympy is sandboxed
     file's folder on its path: the caller's own script (evaluate.py, a pool worker's main) is never
     re-executed, and the caller never imports sympy. `judge` decides everything it can without
     sympy first, then sends every open question of the call in one JSON-lines request under a hard
-    deadline (`timeout`, DEFAULT_TIMEOUT = 3 s). Past the deadline the child is killed (a fresh one
-    starts with the next request) and the verdict is "not equivalent", timed_out=True, counted in
-    GRADER_STATS["timeouts"]. Numbers of more than 10,000 digits are never evaluated. Plain
-    subprocess + select, no signals and no multiprocessing children: the limit holds off the main
-    thread, under fork or spawn, and inside daemonic pool workers. `grade_many` grades in a
-    spawn-context process pool, each worker with its own child.
+    deadline (`timeout`, DEFAULT_TIMEOUT = 3 s). The clock starts once the child has imported sympy:
+    booting one (about a second; the first question of a process, or after a kill) never counts
+    against a question's limit (it is summed in GRADER_STATS["sympy_boot_seconds"]). Past the
+    deadline the child is killed (a fresh one starts booting at once) and the verdict is "not
+    equivalent", timed_out=True, counted in GRADER_STATS["timeouts"]. Numbers of more than 10,000
+    digits are never evaluated. Plain subprocess + select, no signals and no multiprocessing
+    children: the limit holds off the main thread, under fork or spawn, and inside daemonic pool
+    workers. `grade_many` grades in a spawn-context process pool, each worker with its own child.
+
+Errors are reported, not folded into "not equivalent"
+    Text sympy cannot read (`1/()`, `x**`) is simply not equivalent. Anything else that goes wrong
+    is an error: sympy raising while comparing, the sympy child dying or failing to start
+    (`GradingError`), or a bug in this file. `judge` raises it; `is_equivalent` returns False and
+    counts it in GRADER_STATS["errors"]; `grade_response` (and so `grade_many`, and evaluate.py's
+    records and summary) returns it as "grading_error": "Type: message". The first error of a
+    process prints its traceback to stderr.
 
 What the paper used, and where this grader departs from it
     The paper graded with rllm: MATH's string normaliser plus a sympy check, and a response without
@@ -59,13 +71,15 @@ What the paper used, and where this grader departs from it
 Python API
     extract_answer(text) -> str | None; judge(pred, gold, timeout) -> (equivalent, timed_out);
     is_equivalent(pred, gold, timeout) -> bool; grade_response(text, golds, require_think_close,
-    timeout) -> {"answer", "correct", "timed_out"}; grade_many([(text, golds), ...], ..., workers)
-    -> (results, seconds); normalize_answer, parse_answer, to_number, latex_to_sympy_text;
-    GRADER_STATS = {"calls", "timeouts"} (this process only).
+    timeout) -> {"answer", "correct", "timed_out", "grading_error"}; grade_many([(text, golds), ...],
+    ..., workers) -> (results, seconds); normalize_answer, parse_answer, to_number,
+    latex_to_sympy_text; GradingError; GRADER_STATS = {"calls", "timeouts", "errors",
+    "sympy_boot_seconds"} (this process only).
 
 Command line
     python grader.py '\\dfrac{2}{4}' 0.5        # prints {"equivalent": true, "timed_out": false}
     python grader.py '(2,1)' '(1,2)' '[1,2]'   # several golds: any match counts; exit 1 if none
+                                               # (exit 2: the grader could not decide, a GradingError)
 """
 from __future__ import annotations
 
@@ -83,6 +97,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from fractions import Fraction
 from functools import lru_cache, partial
 
@@ -170,6 +185,8 @@ def extract_answer(text):
 # ------------------------------------------------------------------------------------------------
 
 MAX_ANSWER_CHARS = 1000  # longer "answers" are compared as plain strings only
+MAX_NESTING = 100  # brackets nested deeper than this are never sent to sympy (real answers nest < 10)
+MAX_SYMPY_QUESTIONS = 256  # per judge call (a 64-item list against another asks up to 4096); the rest: "no"
 REL_TOL = 1e-6  # numeric answers within this relative distance are equal
 
 _UNICODE = {"\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u00f7": "\\div ",
@@ -588,10 +605,25 @@ def _command(name, s, i, out):
     return i
 
 
+def _nesting(s):
+    """How deep brackets of any kind nest in s (unbalanced closers ignored)."""
+    depth = deepest = 0
+    for ch in s:
+        if ch in _OPEN:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in _CLOSE:
+            depth = max(depth - 1, 0)
+    return deepest
+
+
 def latex_to_sympy_text(s, strict=False):
     """`\\frac{a}{b}` -> `((a)/(b))`, `x^{2}` -> `x**(2)`, `\\sqrt[3]{x}`, `\\pi`, `\\log_2 8`, ... for sympy's
     `parse_expr` (implicit multiplication is left to it). None (or ValueError when strict) for what it
-    does not understand: `\\prime`, `&`, `=`, base subscripts like `52_8`, unknown commands."""
+    does not understand: `\\prime`, `&`, `=`, base subscripts like `52_8`, unknown commands, and
+    brackets nested deeper than MAX_NESTING (sympy spends a second parsing 200 levels, then gives up)."""
+    if not strict and _nesting(s) > MAX_NESTING:
+        return None
     try:
         out, i, abs_open = [], 0, False
         while i < len(s):
@@ -628,8 +660,9 @@ def latex_to_sympy_text(s, strict=False):
                 raise ValueError(f"unsupported character {ch!r}")
             i += 1
         text = "".join(out).strip()
-        if abs_open or not text or re.search(r"\d{4,}\s*!", text):  # 1000000! would run for minutes
-            raise ValueError("unbalanced |" if abs_open else "empty or huge factorial")
+        # 1000000! would run for minutes, and sympy parses 1e999999 for one (numbers over _MAX_DIGITS)
+        if abs_open or not text or re.search(r"\d{4,}\s*!|\d[eE][+-]?\d{5,}", text):
+            raise ValueError("unbalanced |" if abs_open else "empty, huge factorial or huge exponent")
         return text
     except (ValueError, IndexError, AttributeError, RecursionError):
         if strict:
@@ -643,9 +676,24 @@ def latex_to_sympy_text(s, strict=False):
 # The functions that `import sympy` run only in the child: the grading process never loads sympy.
 
 DEFAULT_TIMEOUT = 3.0  # seconds of sympy per is_equivalent call; the whole call stays under 5 s
+BOOT_TIMEOUT = 120.0  # seconds a fresh sympy child may take to import sympy (outside every question's limit)
 _MAX_DIGITS = 10_000  # numeric subexpressions with more digits are never evaluated
 # The child imports this file by name from its folder (argv[1]); it never re-runs the caller's script.
 _BOOT = "import sys; sys.path.insert(0, sys.argv[1]); import grader; grader._sympy_server_main()"
+_READY = b"ready"  # the child's first line: sympy is imported, the next request's clock may start
+# This process only (grade_many's pool workers keep their own): judge calls, sympy time-outs, grader
+# errors (see GradingError), and seconds spent waiting for sympy children to boot (outside all limits).
+GRADER_STATS = {"calls": 0, "timeouts": 0, "errors": 0, "sympy_boot_seconds": 0.0}
+
+
+class GradingError(RuntimeError):
+    """The grader could not decide: sympy raised on a question, or its worker died or never started.
+    The answer counts as wrong and is reported (GRADER_STATS["errors"], grade_response's
+    "grading_error"), never silently folded into "not equivalent"."""
+
+
+class _Unreadable(Exception):
+    """sympy could not read a text (parse_expr evaluates as it parses: junk raises anything)."""
 
 
 def _sympy_locals():
@@ -659,18 +707,19 @@ def _sympy_locals():
 
 
 def _log10_size(node):
-    """Upper estimate of log10 |value| of a numeric subtree, without evaluating it (inf: enormous)."""
+    """Estimate of the digits a numeric subtree needs, without evaluating it (inf: enormous): log10 of
+    its magnitude, or of its denominator for a small rational ((1/2)^(10^10) is as big as 2^(10^10))."""
     import sympy
 
     if node.is_Integer or node.is_Rational:
-        return len(str(abs(node.p))) - len(str(node.q))
+        return math.log10(abs(node.p)) - math.log10(node.q) if node.p else 0.0
     if node.is_Float:
-        return math.log10(abs(float(node))) if node != 0 else -math.inf
+        return math.log10(abs(float(node))) if node != 0 else 0.0
     sizes = [_log10_size(a) for a in node.args] or [0.0]
     if node.is_Pow and not node.exp.free_symbols:
         if sizes[1] > 6:
-            return math.inf if sizes[0] > 0 else 0.0
-        return abs(float(node.exp)) * max(sizes[0], 0.0)
+            return math.inf if sizes[0] != 0 else 0.0  # 1^(10^10) and 0^(10^10) are cheap; 9^(9^9) is not
+        return abs(float(node.exp)) * abs(sizes[0])
     if isinstance(node, sympy.factorial):
         return math.inf if sizes[0] > 6 else float(node.args[0]) * max(sizes[0], 0.0)
     return sum(max(x, 0.0) for x in sizes) if node.is_Mul else max(sizes) + 1
@@ -683,11 +732,17 @@ def _sympy_parse(text):
                                             standard_transformations)
 
     transformations = standard_transformations + (split_symbols, implicit_multiplication)
-    raw = parse_expr(text, local_dict=_sympy_locals(), transformations=transformations, evaluate=False)
-    for node in preorder_traversal(raw):
+
+    def parse(evaluate):
+        try:
+            return parse_expr(text, local_dict=_sympy_locals(), transformations=transformations, evaluate=evaluate)
+        except Exception as e:  # `1/()` raises TypeError, `x**` SyntaxError: text sympy cannot read
+            raise _Unreadable(f"{type(e).__name__}: {e}") from None
+
+    for node in preorder_traversal(parse(False)):
         if not node.free_symbols and (node.is_Pow or node.is_Function) and _log10_size(node) > _MAX_DIGITS:
             return None
-    return parse_expr(text, local_dict=_sympy_locals(), transformations=transformations)
+    return parse(True)
 
 
 def _numerically_equal(diff, scale_terms, symbols):
@@ -699,8 +754,11 @@ def _numerically_equal(diff, scale_terms, symbols):
     rng, checked = random.Random(0), 0
     for _ in range(8):
         point = {s: sympy.Float(rng.uniform(0.3, 1.7)) for s in symbols}
-        d = sympy.N(diff.subs(point), 30)
-        scale = max([abs(sympy.N(t.subs(point), 30)) for t in scale_terms], key=lambda v: (v.is_number, v))
+        try:
+            d = sympy.N(diff.subs(point), 30)
+            scale = max([abs(sympy.N(t.subs(point), 30)) for t in scale_terms], key=lambda v: (v.is_number, v))
+        except (ValueError, TypeError, ArithmeticError):  # `x!!` at x = 0.7 raises: not evaluable here
+            continue
         if not (d.is_number and d.is_finite and scale.is_number and scale.is_finite):
             continue
         if bool(abs(d) > REL_TOL * scale):
@@ -739,37 +797,46 @@ def _sympy_check(kind, a, b):
     return _numerically_equal(x - y, (x, y), symbols)
 
 
+def _sympy_answer(kind, a, b):
+    """One question's answer on the wire: true / false, or "Type: message" when our sympy code raised."""
+    try:
+        return bool(_sympy_check(kind, a, b))
+    except _Unreadable:
+        return False  # not an expression sympy can read: not equivalent
+    except Exception as e:  # reported to the parent, which counts it as an error, not a plain "no"
+        return f"{type(e).__name__}: {e}"[:500]
+
+
 def _sympy_server_main():
-    """Child process loop: one JSON list of [kind, a, b] per line in, one JSON list of bools out."""
+    """Child process loop: after importing sympy, one line "ready"; then one JSON list of [kind, a, b]
+    per line in, one JSON list of answers (see _sympy_answer) per line out."""
     out = os.fdopen(os.dup(1), "w")
     sys.stdout = sys.stderr  # nothing sympy prints may corrupt the protocol
-    import sympy  # noqa: F401  (warm up before the first request arrives)
+    import sympy  # noqa: F401  (before "ready": the parent starts a question's clock only after it)
 
+    out.write(_READY.decode() + "\n")
+    out.flush()
     for line in sys.stdin:
-        results = []
-        for kind, a, b in json.loads(line):
-            try:
-                results.append(bool(_sympy_check(kind, a, b)))
-            except Exception:  # sympy raises anything on odd input: not equivalent
-                results.append(False)
-        out.write(json.dumps(results) + "\n")
+        out.write(json.dumps([_sympy_answer(kind, a, b) for kind, a, b in json.loads(line)]) + "\n")
         out.flush()
 
 
 class SympyWorker:
     """A persistent child process for sympy questions. A request that overruns its deadline kills the
-    child (a fresh one starts on the next request), so nothing sympy does can hang the caller.
-    Plain subprocess + select, not multiprocessing: works off the main thread, under fork or spawn,
-    and inside daemonic pool workers (which may not start multiprocessing children)."""
+    child (a fresh one starts booting at once), so nothing sympy does can hang the caller. The clock
+    of a request starts once the child has imported sympy ("ready"): booting, up to BOOT_TIMEOUT,
+    never eats into a question's limit. Plain subprocess + select, not multiprocessing: works off
+    the main thread, under fork or spawn, and inside daemonic pool workers (which may not start
+    multiprocessing children)."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._proc, self._owner, self._buffer = None, None, b""
+        self._proc, self._owner, self._buffer, self._ready = None, None, b"", False
 
     def _start(self):
         self._proc = subprocess.Popen([sys.executable, "-c", _BOOT, os.path.dirname(os.path.abspath(__file__))],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        self._owner, self._buffer = os.getpid(), b""
+        self._owner, self._buffer, self._ready = os.getpid(), b"", False
 
     def kill(self):
         proc, self._proc = self._proc, None
@@ -780,6 +847,7 @@ class SympyWorker:
             proc.stdout.close()
 
     def _read_line(self, deadline):
+        """The child's next line; None at the deadline; b"" when the child died."""
         fd = self._proc.stdout.fileno()
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
@@ -787,29 +855,55 @@ class SympyWorker:
                 return None
             chunk = os.read(fd, 1 << 16)
             if not chunk:
-                return None  # the child died
+                return b""
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line
 
+    def _died(self, what):
+        proc = self._proc
+        self.kill()
+        return GradingError(f"the sympy worker exited with code {proc.returncode} {what}")
+
+    def start(self):
+        """Have a child that has imported sympy (first use, after a kill, or after a fork); the wait
+        is added to GRADER_STATS["sympy_boot_seconds"]. Raises GradingError if it cannot start."""
+        if self._proc is None or self._owner != os.getpid() or self._proc.poll() is not None:
+            self._start()
+        if self._ready:
+            return
+        begin = time.monotonic()
+        line = self._read_line(begin + BOOT_TIMEOUT)
+        GRADER_STATS["sympy_boot_seconds"] += time.monotonic() - begin
+        if line == b"":
+            raise self._died(f"while starting; does `{sys.executable} -c 'import sympy'` work?")
+        if line != _READY:
+            self.kill()
+            raise GradingError(f"the sympy worker did not start within BOOT_TIMEOUT = {BOOT_TIMEOUT:.0f} s"
+                               if line is None else f"the sympy worker's first line was {line[:80]!r}")
+        self._ready = True
+
     def ask(self, questions, timeout):
-        """Answers (list of bools) to [(kind, a, b), ...], or None if `timeout` seconds passed."""
-        deadline = time.monotonic() + timeout
-        if not self._lock.acquire(timeout=max(timeout, 0.0)):
-            return None
+        """Answers to [(kind, a, b), ...] (a bool, or an error string, per question), or None if
+        `timeout` seconds passed, counted from when the child is ready. Raises GradingError if the
+        child cannot start or dies while answering."""
+        if not self._lock.acquire(timeout=BOOT_TIMEOUT + max(timeout, 0.0)):
+            return None  # another thread's request holds the child for longer than it ever may
         try:
-            if self._proc is None or self._owner != os.getpid() or self._proc.poll() is not None:
-                self._start()  # first use, after a kill, or inherited through fork from a parent
+            self.start()
+            deadline = time.monotonic() + timeout
             try:
                 self._proc.stdin.write(json.dumps(questions).encode() + b"\n")
                 self._proc.stdin.flush()
             except OSError:
-                self.kill()
-                return None
+                raise self._died("before reading a request") from None
             line = self._read_line(deadline)
             if line is None:
                 self.kill()
+                self._start()  # the replacement boots while the caller goes on
                 return None
+            if line == b"":
+                raise self._died(f"while answering {json.dumps(questions)[:200]}")
             return json.loads(line)
         finally:
             self._lock.release()
@@ -823,9 +917,6 @@ os.register_at_fork(after_in_child=lambda: _SYMPY.__init__())
 # ------------------------------------------------------------------------------------------------
 # Equivalence
 # ------------------------------------------------------------------------------------------------
-
-GRADER_STATS = {"calls": 0, "timeouts": 0}  # this process only: grade_many's pool workers keep their own
-
 
 def _choice_letter(s):
     m = re.fullmatch(r"\(?([A-Ea-e])\)?(?:\s.*)?", s.strip())
@@ -874,8 +965,12 @@ def judge(pred, gold, timeout=DEFAULT_TIMEOUT):
     """(equivalent, timed_out) for one prediction against one gold or a list of golds (any counts).
 
     Two passes: first everything that needs no sympy (string, numeric, structure), treating each
-    open sympy question as "no"; if nothing matched, all open questions go to the sympy worker in
-    one request under `timeout`, and the same structural match is replayed with the answers.
+    open sympy question as "no"; if nothing matched, the open questions (the first
+    MAX_SYMPY_QUESTIONS; any beyond count as "no") go to the sympy worker in one request under
+    `timeout`, and the same structural match is replayed with the answers.
+    Raises GradingError when it cannot decide (sympy raised on a question and nothing else
+    matched, or the sympy worker died); any other exception is a grader bug. Both propagate:
+    is_equivalent and grade_response are the layers that catch and count them.
     """
     GRADER_STATS["calls"] += 1
     golds = [str(g) for g in (gold if isinstance(gold, (list, tuple)) else [gold]) if g is not None]
@@ -898,7 +993,7 @@ def judge(pred, gold, timeout=DEFAULT_TIMEOUT):
         return True, False
     if not questions:
         return False, False
-    answers = _SYMPY.ask(list(questions)[:256], timeout)
+    answers = _SYMPY.ask(list(questions)[:MAX_SYMPY_QUESTIONS], timeout)
     if answers is None:
         GRADER_STATS["timeouts"] += 1
         return False, True
@@ -906,9 +1001,15 @@ def judge(pred, gold, timeout=DEFAULT_TIMEOUT):
 
     def ask_again(kind, a, b):
         decision = (_decide_scalars if kind == "expr" else _decide_equations)(a, b)
-        return known.get(decision, False) if isinstance(decision, tuple) else decision
+        return known.get(decision) is True if isinstance(decision, tuple) else decision
 
-    return any(_match(p_tree, g, ask_again) for g in g_trees), False
+    if any(_match(p_tree, g, ask_again) for g in g_trees):
+        return True, False
+    failed = [(q, a) for q, a in known.items() if isinstance(a, str)]
+    if failed:
+        (kind, a, b), error = failed[0]
+        raise GradingError(f"sympy raised on {kind} question {a!r} vs {b!r}: {error}")
+    return False, False
 
 
 def is_equivalent(pred, gold, timeout=DEFAULT_TIMEOUT):
@@ -920,11 +1021,13 @@ def is_equivalent(pred, gold, timeout=DEFAULT_TIMEOUT):
     equations, matrices) and, leaf by leaf, as strings, as numbers (`025` == `25`, `0.5` == `\\frac12`;
     exact unless a decimal is involved, then within relative 1e-6), then with sympy (numerically at
     random points, in a subprocess killed after `timeout` seconds: a time-out counts as not
-    equivalent and in GRADER_STATS["timeouts"]). Never raises.
+    equivalent and in GRADER_STATS["timeouts"]). Never raises: an error (GradingError or a grader
+    bug) counts as not equivalent and in GRADER_STATS["errors"]; call judge to see it.
     """
     try:
         return judge(pred, gold, timeout)[0]
-    except Exception:  # a grader bug must not take a 10-hour evaluation down; count it as wrong
+    except Exception as e:  # a grader bug must not take a 10-hour evaluation down: wrong, and counted
+        _count_error(e)
         return False
 
 
@@ -932,17 +1035,31 @@ def is_equivalent(pred, gold, timeout=DEFAULT_TIMEOUT):
 # Grading responses, in parallel
 # ------------------------------------------------------------------------------------------------
 
+def _count_error(e):
+    """Count a grading error; the first one of this process prints its traceback (a bug shows)."""
+    GRADER_STATS["errors"] += 1
+    if GRADER_STATS["errors"] == 1:
+        print("grader: an error while grading (counted as wrong, in GRADER_STATS['errors'] and "
+              "grade_response's 'grading_error'; later ones are only counted):", file=sys.stderr)
+        traceback.print_exception(e, file=sys.stderr)
+
+
 def grade_response(text, golds, require_think_close=True, timeout=DEFAULT_TIMEOUT):
-    """{"answer", "correct", "timed_out"} for one response. Without `</think>` (and with
-    `require_think_close`) the response is wrong and no answer is extracted, as rllm scored it."""
+    """{"answer", "correct", "timed_out", "grading_error"} for one response. Without `</think>` (and
+    with `require_think_close`) the response is wrong and no answer is extracted, as rllm scored it.
+    Never raises: an error while grading makes the response wrong, with "grading_error" set to
+    "Type: message" (None otherwise) and GRADER_STATS["errors"] counted."""
     if require_think_close and THINK_CLOSE not in (text or ""):
-        return {"answer": None, "correct": False, "timed_out": False}
-    answer = extract_answer(text)
+        return {"answer": None, "correct": False, "timed_out": False, "grading_error": None}
+    answer = None
     try:
+        answer = extract_answer(text)
         correct, timed_out = judge(answer, golds, timeout)
-    except Exception:
-        correct, timed_out = False, False
-    return {"answer": answer, "correct": correct, "timed_out": timed_out}
+    except Exception as e:
+        _count_error(e)
+        return {"answer": answer, "correct": False, "timed_out": False,
+                "grading_error": f"{type(e).__name__}: {e}"[:500]}
+    return {"answer": answer, "correct": correct, "timed_out": timed_out, "grading_error": None}
 
 
 def _grade_item(item, require_think_close, timeout):
@@ -950,14 +1067,15 @@ def _grade_item(item, require_think_close, timeout):
 
 
 def _warm_worker():
-    _SYMPY.ask([], 30.0)  # start the sympy child now, not inside the first timed request
+    _SYMPY.start()  # boot the sympy child now, while the pool starts (never inside a timed request)
 
 
 def grade_many(items, require_think_close=True, timeout=DEFAULT_TIMEOUT, workers=None):
     """Grade [(text, golds), ...] across `workers` processes (default: all cores).
 
-    Returns (results in input order, seconds taken). Each result is grade_response's dict. Small
-    jobs are graded in-process (starting a pool costs about a second).
+    Returns (results in input order, seconds taken): one result per item, always, each
+    grade_response's dict (an error is a result with "grading_error" set, never a missing row).
+    Small jobs are graded in-process (starting a pool costs about a second).
     """
     start = time.perf_counter()
     items = [(t, g) for t, g in items]
@@ -984,7 +1102,13 @@ def main(argv=None):
     p.add_argument("gold", nargs="+", help="gold answer(s); any match counts")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds of sympy; a time-out is wrong")
     args = p.parse_args(argv)
-    equivalent, timed_out = judge(args.pred, args.gold, args.timeout)
+    if not args.timeout > 0:
+        p.error(f"--timeout must be > 0 seconds, got {args.timeout}")
+    try:
+        equivalent, timed_out = judge(args.pred, args.gold, args.timeout)
+    except GradingError as e:
+        print(f"grader.py: error: could not decide: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({"equivalent": equivalent, "timed_out": timed_out}))
     return 0 if equivalent else 1
 
