@@ -38,14 +38,19 @@ Outputs (stable: the demo and the plotting script read them)
         text (the response; starts with the `<think>\\n` that the generation prompt already held, so the
         `</think>` boundary is visible to the grader), answer (extracted, or null), gold (list of
         gold strings), correct, timed_out (sympy hit the time limit: counted as wrong),
-        finish_reason ("stop" | "length"), num_tokens (generated tokens, stop token included).
+        grading_error (null, or "Type: message" when the grader could not decide: counted as wrong,
+        see grader.py's "Errors are reported"), finish_reason ("stop" | "length"), num_tokens
+        (generated tokens, stop token included).
         Lines are appended ungraded (answer/correct/timed_out null) while sampling, so grading never
         stalls the accelerator; rank 0 grades them all in parallel at the end and rewrites the file.
     OUT/summary.json = {"args": {...}, "versions": {...}, "benchmarks": {NAME: {
         "n_problems", "n_samples", "pass@1", "sem", "pass@k": {"1": .., "2": .., ..., "n": ..},
-        "mean_length", "truncation_rate", "wait_per_response", "grading_timeouts",
-        "answers_per_second"}}}; NAME is the --data file's stem or the --benchmark name. Rates are
-        fractions in [0, 1]; the printed table shows percentages.
+        "mean_length", "truncation_rate", "wait_per_response", "grading_timeouts", "grading_errors",
+        "unscored_samples" (records kept but not in the metrics: sample index >= n, or beyond the
+        smallest count per problem), "answers_per_second"}}}, plus, in --responses mode,
+        "responses": {"file", "rows", "graded", "problems_without_response", "skipped": [{"name",
+        "reason", "count", "lines" (the first 20)}]}. NAME is the --data file's stem or the
+        --benchmark name. Rates are fractions in [0, 1]; the printed table shows percentages.
     Python API: pass_at_k, sem_over_samples, k_values, summarize(records, n) -> {NAME: metrics}
         (the "benchmarks" part above), format_table(summary) -> str (takes that mapping or the whole
         summary.json), read_benchmark, build_prompt, opened_think, read_generations; and, re-exported
@@ -58,7 +63,21 @@ Outputs (stable: the demo and the plotting script read them)
     appearance per problem), "gold" (str or list; default: looked up by id in --data/--benchmark),
     "finish_reason" ("stop"/"length"), "num_tokens" (int). n is taken from the file, per benchmark
     (the smallest count per problem); `--n` is ignored in this mode. Golds from --data/--benchmark
-    are matched on "id" (and "benchmark" = the file stem when several are loaded).
+    are matched on "id" (and "benchmark" = the file stem when several are loaded). A null optional
+    field counts as absent.
+    Errors (exit 2, one line `evaluate.py: error: FILE:LINE: field 'F': expected E, found X`, no
+    traceback): bytes that are not UTF-8, a line that is not JSON or not a JSON object, a missing,
+    null or empty "id", a "text" that is not a string, a field of the wrong type or range ("sample"
+    "1" or -1, "finish_reason" "eos", ...), a response with no gold, and a file without responses.
+    Skipped and counted (summary.json "responses", and a line of the printed report), never
+    graded: a later row for a (benchmark, id, sample) already seen (`duplicate_response`; the
+    first one is graded).
+
+Errors
+    Bad input (a benchmark or responses file, a resumed OUT/generations.jsonl, --model, an
+    option, an unwritable --output-dir, an offline --benchmark download) stops the run before any
+    work with one line on stderr naming the file, line and field or the option, and exit code 2
+    (argparse's usage errors also exit 2). Any other exception is a bug and keeps its traceback.
 
 Where this departs from the paper's pipeline (rllm + vLLM), and why
     1. Sampling is our own loop over `model(...)` with a KV cache (not vLLM, not `generate`): every
@@ -135,7 +154,8 @@ def k_values(n):
 def _benchmark_metrics(recs, n, answers_per_second):
     by_problem = {}
     for r in recs:
-        by_problem.setdefault(r["id"], {})[r["sample"]] = r
+        if r["sample"] < n:
+            by_problem.setdefault(r["id"], {})[r["sample"]] = r
     m = min(len(s) for s in by_problem.values())
     if m < n or any(len(s) != m for s in by_problem.values()):
         print(f"warning: {recs[0]['benchmark']}: {m} to {max(len(s) for s in by_problem.values())} "
@@ -153,6 +173,8 @@ def _benchmark_metrics(recs, n, answers_per_second):
         "truncation_rate": sum(r.get("finish_reason") == "length" for r in used) / len(used),
         "wait_per_response": sum(len(_WAIT_RE.findall(r.get("text") or "")) for r in used) / len(used),
         "grading_timeouts": sum(bool(r.get("timed_out")) for r in used),
+        "grading_errors": sum(bool(r.get("grading_error")) for r in used),
+        "unscored_samples": len(recs) - len(used),
         "answers_per_second": answers_per_second,
     }
 
@@ -161,15 +183,21 @@ def summarize(records, n, answers_per_second=None):
     """{benchmark: metrics} from graded records (see the module docstring for the keys).
 
     records: dicts with benchmark, id, sample, correct (and, if known, num_tokens, finish_reason,
-    text, timed_out). n: samples per problem (an int, or {benchmark: int}); samples with index >= n
-    are ignored. answers_per_second: optional {benchmark: grading speed}, copied into the metrics.
+    text, timed_out, grading_error). n: samples per problem (an int, or {benchmark: int}); samples
+    with index >= n, or beyond the smallest count of any problem, are not scored but counted
+    ("unscored_samples"). answers_per_second: optional {benchmark: grading speed}, copied in.
     """
-    groups = {}
+    groups, metrics = {}, {}
     for r in records:
-        if r["sample"] < (n[r["benchmark"]] if isinstance(n, dict) else n):
-            groups.setdefault(r["benchmark"], []).append(r)
-    return {name: _benchmark_metrics(recs, n[name] if isinstance(n, dict) else n, (answers_per_second or {}).get(name))
-            for name, recs in groups.items()}
+        groups.setdefault(r["benchmark"], []).append(r)
+    for name, recs in groups.items():
+        size = n[name] if isinstance(n, dict) else n
+        if all(r["sample"] >= size for r in recs):
+            print(f"warning: {name}: none of its {len(recs)} samples has an index below n = {size}; not scored",
+                  file=sys.stderr)
+            continue
+        metrics[name] = _benchmark_metrics(recs, size, (answers_per_second or {}).get(name))
+    return metrics
 
 
 def format_table(summary):
@@ -230,7 +258,8 @@ BENCHMARK_NAMES = ("math500", "aime24", "amc23", "minerva", "olympiadbench")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", action="append", default=[], metavar="BENCH.jsonl",
                    help="benchmark file (JSON Lines: id, problem, answer or answers); repeatable; "
@@ -287,10 +316,16 @@ def _validate(parser, args):
     if args.n < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
         parser.error(f"--n, --batch-size and --max-new-tokens must be >= 1, got {args.n}, "
                      f"{args.batch_size}, {args.max_new_tokens}")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
+    if not (math.isfinite(args.temperature) and args.temperature >= 0) or not 0 < args.top_p <= 1:
         parser.error(f"need --temperature >= 0 and 0 < --top-p <= 1, got {args.temperature}, {args.top_p}")
-    if args.grading_timeout <= 0:
-        parser.error(f"--grading-timeout must be > 0, got {args.grading_timeout}")
+    if not args.grading_timeout > 0:
+        parser.error(f"--grading-timeout must be > 0 seconds, got {args.grading_timeout}")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
+    if args.grading_workers is not None and args.grading_workers < 1:
+        parser.error(f"--grading-workers must be >= 1, got {args.grading_workers}")
+    if not args.dist_timeout_min > 0:
+        parser.error(f"--dist-timeout-min must be > 0, got {args.dist_timeout_min}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,29 +351,53 @@ def _gold_string(value):
     return str(value)
 
 
+def _is_id(value):
+    return (isinstance(value, str) and value.strip() != "") or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _found(row, field):
+    """What a row holds in `field`, for an error message ("no such field", "null", data.describe)."""
+    from data import describe
+
+    if field not in row:
+        return "no such field"
+    return "null" if row[field] is None else describe(row[field])
+
+
+def _is_gold(value):
+    """A gold answer as files hold them: a string or a number (AMC's 142.0), not null or a boolean."""
+    return isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 def read_benchmark(path, name, limit=None):
     """Problems of one benchmark file: [{"benchmark", "id", "index", "problem", "golds"}].
-    Golds: `answers` (any match counts) when present, else `answer`."""
-    from data import read_jsonl  # the project's one JSON Lines reader; data.py imports torch
+    Golds: `answers` (any match counts) when present, else `answer`. A bad row is an InputError
+    naming file, line and field."""
+    from data import InputError, data_error, describe, read_jsonl  # data.py imports torch
 
     problems, ids = [], set()
     for lineno, row in read_jsonl(path):
-        if not isinstance(row, dict) or not isinstance(row.get("problem"), str) or not row["problem"].strip():
-            found = type(row.get("problem") if isinstance(row, dict) else row).__name__
-            raise ValueError(f"{path}:{lineno}: field 'problem' must be a non-empty string, found {found}")
-        golds = row.get("answers") or ([row["answer"]] if row.get("answer") is not None else [])
-        if not isinstance(golds, list) or not golds:
-            raise ValueError(f"{path}:{lineno}: needs 'answer' (string) or 'answers' (non-empty list)")
+        if not isinstance(row, dict):
+            raise data_error(path, lineno, None, 'a JSON object {"id", "problem", "answer"}', describe(row))
+        if not isinstance(row.get("problem"), str) or not row["problem"].strip():
+            raise data_error(path, lineno, "problem", "a non-empty string", _found(row, "problem"))
+        field = "answers" if row.get("answers") else "answer"
+        golds = row[field] if field == "answers" else [row.get("answer")]
+        if not isinstance(golds, list) or not all(_is_gold(g) for g in golds):
+            expected = "a non-empty list of strings or numbers" if field == "answers" else "a string or a number"
+            raise data_error(path, lineno, field, expected, _found(row, field))
+        if "id" in row and not _is_id(row["id"]):
+            raise data_error(path, lineno, "id", "a non-empty string or an integer", _found(row, "id"))
         pid = str(row.get("id", f"{name}/{len(problems)}"))
         if pid in ids:
-            raise ValueError(f"{path}:{lineno}: duplicate id {pid!r}")
+            raise data_error(path, lineno, "id", "an id not used by an earlier row", f"duplicate id {pid!r}")
         ids.add(pid)
         problems.append({"benchmark": name, "id": pid, "index": len(problems), "problem": row["problem"],
                          "golds": [_gold_string(g) for g in golds]})
         if limit is not None and len(problems) >= limit:
             break
     if not problems:
-        raise ValueError(f"{path}: no problems")
+        raise InputError(f"{path}: no problems (the file is empty)")
     return problems
 
 
@@ -355,8 +414,10 @@ def fetch_benchmark(name, cache_dir):
         return path
     repo, config, problem_field, answer_field, id_field = HUB_SOURCES[name]
     hint = f"pass --data with a local copy instead, e.g. --data ../shared/benchmarks/{name}.jsonl"
+    from data import InputError
+
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        raise SystemExit(f"--benchmark {name}: HF_HUB_OFFLINE is set, cannot download {repo}; {hint}")
+        raise InputError(f"--benchmark {name}: HF_HUB_OFFLINE is set, cannot download {repo}; {hint}")
     query = urllib.parse.urlencode({"dataset": repo})
     try:
         splits = [s["split"] for s in _get_json(f"{_DATASETS_SERVER}/splits?{query}")["splits"]
@@ -368,7 +429,7 @@ def fetch_benchmark(name, cache_dir):
             rows += [r["row"] for r in page["rows"]]
             total = page["num_rows_total"] if page["rows"] else len(rows)
     except (urllib.error.URLError, OSError, KeyError, IndexError, ValueError) as e:
-        raise SystemExit(f"--benchmark {name}: could not download {repo} ({config}) from the Hugging Face hub: "
+        raise InputError(f"--benchmark {name}: could not download {repo} ({config}) from the Hugging Face hub: "
                          f"{e}. Offline? {hint}") from None
     os.makedirs(cache_dir, exist_ok=True)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -400,26 +461,31 @@ GENERATIONS = "generations.jsonl"
 
 def read_generations(path):
     """Records of a generations file. A last line cut short by a kill is dropped (and said so);
-    a bad line anywhere else is an error naming the file and line."""
+    a bad line anywhere else is an InputError naming the file and line."""
+    from data import data_error, describe
+
     if not os.path.isfile(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
     records = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
         try:
-            record = json.loads(line)
-            if not isinstance(record.get("sample"), int) or not isinstance(record.get("text"), str):
-                raise ValueError("needs an integer 'sample' and a string 'text'")
-            str(record["benchmark"]), str(record["id"])
-        except (json.JSONDecodeError, ValueError, KeyError, AttributeError) as e:
+            record = json.loads(raw.decode("utf-8"))
+        except ValueError:  # not UTF-8 or not JSON (a kill can cut a line inside a character)
+            record = None
+        if not (isinstance(record, dict) and isinstance(record.get("sample"), int)
+                and isinstance(record.get("text"), str) and _is_id(record.get("id"))
+                and isinstance(record.get("benchmark"), str)):
             if lineno == len(lines):  # no newline after it: the write was interrupted
-                print(f"{path}:{lineno}: dropped a truncated last line (interrupted run): {line[:60]!r}...",
+                print(f"{path}:{lineno}: dropped a truncated last line (interrupted run): {raw[:60]!r}...",
                       file=sys.stderr)
                 continue
-            raise ValueError(f"{path}:{lineno}: bad generation record ({e})") from None
+            found = describe(record) if record is not None else f"a line that is not JSON: {raw[:60]!r}"
+            raise data_error(path, lineno, None, "a generation record (a JSON object with string benchmark, id, "
+                             "integer sample and string text), as evaluate.py writes", found)
         records.append(record)
     return records
 
@@ -442,10 +508,14 @@ def consolidate(out_dir, benchmarks):
     main_path = os.path.join(out_dir, GENERATIONS)
     parts = sorted(glob.glob(os.path.join(out_dir, "generations.rank*.jsonl")))
     order = {name: i for i, (name, _) in enumerate(benchmarks)}
-    unique = {}
+    unique, duplicates = {}, 0
     for path in [main_path] + parts:
         for r in read_generations(path):
+            duplicates += _record_key(r) in unique
             unique.setdefault(_record_key(r), r)
+    if duplicates:  # a rank's part file overlapping the main file after a crash: same seeds, same samples
+        print(f"{main_path}: {duplicates} repeated (benchmark, id, sample) records dropped, the first copy kept",
+              file=sys.stderr)
     records = sorted(unique.values(), key=lambda r: (order.get(r["benchmark"], len(order)), r["benchmark"],
                                                       r.get("index", 0), str(r["id"]), r["sample"]))
     write_generations(main_path, records)
@@ -472,15 +542,34 @@ def missing_work(benchmarks, done, n, rank, world):
 # Model and sampling
 # ------------------------------------------------------------------------------------------------
 
+def check_model(path):
+    """--model is a local directory holding a config.json, or looks like a hub id ORG/NAME (which
+    transformers then resolves); otherwise InputError, before any process group or download."""
+    from data import InputError
+
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise InputError(f"--model {path}: no config.json; not a Hugging Face model directory")
+    elif os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") != 1:
+        raise InputError(f"--model {path}: no such directory (expected a Hugging Face model directory, "
+                         f"or a hub id ORG/NAME)")
+
+
 def load_model(path, device, dtype):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    from data import InputError
+
     torch_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
                    "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
-    return model, tokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except (OSError, ValueError) as e:  # transformers' words for "no model there" (offline hub, missing files)
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"--model {path}: cannot load a model and tokenizer: {first_line}") from None
+    return model.to(device).eval(), tokenizer
 
 
 def stop_token_ids(model, tokenizer):
@@ -624,67 +713,105 @@ def versions():
     return found
 
 
-def report(args, records, graded, n, rates, benchmarks):
+def report(args, records, graded, n, rates, benchmarks, responses=None):
     """Write all `records` to OUT/generations.jsonl (samples of other benchmarks, or beyond n, from
-    earlier runs into the same OUT are kept), summarise the `graded` ones into OUT/summary.json,
-    print the table; returns the summary."""
+    earlier runs into the same OUT are kept), summarise the `graded` ones into OUT/summary.json
+    (with `responses`, the --responses file's row counts, when given), print the table; returns
+    the summary."""
     order = {name: i for i, (name, _) in enumerate(benchmarks)}
     records.sort(key=lambda r: (order.get(r["benchmark"], len(order)), r["benchmark"], r.get("index", 0),
                                 str(r["id"]), r["sample"]))
     write_generations(os.path.join(args.output_dir, GENERATIONS), records)
-    summary = {"args": vars(args), "versions": versions(), "benchmarks": summarize(graded, n, rates)}
+    summary = {"args": vars(args), "versions": versions(), "benchmarks": summarize(graded, n, rates),
+               **({"responses": responses} if responses is not None else {})}
     with open(os.path.join(args.output_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     print(format_table(summary))
     for name, m in summary["benchmarks"].items():
         rate = m["answers_per_second"]
         print(f"{name}: graded {m['n_problems'] * m['n_samples']} answers"
-              + (f" at {rate:.0f} answers/s" if rate else "") + f", {m['grading_timeouts']} sympy time-outs")
+              + (f" at {rate:.0f} answers/s" if rate else "") + f", {m['grading_timeouts']} sympy time-outs, "
+              f"{m['grading_errors']} grading errors" + (" (see 'grading_error' in generations.jsonl)"
+                                                         if m["grading_errors"] else "")
+              + (f"; {m['unscored_samples']} samples not scored (beyond n, or beyond the smallest count per "
+                 "problem)" if m["unscored_samples"] else ""))
+    for skip in (responses or {}).get("skipped", []):
+        print(f"{args.responses}: skipped {skip['count']} row(s), {skip['name']} ({skip['reason']}): lines "
+              + ", ".join(map(str, skip["lines"])) + (", ..." if skip["count"] > len(skip["lines"]) else ""))
     return summary
 
 
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# Optional fields of a --responses row: (valid?, what was expected). null means absent.
+RESPONSE_FIELDS = {
+    "benchmark": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
+    "sample": (_is_count, "an integer >= 0"),
+    "gold": (lambda v: _is_gold(v) or (isinstance(v, list) and v != [] and all(_is_gold(g) for g in v)),
+             "a string, a number, or a non-empty list of them"),
+    "finish_reason": (lambda v: v in ("stop", "length"), '"stop" or "length"'),
+    "num_tokens": (_is_count, "an integer >= 0"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+}
+# Rows of a --responses file that are read but not graded, by name (counted in summary.json "responses").
+RESPONSE_SKIPS = {"duplicate_response": "a later row for an already seen (benchmark, id, sample); the first is graded"}
+
+
+def _response_row(row, path, lineno):
+    """One --responses row, checked field by field (InputError naming file, line and field)."""
+    from data import data_error, describe
+
+    if not isinstance(row, dict):
+        raise data_error(path, lineno, None, 'a JSON object {"id", "text", ...}', describe(row))
+    if not _is_id(row.get("id")):
+        raise data_error(path, lineno, "id", "a non-empty string or an integer", _found(row, "id"))
+    if not isinstance(row.get("text"), str):
+        raise data_error(path, lineno, "text", "a string (the response)", _found(row, "text"))
+    for field, (valid, expected) in RESPONSE_FIELDS.items():
+        if row.get(field) is not None and not valid(row[field]):
+            raise data_error(path, lineno, field, expected, _found(row, field))
+    return row
+
+
 def read_responses(path, benchmarks):
-    """Records from a --responses file (format in the module docstring); golds from the line's
-    "gold" or from the loaded benchmarks by id. Errors name the file, line and field."""
+    """(records, skipped) from a --responses file (format in the module docstring); golds from the
+    line's "gold" or from the loaded benchmarks by id. skipped: {RESPONSE_SKIPS name: [line, ...]}.
+    A bad row, or a file without rows, is an InputError naming the file (and line and field)."""
+    from data import InputError, data_error, read_jsonl
+
     lookup = {(name, p["id"]): p for name, ps in benchmarks for p in ps}
     names = [name for name, _ in benchmarks]
-    counts, records = {}, []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from None
-            if not isinstance(row.get("text"), str) or "id" not in row:
-                raise ValueError(f"{where}: needs 'id' and a string 'text'")
-            name = row.get("benchmark") or (names[0] if len(names) == 1 else "responses")
-            problem = lookup.get((name, str(row["id"])))
-            gold = row.get("gold", problem["golds"] if problem else None)
-            if gold is None:
-                raise ValueError(f"{where}: no gold for benchmark {name!r} id {row['id']!r}: add a 'gold' field "
-                                 f"or load its benchmark with --data/--benchmark (loaded: {names})")
-            key = (name, str(row["id"]))
-            sample = row.get("sample", counts.get(key, 0))
-            counts[key] = max(counts.get(key, 0), sample + 1)
-            records.append({"benchmark": name, "id": str(row["id"]),
-                            "index": problem["index"] if problem else len(counts) - 1, "sample": sample,
-                            "seed": row.get("seed"), "text": row["text"],
-                            "gold": gold if isinstance(gold, list) else [gold],
-                            "finish_reason": row.get("finish_reason", "stop"), "num_tokens": row.get("num_tokens")})
-    return records
+    counts, seen, records, skipped = {}, set(), [], {}
+    for lineno, row in read_jsonl(path):
+        row = _response_row(row, path, lineno)
+        name = row.get("benchmark") or (names[0] if len(names) == 1 else "responses")
+        pid = str(row["id"])
+        sample = row["sample"] if row.get("sample") is not None else counts.get((name, pid), 0)
+        counts[name, pid] = max(counts.get((name, pid), 0), sample + 1)
+        if (name, pid, sample) in seen:
+            skipped.setdefault("duplicate_response", []).append(lineno)
+            continue
+        seen.add((name, pid, sample))
+        problem = lookup.get((name, pid))
+        gold = row.get("gold") if row.get("gold") is not None else (problem["golds"] if problem else None)
+        if gold is None:
+            raise data_error(path, lineno, "gold", f"a gold answer: a 'gold' field, or id {pid!r} of benchmark "
+                             f"{name!r} loaded with --data/--benchmark (loaded: {names or 'none'})", "neither")
+        records.append({"benchmark": name, "id": pid, "index": problem["index"] if problem else len(counts) - 1,
+                        "sample": sample, "seed": row.get("seed"), "text": row["text"],
+                        "gold": [_gold_string(g) for g in (gold if isinstance(gold, list) else [gold])],
+                        "finish_reason": row.get("finish_reason") or "stop", "num_tokens": row.get("num_tokens")})
+    if not records:
+        raise InputError(f"{path}: no responses (the file is empty)")
+    return records, skipped
 
 
 def grade_responses_file(args):
     """--responses mode: grade another engine's generations, no model loaded."""
     benchmarks = load_benchmarks(args)
-    records = read_responses(args.responses, benchmarks)
-    seen = {}
-    for r in records:
-        seen.setdefault(_record_key(r), r)  # first copy of a duplicated (benchmark, id, sample) wins
-    records = list(seen.values())
+    records, skipped = read_responses(args.responses, benchmarks)
     per_problem, n = {}, {}
     for r in records:
         per_problem[r["benchmark"], r["id"]] = per_problem.get((r["benchmark"], r["id"]), 0) + 1
@@ -696,14 +823,19 @@ def grade_responses_file(args):
         print(f"warning: {len(missing)} problems have no response, e.g. {missing[0]}; they are left out",
               file=sys.stderr)
     rates = regrade(records, problems, args)
-    return report(args, records, records, n, rates, benchmarks)
+    responses = {"file": args.responses, "rows": len(records) + sum(map(len, skipped.values())),
+                 "graded": len(records), "problems_without_response": len(missing),
+                 "skipped": [{"name": name, "reason": RESPONSE_SKIPS[name], "count": len(lines), "lines": lines[:20]}
+                             for name, lines in skipped.items()]}
+    return report(args, records, records, n, rates, benchmarks, responses)
 
 
 def run_generation(args):
     first = int(os.environ.get("RANK", "0")) == 0
-    if first:  # before torch is imported, so a missing file or an offline hub fails fast
+    if first:  # before the process group and the model, so a bad file or an offline hub fails fast
         benchmarks = load_benchmarks(args)  # rank 0 downloads; the others read its cache
         consolidate(args.output_dir, benchmarks)  # drops a kill's truncated line, merges rank parts
+    check_model(args.model)  # every rank: the same local check, so no rank waits for a failed one
     from train_sft import barrier, cleanup, print0, setup_distributed
 
     rank, world, device = setup_distributed(args.device, args.dist_timeout_min)
@@ -732,10 +864,13 @@ def run_generation(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.makedirs(args.output_dir, exist_ok=True)
-    if args.responses:
-        return grade_responses_file(args)
-    return run_generation(args)
+    from data import exit_on_input_error, make_output_dir  # data.py imports torch: not at module import
+
+    with exit_on_input_error("evaluate.py"):
+        make_output_dir(args.output_dir, f"--output-dir {args.output_dir}")
+        if args.responses:
+            return grade_responses_file(args)
+        return run_generation(args)
 
 
 if __name__ == "__main__":

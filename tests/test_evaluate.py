@@ -16,16 +16,12 @@ import pytest
 
 import evaluate
 from conftest import BENCHMARKS, ROOT, run_script, torchrun
+from data import InputError
 
 SAMPLE20 = BENCHMARKS / "math500_sample20.jsonl"
 GEN_ARGS = ["--num-samples", "2", "--max-new-tokens", "16", "--batch-size", "16", "--seed", "3"]
 RECORD_FIELDS = {"benchmark", "id", "index", "sample", "seed", "text", "answer", "gold", "correct", "timed_out",
-                 "finish_reason", "num_tokens"}
-
-
-def needs_sample20():
-    if not SAMPLE20.is_file():
-        pytest.skip(f"{SAMPLE20} not present")
+                 "grading_error", "finish_reason", "num_tokens"}
 
 
 def evaluate_cmd(model_dir, out_dir, *extra):
@@ -47,7 +43,6 @@ def per_problem_counts(records):
 @pytest.fixture(scope="module")
 def raw_run(tiny_model_dir, tmp_path_factory):
     """One complete run: tiny model, the 20-problem MATH-500 sample, 2 samples, 16 new tokens."""
-    needs_sample20()
     out = tmp_path_factory.mktemp("raw_run")
     proc = run_script(evaluate_cmd(tiny_model_dir, out, "--prompt-template", "raw"))
     return out, read_lines(out / "generations.jsonl"), json.loads((out / "summary.json").read_text()), proc.stdout
@@ -123,7 +118,9 @@ def test_end_to_end_writes_every_output(raw_run):
     assert len({r["seed"] for r in records}) == 40
     metrics = summary["benchmarks"]["math500_sample20"]
     assert {"n_problems", "n_samples", "pass@1", "sem", "pass@k", "mean_length", "truncation_rate",
-            "wait_per_response", "grading_timeouts", "answers_per_second"} <= set(metrics)
+            "wait_per_response", "grading_timeouts", "grading_errors", "unscored_samples",
+            "answers_per_second"} <= set(metrics)
+    assert metrics["grading_errors"] == 0 and metrics["unscored_samples"] == 0
     assert metrics["n_problems"] == 20 and metrics["n_samples"] == 2 and set(metrics["pass@k"]) == {"1", "2"}
     assert metrics["mean_length"] == pytest.approx(sum(r["num_tokens"] for r in records) / 40)
     assert metrics["truncation_rate"] == pytest.approx(sum(r["finish_reason"] == "length" for r in records) / 40)
@@ -135,7 +132,6 @@ def test_end_to_end_writes_every_output(raw_run):
 @pytest.mark.slow
 def test_redi_template_run(tiny_model_dir, tmp_path):
     """The default (paper) template runs end to end and is recorded in the summary."""
-    needs_sample20()
     run_script(evaluate_cmd(tiny_model_dir, tmp_path, "--limit", "3", "--num-samples", "1"))
     records = read_lines(tmp_path / "generations.jsonl")
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -163,20 +159,24 @@ def test_resume_after_truncation_regenerates_exactly_the_missing_samples(raw_run
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_exactly_n_samples(tiny_model_dir, tmp_path):
-    """SIGKILL a run after its first batches, restart it: exactly n samples per problem, no duplicate."""
-    needs_sample20()
+    """SIGKILL a run in the middle of sampling (some but not all 24 samples written, no summary yet),
+    restart it: it generates exactly the missing ones, ending with n per problem and no duplicate."""
     cmd = evaluate_cmd(tiny_model_dir, tmp_path, "--prompt-template", "raw", "--limit", "8", "--batch-size", "2",
-                       "--num-samples", "3", "--max-new-tokens", "24")
+                       "--num-samples", "3", "--max-new-tokens", "24", "--grading-workers", "1")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    path, deadline = tmp_path / "generations.jsonl", time.monotonic() + 120
+    path, deadline = tmp_path / "generations.jsonl", time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if path.is_file() and path.read_text(encoding="utf-8").count("\n") >= 4:
+        if path.is_file() and path.read_bytes().count(b"\n") >= 4:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    run_script(cmd)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before the kill"
+    written = path.read_bytes().count(b"\n")  # complete lines; a half-written one is dropped on resume
+    assert 4 <= written < 24 and not (tmp_path / "summary.json").exists(), f"the kill did not land mid-run: {written}"
+    resumed = run_script(cmd)
+    assert f"{written}/24 samples already in {tmp_path}/generations.jsonl; generating {24 - written} on 1" \
+        in resumed.stdout
     records = read_lines(path)
     assert len(records) == 24 and set(per_problem_counts(records).values()) == {3}
     assert len({(r["id"], r["sample"]) for r in records}) == 24
@@ -202,6 +202,7 @@ def test_two_ranks_generate_the_same_samples_as_one(raw_run, tiny_model_dir, tmp
 
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
 RESPONSES = [  # (id, text); three problems, four samples each
@@ -266,13 +267,96 @@ def test_responses_mode_with_inline_golds_and_explicit_fields(tmp_path):
     assert benchmarks["b"]["n_samples"] == 2 and benchmarks["c"]["n_samples"] == 1  # n per benchmark
 
 
-def test_responses_without_gold_is_an_error_naming_the_line(tmp_path):
-    """A response whose gold cannot be found says which file, line and id."""
+def evaluate_responses(path, out, *extra):
+    """`evaluate.py --responses PATH` as a user runs it; returns the CompletedProcess (any exit code)."""
+    return run_script([sys.executable, str(ROOT / "evaluate.py"), "--responses", str(path), "--output-dir", str(out),
+                       "--grading-workers", "1", *extra], check=False)
+
+
+def assert_input_error(proc, message):
+    """Exit 2 with one `evaluate.py: error: MESSAGE...` line on stderr, and no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert f"evaluate.py: error: {message}" in proc.stderr, proc.stderr
+
+
+def main_input_error(argv, capsys, message):
+    """evaluate.main(argv) in this process (the CLI's own error handling, without a second torch
+    import per case): exit 2 and `evaluate.py: error: MESSAGE...` on stderr."""
+    with pytest.raises(SystemExit, match="^2$"):
+        evaluate.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert f"evaluate.py: error: {message}" in err and "Traceback" not in err, err
+
+
+GOOD = {"id": "q", "gold": "1", "text": "</think> \\boxed{1}"}
+BAD_RESPONSE_LINES = {  # name: (second line of the file, bytes; the error after "FILE:2: ")
+    "not_utf8": (b'{"id": "q", "text": "\xff\xfe"}', "not valid UTF-8 (invalid start byte at byte 21)"),
+    "not_json": (b'{"id": "q" "text": "t"}', "invalid JSON: Expecting ',' delimiter at column 12"),
+    "a_list": (b'["q", "text"]', 'expected a JSON object {"id", "text", ...}, found list ["q", "text"]'),
+    "string_sample": (b'{"id": "q", "text": "t", "gold": "1", "sample": "1"}',
+                      "field 'sample': expected an integer >= 0, found string \"1\""),
+    "negative_sample": (b'{"id": "q", "text": "t", "gold": "1", "sample": -1}',
+                        "field 'sample': expected an integer >= 0, found number -1"),
+    "boolean_sample": (b'{"id": "q", "text": "t", "gold": "1", "sample": true}',
+                       "field 'sample': expected an integer >= 0, found boolean true"),
+    "null_id": (b'{"id": null, "text": "t", "gold": "1"}',
+                "field 'id': expected a non-empty string or an integer, found null"),
+    "no_id": (b'{"text": "t", "gold": "1"}', "field 'id': expected a non-empty string or an integer, found no such"),
+    "number_text": (b'{"id": "q", "text": 5, "gold": "1"}', "field 'text': expected a string (the response), found"),
+    "dict_gold": (b'{"id": "q", "text": "t", "gold": {"a": 1}}', "field 'gold': expected a string, a number, or a"),
+    "bad_finish": (b'{"id": "q", "text": "t", "gold": "1", "finish_reason": "eos"}',
+                   "field 'finish_reason': expected \"stop\" or \"length\", found string \"eos\""),
+    "no_gold": (b'{"id": "nope", "text": "t"}', "field 'gold': expected a gold answer: a 'gold' field, or id 'nope'"),
+}
+
+
+def bad_responses_file(tmp_path, name):
+    """(a responses file whose line 2 is BAD_RESPONSE_LINES[name], the expected message)."""
+    line, message = BAD_RESPONSE_LINES[name]
     responses = tmp_path / "gens.jsonl"
-    write_jsonl(responses, [{"id": "q", "gold": "1", "text": "x"}, {"id": "nope", "text": "y"}])
-    proc = run_script([sys.executable, str(ROOT / "evaluate.py"), "--responses", str(responses),
-                       "--output-dir", str(tmp_path / "out")], check=False)
-    assert proc.returncode != 0 and f"{responses}:2: no gold" in proc.stderr and "'nope'" in proc.stderr
+    responses.write_bytes(json.dumps(GOOD).encode() + b"\n" + line + b"\n")
+    return responses, f"{responses}:2: {message}"
+
+
+@pytest.mark.parametrize("name", sorted(BAD_RESPONSE_LINES))
+def test_a_bad_responses_line_is_one_clear_error(tmp_path, name, capsys):
+    """Each malformed row stops the run before grading: exit 2, FILE:LINE and the field, what was
+    expected and what was found, no summary written."""
+    responses, message = bad_responses_file(tmp_path, name)
+    main_input_error(["--responses", responses, "--output-dir", tmp_path / "out"], capsys, message)
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("name", ["not_utf8", "a_list", "string_sample", "negative_sample", "null_id", "empty"])
+def test_bad_responses_files_as_a_user_meets_them(tmp_path, name):
+    """Run as a user runs it (a subprocess): non-UTF-8 bytes, a list for a row, "sample": "1", a
+    negative sample, a null id, an empty file: exit 2, one line naming file, line and field, no traceback."""
+    if name == "empty":
+        responses, message = tmp_path / "gens.jsonl", f"{tmp_path / 'gens.jsonl'}: no responses (the file is empty)"
+        responses.write_text("\n  \n", encoding="utf-8")
+    else:
+        responses, message = bad_responses_file(tmp_path, name)
+    assert_input_error(evaluate_responses(responses, tmp_path / "out"), message)
+
+
+def test_duplicate_responses_are_skipped_and_counted(tmp_path):
+    """A repeated (benchmark, id, sample) is not graded twice: the first row counts, the later ones
+    are counted by name in summary.json and in the printed report, with their lines."""
+    responses = tmp_path / "gens.jsonl"
+    write_jsonl(responses, [{"id": "q", "gold": "1", "text": "</think>\\boxed{1}"},             # sample 0
+                            {"id": "q", "gold": "1", "sample": 0, "text": "</think>\\boxed{2}"},  # duplicate
+                            {"id": "q", "gold": "1", "sample": 1, "text": "</think>\\boxed{3}"},
+                            {"id": "q", "gold": "1", "sample": 1, "text": "</think>\\boxed{1}"}])  # duplicate
+    proc = evaluate_responses(responses, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["responses"] == {"file": str(responses), "rows": 4, "graded": 2, "problems_without_response": 0,
+                                    "skipped": [{"name": "duplicate_response", "reason": evaluate.RESPONSE_SKIPS[
+                                        "duplicate_response"], "count": 2, "lines": [2, 4]}]}
+    assert summary["benchmarks"]["responses"]["pass@1"] == 0.5  # samples 0 and 1 as first written
+    assert f"{responses}: skipped 2 row(s), duplicate_response (" in proc.stdout and "lines 2, 4" in proc.stdout
+    assert [r["answer"] for r in read_lines(tmp_path / "out" / "generations.jsonl")] == ["1", "3"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +371,8 @@ def test_read_generations_drops_only_a_truncated_last_line(tmp_path, capsys):
     assert len(evaluate.read_generations(str(path))) == 1
     assert "g.jsonl:2: dropped a truncated last line" in capsys.readouterr().err
     path.write_text(good + "\n{oops\n" + good + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="g.jsonl:2: bad generation record"):
+    with pytest.raises(InputError, match=r"g.jsonl:2: expected a generation record .*, found a line that is not "
+                                         r"JSON: b'\{oops'"):
         evaluate.read_generations(str(path))
 
 
@@ -299,10 +384,11 @@ def test_read_benchmark_validates_fields(tmp_path):
     problems = evaluate.read_benchmark(str(path), "b")
     assert [p["golds"] for p in problems] == [["142"], ["1", "2"]] and problems[1]["index"] == 1
     write_jsonl(path, [{"id": "a", "problem": "p", "answer": "1"}, {"id": "b", "problem": "", "answer": "1"}])
-    with pytest.raises(ValueError, match=r"b.jsonl:2: field 'problem'"):
+    with pytest.raises(InputError, match=r"b.jsonl:2: field 'problem': expected a non-empty string, found string"):
         evaluate.read_benchmark(str(path), "b")
     write_jsonl(path, [{"id": "a", "problem": "p", "answer": "1"}, {"id": "a", "problem": "q", "answer": "2"}])
-    with pytest.raises(ValueError, match="b.jsonl:2: duplicate id 'a'"):
+    with pytest.raises(InputError, match="b.jsonl:2: field 'id': expected an id not used by an earlier row, "
+                                         "found duplicate id 'a'"):
         evaluate.read_benchmark(str(path), "b")
 
 
@@ -324,17 +410,101 @@ def test_benchmark_download_offline_fails_clearly(tmp_path):
     """--benchmark without network (HF_HUB_OFFLINE) exits with a message pointing to --data."""
     proc = run_script([sys.executable, str(ROOT / "evaluate.py"), "--model", "unused", "--benchmark", "aime24",
                        "--output-dir", str(tmp_path)], env={"HF_HUB_OFFLINE": "1"}, check=False)
-    assert proc.returncode != 0 and "HF_HUB_OFFLINE" in proc.stderr and "--data" in proc.stderr
+    assert_input_error(proc, "--benchmark aime24: HF_HUB_OFFLINE is set, cannot download HuggingFaceH4/aime_2024")
+    assert "--data ../shared/benchmarks/aime24.jsonl" in proc.stderr
 
 
-def test_bad_arguments_are_rejected_with_the_values(tmp_path):
-    """Validation right after parsing names what was wrong."""
-    with pytest.raises(SystemExit):
-        evaluate.parse_args(["--output-dir", str(tmp_path)])  # no data
-    with pytest.raises(SystemExit):
+BAD_OPTIONS = [  # (options after --responses FILE --output-dir o, the message argparse prints)
+    (["--limit", "0"], "--limit must be >= 1, got 0"),
+    (["--n", "0"], "--n, --batch-size and --max-new-tokens must be >= 1, got 0, 16, 32768"),
+    (["--batch-size", "-1"], "--n, --batch-size and --max-new-tokens must be >= 1, got 16, -1, 32768"),
+    (["--temperature", "nan"], "need --temperature >= 0 and 0 < --top-p <= 1, got nan, 0.95"),
+    (["--top-p", "1.5"], "need --temperature >= 0 and 0 < --top-p <= 1, got 0.6, 1.5"),
+    (["--grading-timeout", "0"], "--grading-timeout must be > 0 seconds, got 0.0"),
+    (["--grading-workers", "0"], "--grading-workers must be >= 1, got 0"),
+    (["--dist-timeout-min", "-5"], "--dist-timeout-min must be > 0, got -5.0"),
+    (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+]
+
+
+@pytest.mark.parametrize("options,message", BAD_OPTIONS, ids=[o[0] for o, _ in BAD_OPTIONS])
+def test_bad_option_values_are_rejected_with_the_values(options, message, capsys):
+    """Validation right after parsing names the option and the value it got (argparse: exit 2)."""
+    with pytest.raises(SystemExit, match="^2$"):
+        evaluate.parse_args(["--responses", __file__, "--output-dir", "o", *options])
+    assert f"evaluate.py: error: {message}" in capsys.readouterr().err
+
+
+def test_missing_inputs_are_rejected_before_any_work(tmp_path, capsys):
+    """No data at all, a --data file that does not exist; valid options parse to their defaults."""
+    with pytest.raises(SystemExit, match="^2$"):
+        evaluate.parse_args(["--output-dir", str(tmp_path)])
+    assert "give --data BENCH.jsonl or --benchmark NAME" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="^2$"):
         evaluate.parse_args(["--data", str(tmp_path / "missing.jsonl"), "--model", "m", "--output-dir", "o"])
+    assert f"evaluate.py: error: no such file: {tmp_path / 'missing.jsonl'}" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="^2$"):
+        evaluate.parse_args(["--data", __file__, "--output-dir", "o"])
+    assert "--model is required unless --responses is given" in capsys.readouterr().err
     args = evaluate.parse_args(["--responses", __file__, "--output-dir", "o", "--n", "4"])
     assert args.n == 4 and args.require_think_close is True and args.prompt_template == "redi"
+
+
+def _cli_case(case, tmp_path, tiny_model_dir):
+    """(evaluate.py arguments, expected message) for one bad-input case of test_cli_input_errors."""
+    bench = write_jsonl(tmp_path / "bench.jsonl", [{"id": "q", "problem": "p", "answer": "1"}])
+    run = ["--data", str(bench), "--output-dir", str(tmp_path / "out"), "--model", str(tiny_model_dir)]
+    bad = tmp_path / "bad.jsonl"
+    if case == "data_row_is_a_list":
+        bad.write_text('{"id": "q", "problem": "p", "answer": "1"}\n[1, 2]\n', encoding="utf-8")
+        return [*run, "--data", str(bad)], f"{bad}:2: expected a JSON object {{\"id\", \"problem\", \"answer\"}}"
+    if case == "data_not_utf8":
+        bad.write_bytes(b'{"id": "q", "problem": "\xe9", "answer": "1"}\n')
+        return [*run, "--data", str(bad)], f"{bad}:1: not valid UTF-8"
+    if case == "data_answers_not_a_list":
+        bad.write_text('{"id": "q", "problem": "p", "answers": {"a": 1}}\n', encoding="utf-8")
+        return [*run, "--data", str(bad)], f"{bad}:1: field 'answers': expected a non-empty list of strings or numbers"
+    if case == "data_empty":
+        bad.write_text("", encoding="utf-8")
+        return [*run, "--data", str(bad)], f"{bad}: no problems (the file is empty)"
+    if case == "model_dir_missing":
+        return [*run[:-1], str(tmp_path / "no_model")], f"--model {tmp_path / 'no_model'}: no such directory"
+    if case == "model_dir_without_config":
+        return [*run[:-1], str(tmp_path)], f"--model {tmp_path}: no config.json; not a Hugging Face model directory"
+    if case == "model_hub_id_offline":
+        return [*run[:-1], "nobody/no-such-model"], "--model nobody/no-such-model: cannot load a model and tokenizer"
+    if case == "output_dir_is_a_file":
+        return [*run[:2], "--output-dir", str(bench), *run[4:]], f"--output-dir {bench}: {bench} exists and is not a"
+    if case == "output_dir_under_a_file":
+        return ([*run[:2], "--output-dir", str(bench / "out"), *run[4:]],
+                f"--output-dir {bench / 'out'}: cannot create the directory {bench / 'out'} (Not a directory)")
+    assert case == "resumed_generations_corrupt"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "generations.jsonl").write_text('{"oops": 1}\n{"also": 2}\n', encoding="utf-8")
+    return run, f"{tmp_path / 'out' / 'generations.jsonl'}:1: expected a generation record"
+
+
+CLI_CASES = ["data_row_is_a_list", "data_not_utf8", "data_answers_not_a_list", "data_empty", "model_dir_missing",
+             "model_dir_without_config", "model_hub_id_offline", "output_dir_is_a_file", "output_dir_under_a_file",
+             "resumed_generations_corrupt"]
+
+
+@pytest.mark.parametrize("case", [c for c in CLI_CASES if c != "model_hub_id_offline"])
+def test_cli_input_errors_stop_before_any_work(case, tmp_path, tiny_model_dir, capsys):
+    """Every kind of bad input to the generation CLI (a benchmark file, --model, --output-dir, a damaged
+    OUT/generations.jsonl) ends with exit 2 and one `evaluate.py: error:` line, before any model loads."""
+    args, message = _cli_case(case, tmp_path, tiny_model_dir)
+    main_input_error([*args, *GEN_ARGS], capsys, message)
+
+
+@pytest.mark.parametrize("case", ["data_row_is_a_list", "model_dir_missing", "model_hub_id_offline",
+                                  "output_dir_under_a_file"])
+def test_cli_input_errors_as_a_user_meets_them(case, tmp_path, tiny_model_dir):
+    """The same, as a subprocess, including a hub id that cannot load (offline), which fails only once
+    transformers tries: exit 2, one line, no traceback."""
+    args, message = _cli_case(case, tmp_path, tiny_model_dir)
+    proc = run_script([sys.executable, str(ROOT / "evaluate.py"), *args, *GEN_ARGS], check=False)
+    assert_input_error(proc, message)
 
 
 def test_missing_work_shards_problems_round_robin():
