@@ -573,7 +573,8 @@ class StepSampler:
     Each epoch is a permutation of the examples drawn from (seed, epoch). Step s of the epoch
     takes the next `global_batch` examples of it (the last step may be smaller: nothing is
     dropped), so which examples form a step does not depend on the number of ranks. The step's
-    examples are split into `world_size` contiguous, equal slices; a short last step is padded
+    examples are split into `world_size` equal slices (contiguous, or with `balance` by token cost
+    so that no rank holds all the longest examples: bench/bench_balance.py); a short last step is padded
     with zero-weight repeats, so every rank runs the same number of micro-batches and no
     collective waits on a rank that ran out. Within a rank's slice, micro-batches are either
     `micro_batch_size` examples each (gradient accumulation = global_batch / (world_size *
@@ -586,7 +587,7 @@ class StepSampler:
     """
 
     def __init__(self, lengths: list[int], global_batch: int, world_size: int, rank: int, seed: int,
-                 micro_batch_size: int | None = None, max_tokens: int | None = None):
+                 micro_batch_size: int | None = None, max_tokens: int | None = None, balance: bool = False):
         if global_batch % world_size:
             raise InputError(f"global batch {global_batch} is not divisible by the world size {world_size}")
         per_rank = global_batch // world_size
@@ -599,7 +600,7 @@ class StepSampler:
             raise InputError("no examples to sample from")
         self.lengths, self.global_batch, self.world_size, self.rank = lengths, global_batch, world_size, rank
         self.seed, self.micro_batch_size, self.max_tokens = seed, micro_batch_size, max_tokens
-        self.per_rank = per_rank
+        self.per_rank, self.balance = per_rank, balance
         self.steps_per_epoch = -(-len(lengths) // global_batch)
 
     def epoch_order(self, epoch: int) -> list[int]:
@@ -615,7 +616,21 @@ class StepSampler:
             raise IndexError(f"step {step} is past the end of epoch {epoch} ({self.steps_per_epoch} steps)")
         padded = [(i, 1.0) for i in members]
         padded += [(members[k % len(members)], 0.0) for k in range(self.global_batch - len(members))]
-        return padded[rank * self.per_rank:(rank + 1) * self.per_rank]
+        if not self.balance:
+            return padded[rank * self.per_rank:(rank + 1) * self.per_rank]
+        return [padded[k] for k in self._balanced_positions(padded)[rank]]
+
+    def _balanced_positions(self, items: list[tuple[int, float]]) -> list[list[int]]:
+        """Positions of the step's items for each rank, by token cost: longest first, each to the
+        least-loaded rank that still has room (per_rank items each; ties to the lower rank and the
+        earlier item). A pure function of the step's items, so resume stays exact."""
+        loads, slots = [0] * self.world_size, [[] for _ in range(self.world_size)]
+        for k in sorted(range(len(items)), key=lambda k: (-self.lengths[items[k][0]], k)):
+            rank = min((r for r in range(self.world_size) if len(slots[r]) < self.per_rank),
+                       key=lambda r: (loads[r], r))
+            slots[rank].append(k)
+            loads[rank] += self.lengths[items[k][0]]
+        return slots
 
     def _pack(self, items: list[tuple[int, float]]) -> list[list[tuple[int, float]]]:
         """Micro-batches of `micro_batch_size` items, or greedy packs of at most `max_tokens` tokens

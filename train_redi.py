@@ -63,9 +63,10 @@ import os
 import torch
 import torch.distributed as dist
 
+import token_cache
 import train_sft
-from data import InputError, collate_pairs, exit_on_input_error, load_pairs, num_tokens, read_jsonl, tokenize_pairs
-from redi_loss import IGNORE_INDEX, LOSSES
+from data import collate_pairs, exit_on_input_error, num_tokens, read_jsonl
+from redi_loss import LOSSES
 from train_sft import print0, to_device
 
 # The paper's tuned settings for Qwen2.5-Math-1.5B, per --loss; a flag left unset takes these.
@@ -197,8 +198,7 @@ def compute_reference_logps(ref_model, pairs, pad_id, args, device) -> dict:
 
 def load_or_compute_reference(args, pairs, pad_id, device) -> dict:
     """--precompute-ref: read the cache if it covers every pair, else compute, write, and read it."""
-    if len({p["id"] for p in pairs}) != len(pairs):
-        raise InputError(f"{args.data}: pair ids are not unique; --precompute-ref keys its cache by id")
+    # The cache is keyed by pair id; data.load_pairs has already refused a file with a repeated id.
     path = reference_cache_path(args)
     if os.path.exists(path):
         cache = {r["id"]: (r["chosen"], r["rejected"]) for _, r in read_jsonl(path)}
@@ -322,8 +322,7 @@ def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, referen
     collapse = CollapseMonitor(args.collapse_threshold, args.collapse_window, first_logged_logps(args) if step else None)
     clock = train_sft.StepClock(state)
     pair_loss, normalise_by = OBJECTIVES[args.loss]
-    cost = ([1.0] * len(pairs) if normalise_by == "pairs" else
-            [sum(t != IGNORE_INDEX for t in p["chosen"]["labels"][1:]) for p in pairs])
+    cost = [1.0] * len(pairs) if normalise_by == "pairs" else pairs.supervised      # chosen tokens [N]
     save = train_sft.checkpoint_saver(args, model, lm, optimizer, tokenizer, clock)
     print0(f"training: {total_steps} steps of {args.global_batch_size} pairs = {dist.get_world_size()} ranks x "
            f"{sampler.per_rank}, {len(sampler.micro_batches(0, 0))} micro-batches per step")
@@ -378,10 +377,10 @@ def main(argv=None):
     try:
         with exit_on_input_error(f"train_redi.py [rank {os.environ.get('RANK', 0)}]"):
             rank, world_size, device, tokenizer, model, lm, optimizer = train_sft.prepare(args)
-            pairs = tokenize_pairs(tokenizer, load_pairs(args.data), args.max_seq_len)
-            print0(f"{len(pairs)} pairs from {args.data}; loss {args.loss} {loss_hyperparameters(args)}, "
-                   f"lr {args.lr:g}")
-            sampler = train_sft.build_sampler(args, [num_tokens(p) for p in pairs], world_size, rank)
+            pairs = token_cache.load(args.data, tokenizer, "pairs", args.max_seq_len)
+            print0(f"{len(pairs)} pairs from {args.data} ({pairs.directory}); loss {args.loss} "
+                   f"{loss_hyperparameters(args)}, lr {args.lr:g}")
+            sampler = train_sft.build_sampler(args, pairs.lengths.tolist(), world_size, rank)
             reference = build_reference(args, pairs, tokenizer.pad_token_id, device) if args.loss == "dpo" else None
             resume_from = train_sft.resolve_resume(args)
             state = train_sft.load_checkpoint(resume_from, model, optimizer) if resume_from else None

@@ -78,7 +78,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from data import InputError, StepSampler, collate, exit_on_input_error, load_sft_examples, load_tokenizer, num_tokens, tokenize_sft
+import token_cache
+from data import InputError, StepSampler, collate, exit_on_input_error, load_tokenizer
 from redi_loss import IGNORE_INDEX, sft_loss, token_logps_from_hidden
 
 # -----------------------------------------------------------------------------
@@ -499,7 +500,7 @@ def build_optimizer(model, args):
 def build_sampler(args, lengths, world_size, rank):
     return StepSampler(lengths, args.global_batch_size, world_size, rank, args.seed,
                        micro_batch_size=None if args.max_tokens_per_micro_batch else args.micro_batch_size,
-                       max_tokens=args.max_tokens_per_micro_batch)
+                       max_tokens=args.max_tokens_per_micro_batch, balance=True)
 
 
 # -----------------------------------------------------------------------------
@@ -901,7 +902,7 @@ def train(args, model, lm, tokenizer, optimizer, examples, sampler, device, stat
     step = state["step"] if state else 0
     metrics = Metrics(args, total_steps, step, dist.get_world_size())
     clock = StepClock(state)
-    response_tokens = [sum(t != IGNORE_INDEX for t in e["labels"][1:]) for e in examples]
+    response_tokens = examples.supervised                     # [N] supervised tokens of each example
     save = checkpoint_saver(args, model, lm, optimizer, tokenizer, clock)
     print0(f"training: {total_steps} steps ({sampler.steps_per_epoch} per epoch), global batch "
            f"{args.global_batch_size} = {dist.get_world_size()} ranks x {sampler.per_rank} examples; "
@@ -961,9 +962,9 @@ def main(argv=None):
     try:
         with exit_on_input_error(f"train_sft.py [rank {os.environ.get('RANK', 0)}]"):
             rank, world_size, device, tokenizer, model, lm, optimizer = prepare(args)
-            examples = tokenize_sft(tokenizer, load_sft_examples(args.data), args.max_seq_len)
-            print0(f"{len(examples)} SFT examples from {args.data}")
-            sampler = build_sampler(args, [num_tokens(e) for e in examples], world_size, rank)
+            examples = token_cache.load(args.data, tokenizer, "sft", args.max_seq_len)
+            print0(f"{len(examples)} SFT examples from {args.data} ({examples.directory})")
+            sampler = build_sampler(args, examples.lengths.tolist(), world_size, rank)
             resume_from = resolve_resume(args)
             state = load_checkpoint(resume_from, model, optimizer) if resume_from else None
             if state:

@@ -1,0 +1,248 @@
+"""Tokenized training data, built once and shared: compact int32 arrays cached next to the data.
+
+    examples = token_cache.load(path, tokenizer, kind, max_length)   # collective: call on every rank
+
+At the paper's scale (53k pairs, ~14k tokens per response) Python lists of ids and labels cost
+about 37 bytes per token, ~28 GB per rank; here a token costs 4 bytes, once per machine (the
+arrays are memory-mapped, so every rank on a node shares the page cache), and labels are not
+stored at all: they are the ids with the prompt masked, so a sequence's prompt length says it all.
+
+On disk, next to the data file:
+    DATA.tokenized/KEY/tokens.bin   int32, every sequence's ids back to back
+                       index.npy    int64 [S, 3]: offset, length, prompt length of each sequence
+                                    (pairs: sequence 2i is pair i's chosen, 2i+1 its rejected)
+                       ids.json     the examples' ids, in file order
+                       meta.json    key inputs, sizes and sha256 of the three files above
+KEY = sha256 of (the data file's bytes, the tokenizer's vocabulary and merges, its chat template,
+`kind`, `max_length`, FORMAT_VERSION). A different key is a different directory, so a stale cache
+is never read; a cache whose files do not match meta.json (truncated, edited, half-written) is
+rebuilt with a note.
+
+Building is shared: rank r tokenizes examples r, r+W, ... into a part, then rank 0 merges the
+parts in file order, writes to a temp dir and renames it into place; the other ranks wait and
+then memory-map the result. A bad example (InputError: over-long, template mismatch) on any rank
+stops every rank with that message. The data directory must be on a file system every rank sees
+(as the output directory already must be, for checkpoints).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+
+import numpy as np
+import torch.distributed as dist
+
+from data import IGNORE_INDEX, InputError, load_pairs, load_sft_examples, tokenize_example
+
+FORMAT_VERSION = 1
+KINDS = ("sft", "pairs")
+
+
+class TokenizedExamples(Sequence):
+    """The cached examples, read-only; item i is the dict data.tokenize_sft / tokenize_pairs would give.
+
+    `lengths` [N] (tokens per example; a pair's chosen + rejected) and `supervised` [N] (tokens
+    with a label after position 0: an SFT response, a pair's chosen trace) come as arrays, so no
+    pass over the tokens is needed to build the sampler or the loss normalisers."""
+
+    def __init__(self, directory: str, kind: str):
+        self.directory, self.kind = directory, kind
+        self.tokens = np.memmap(os.path.join(directory, "tokens.bin"), dtype=np.int32, mode="r")
+        self.index = np.load(os.path.join(directory, "index.npy"))
+        with open(os.path.join(directory, "ids.json"), encoding="utf-8") as f:
+            self.ids = json.load(f)
+        per = 2 if kind == "pairs" else 1
+        lengths, prompts = self.index[:, 1], self.index[:, 2]
+        self.lengths = lengths.reshape(-1, per).sum(1)
+        self.supervised = (lengths - np.maximum(prompts, 1))[::per]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _sequence(self, s: int) -> dict:
+        offset, length, prompt = (int(v) for v in self.index[s])
+        ids = self.tokens[offset:offset + length].tolist()
+        return {"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]}
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if self.kind == "sft":
+            return {"id": self.ids[i], **self._sequence(i)}
+        return {"id": self.ids[i], "chosen": self._sequence(2 * i), "rejected": self._sequence(2 * i + 1)}
+
+
+# -----------------------------------------------------------------------------
+# the collective entry point
+
+
+def load(path: str, tokenizer, kind: str, max_length: int | None) -> TokenizedExamples:
+    """The tokenized examples of `path` (a curated or bring-your-own file), from the cache or built now."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    message = [None]
+    if rank == 0:
+        key = cache_key(path, tokenizer, kind, max_length)
+        directory = os.path.join(f"{path}.tokenized", key)
+        message = [("ready", directory, check(directory, key))]
+    dist.broadcast_object_list(message, src=0)
+    _, directory, problem = message[0]
+    if problem is not None:
+        build(path, tokenizer, kind, max_length, directory, problem, rank, world)
+    return TokenizedExamples(directory, kind)
+
+
+def build(path, tokenizer, kind, max_length, directory, problem, rank, world) -> None:
+    """Every rank tokenizes its share into a part; rank 0 merges; a failure anywhere stops all."""
+    parts_dir = f"{directory}.parts"
+    if rank == 0:
+        print(f"tokenized cache {directory}: {problem}; building it with {world} rank(s)", flush=True)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        os.makedirs(parts_dir)
+    dist.barrier()
+    error = None
+    try:
+        records = load_pairs(path) if kind == "pairs" else load_sft_examples(path)
+        write_part(os.path.join(parts_dir, f"part-{rank}"), records[rank::world], tokenizer, kind, max_length)
+    except InputError as e:
+        error = str(e)
+    _raise_if_any(error, InputError)
+    if rank == 0:
+        try:
+            merge_parts(parts_dir, world, directory, cache_key(path, tokenizer, kind, max_length),
+                        {"data": os.path.abspath(path), "kind": kind, "max_length": max_length})
+        except OSError as e:
+            error = f"{directory}: could not write the tokenized cache: {e}"
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    _raise_if_any(error, InputError)
+
+
+def _raise_if_any(error, kind):
+    found = [None] * dist.get_world_size()
+    dist.all_gather_object(found, error)
+    problems = [e for e in found if e is not None]
+    if problems:
+        raise kind(problems[0] if len(set(problems)) == 1 else "; ".join(sorted(set(problems))))
+
+
+# -----------------------------------------------------------------------------
+# key, parts, merge, check
+
+
+def cache_key(path, tokenizer, kind, max_length) -> str:
+    h = hashlib.sha256(f"v{FORMAT_VERSION}|{kind}|{max_length}|".encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))).encode())
+    h.update(str(tokenizer.chat_template).encode())
+    return h.hexdigest()[:16]
+
+
+def write_part(prefix, records, tokenizer, kind, max_length) -> None:
+    """prefix.bin (int32 ids), prefix.npy (int64 [S, 2]: length, prompt length), prefix.json (ids)."""
+    rows = []
+    with open(prefix + ".bin", "wb") as f:
+        for r in records:
+            responses = [r["response"]] if kind == "sft" else [r["chosen"], r["rejected"]]
+            names = [r["id"]] if kind == "sft" else [f"{r['id']} (chosen)", f"{r['id']} (rejected)"]
+            for response, name in zip(responses, names):
+                seq = tokenize_example(tokenizer, r["prompt_messages"], response, name, max_length)
+                prompt = next(i for i, t in enumerate(seq["labels"]) if t != IGNORE_INDEX)
+                f.write(np.asarray(seq["input_ids"], dtype=np.int32).tobytes())
+                rows.append((len(seq["input_ids"]), prompt))
+    np.save(prefix + ".npy", np.asarray(rows, dtype=np.int64).reshape(-1, 2))
+    with open(prefix + ".json", "w", encoding="utf-8") as f:
+        json.dump([r["id"] for r in records], f)
+
+
+def merge_parts(parts_dir, world, directory, key, inputs) -> None:
+    """Parts (records r, r+W, ...) -> one cache in file order; temp dir, then an atomic rename."""
+    per = 2 if inputs["kind"] == "pairs" else 1
+    parts = []
+    for r in range(world):
+        prefix = os.path.join(parts_dir, f"part-{r}")
+        with open(prefix + ".json", encoding="utf-8") as f:
+            parts.append((np.memmap(prefix + ".bin", dtype=np.int32, mode="r") if os.path.getsize(prefix + ".bin")
+                          else np.zeros(0, np.int32), np.load(prefix + ".npy"), json.load(f)))
+    starts = [np.concatenate([[0], np.cumsum(rows[:, 0])]) for _, rows, _ in parts]
+    tmp = f"{directory}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    index, ids, offset = [], [], 0
+    with open(os.path.join(tmp, "tokens.bin"), "wb") as out:
+        for i in range(sum(len(p[2]) for p in parts)):
+            tokens, rows, names = parts[i % world]
+            j = i // world
+            ids.append(names[j])
+            for s in range(per * j, per * j + per):
+                length, prompt = (int(v) for v in rows[s])
+                out.write(tokens[starts[i % world][s]:starts[i % world][s] + length].tobytes())
+                index.append((offset, length, prompt))
+                offset += length
+    np.save(os.path.join(tmp, "index.npy"), np.asarray(index, dtype=np.int64).reshape(-1, 3))
+    with open(os.path.join(tmp, "ids.json"), "w", encoding="utf-8") as f:
+        json.dump(ids, f)
+    meta = {"key": key, "format_version": FORMAT_VERSION, **inputs, "examples": len(ids), "tokens": offset,
+            "files": {name: _file_digest(os.path.join(tmp, name)) for name in ("tokens.bin", "index.npy", "ids.json")}}
+    with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+
+def _file_digest(path) -> dict:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return {"bytes": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
+def check(directory, key) -> str | None:
+    """None if the cache at `directory` is complete and intact; else why it must be (re)built."""
+    meta_path = os.path.join(directory, "meta.json")
+    if not os.path.exists(meta_path):
+        return "not built yet"
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("key") != key or meta.get("format_version") != FORMAT_VERSION:
+            return "stale (its key does not match the data, tokenizer and options)"
+        for name, expected in meta["files"].items():
+            if _file_digest(os.path.join(directory, name)) != expected:
+                return f"corrupt ({name} does not match meta.json)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable ({type(e).__name__}: {e})"
+    return None
+
+
+def main(argv=None):
+    """Build (or check) the cache before a long run: python token_cache.py --data F --model DIR --kind pairs."""
+    import argparse
+
+    import train_sft
+    from data import exit_on_input_error, load_tokenizer
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="curated or bring-your-own JSON Lines file")
+    p.add_argument("--model", required=True, help="model (or tokenizer) directory whose tokenizer and template to use")
+    p.add_argument("--kind", required=True, choices=KINDS, help="sft examples or preference pairs")
+    p.add_argument("--max-seq-len", type=int, default=None, help="as the training script's --max-seq-len")
+    args = p.parse_args(argv)
+    train_sft.setup_distributed("cpu")
+    try:
+        with exit_on_input_error("token_cache.py"):
+            examples = load(args.data, load_tokenizer(args.model), args.kind, args.max_seq_len)
+        print(f"{len(examples)} {args.kind} examples, {len(examples.tokens)} tokens in {examples.directory}")
+    finally:
+        train_sft.cleanup()
+
+
+if __name__ == "__main__":
+    main()
