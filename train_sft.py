@@ -355,6 +355,9 @@ def load_model(path, args, device, trainable: bool = True):
     fully_shard(model, mp_policy=mp)
     # Losses are already divided by the GLOBAL token/pair count, so gradients must be SUMMED
     # over ranks; FSDP's default reduction averages (divides by the world size).
+    if not hasattr(model, "set_force_sum_reduction_for_comms"):
+        raise RuntimeError(f"torch {torch.__version__} lacks FSDPModule.set_force_sum_reduction_for_comms; "
+                           f"this project needs torch>=2.8 (requirements.txt)")
     for module in [*lm.get_decoder().layers, model]:
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)    # plain SUM: gloo has no PREMUL_SUM
