@@ -812,7 +812,7 @@ def _sympy_server_main():
     per line in, one JSON list of answers (see _sympy_answer) per line out."""
     out = os.fdopen(os.dup(1), "w")
     sys.stdout = sys.stderr  # nothing sympy prints may corrupt the protocol
-    import sympy  # noqa: F401  (before "ready": the parent starts a question's clock only after it)
+    _sympy_parse("x + 1")  # import sympy and its parser before "ready": a question's clock starts after
 
     out.write(_READY.decode() + "\n")
     out.flush()
