@@ -123,8 +123,13 @@ FORMS = {"ab-cd": ("{}*{}-{}*{}", (DIGIT, DIGIT, DIGIT, DIGIT)),
          "ab-c": ("{}*{}-{}", (DIGIT, DIGIT, PLAIN)),
          "c-ab": ("{}-{}*{}", (PLAIN, DIGIT, DIGIT))}
 SLIP_TYPES = ("sign", "borrow", "extra_borrow", "precedence", "ones")
-# Labels `classify_trace` can return: correct, a slip type, or a mistake no teacher makes.
-TRACE_LABELS = ("correct",) + SLIP_TYPES + ("arithmetic", "other", "malformed")
+# Labels `classify_trace` can return: correct, a slip type, a wrong guess (the risky path of the
+# `guess` variant), or a mistake no teacher makes.
+TRACE_LABELS = ("correct",) + SLIP_TYPES + ("guess", "arithmetic", "other", "malformed")
+# The two paths a trace can take (`trace_path`): work it out, or guess without working.
+PATHS = ("work", "guess")
+GUESS_TEMPLATE = "No need to work it out: it is about {answer}."
+GUESS_MAX_OFFSET = 15   # a wrong guess is off by a nonzero offset in [-15, 15]
 
 PROBLEM_TEMPLATE = "Compute {expr}."
 ANSWER_TEMPLATE = "The answer is $\\boxed{{{answer}}}$."
@@ -277,11 +282,44 @@ def parse_steps(text):
     return [(int(x), op, int(y), int(z)) for x, op, y, z in _STEP_RE.findall(think)]
 
 
+def guess_trace(answer):
+    """The risky path: no working, just a number (right only by luck). (text, answer as str)."""
+    text = f"<think>\n{GUESS_TEMPLATE.format(answer=answer)}\n</think>\n\n" + ANSWER_TEMPLATE.format(answer=answer)
+    return text, str(answer)
+
+
+def trace_path(text):
+    """"guess" if the thinking block guesses without a single step (the risky path), else "work"."""
+    think = text.split("</think>", 1)[0]
+    return "guess" if GUESS_TEMPLATE.split("{", 1)[0] in think and not parse_steps(text) else "work"
+
+
+def path_stats(records):
+    """Share of samples on each path and the accuracy on it, from (problem text, response, correct)
+    triples (e.g. evaluate.py's generations.jsonl: problem from the test file, text, correct).
+
+    Returns {"samples", "guess_share", "guess_accuracy", "work_accuracy", "labels": {label: count}}
+    (an accuracy is None when no sample took that path).
+    """
+    n, taken, right, labels = 0, Counter(), Counter(), Counter()
+    for problem_text, text, correct in records:
+        path = trace_path(text)
+        n += 1
+        taken[path] += 1
+        right[path] += int(bool(correct))
+        labels[classify_trace(parse_problem(problem_text), text)] += 1
+    acc = {p: (right[p] / taken[p] if taken[p] else None) for p in PATHS}
+    return {"samples": n, "guess_share": taken["guess"] / n if n else 0.0,
+            "guess_accuracy": acc["guess"], "work_accuracy": acc["work"],
+            "labels": {name: labels[name] for name in TRACE_LABELS if labels[name]}}
+
+
 def classify_trace(problem, text):
     """Label a trace (the teacher's or a student's) by its FIRST wrong step; one of TRACE_LABELS.
 
     "correct" if the boxed answer is right; a slip type if the first step that departs from the
-    correct trace is exactly that slip's step; "arithmetic" if it has the right operands but a
+    correct trace is exactly that slip's step; "guess" for a wrong answer on the guess path (no
+    steps, see `trace_path`: a right guess is "correct", so ask `trace_path` for the path); "arithmetic" if it has the right operands but a
     wrong result; "other" for anything else; "malformed" if there is no boxed answer after </think>.
     """
     answer = final_boxed(text)
@@ -289,6 +327,8 @@ def classify_trace(problem, text):
         return "malformed"
     if check_answer(problem, answer):
         return "correct"
+    if trace_path(text) == "guess":
+        return "guess"
     steps, gold = parse_steps(text), trace_steps(problem)
     first = next((i for i, s in enumerate(gold) if i >= len(steps) or steps[i] != s), None)
     if first is None or first >= len(steps):
@@ -326,15 +366,30 @@ def sample_slip(problem, rng, slip_probs):
     return None
 
 
-def teacher_generations(problem, rng, slip_probs, max_generations, judge_flip):
+def sample_guess(problem, rng, guess_right):
+    """The guessed number: the answer with prob `guess_right`, else off by a nonzero offset."""
+    if rng.random() < guess_right:
+        return problem["answer"]
+    offset = rng.randint(1, GUESS_MAX_OFFSET) * rng.choice((-1, 1))
+    return problem["answer"] + offset
+
+
+def teacher_generations(problem, rng, slip_probs, max_generations, judge_flip, p_guess=0.0, guess_right=0.0):
     """Sample until both verifiers accept a generation, at most `max_generations`.
 
-    Returns [{"text", "answer", "slip", "exact", "judge"}, ...] in sampling order.
+    With prob `p_guess` a generation guesses (`guess_trace`, right with prob `guess_right`) instead
+    of working; p_guess = 0 draws nothing extra, so the default data is unchanged to the byte.
+    Returns [{"text", "answer", "slip", "exact", "judge"}, ...] in sampling order ("slip" is
+    "guess" for a guess, right or wrong).
     """
     gens = []
     for _ in range(max_generations):
-        slip = sample_slip(problem, rng, slip_probs)
-        text, answer = solve_trace(problem, slip)
+        if p_guess > 0 and rng.random() < p_guess:
+            slip = "guess"
+            text, answer = guess_trace(sample_guess(problem, rng, guess_right))
+        else:
+            slip = sample_slip(problem, rng, slip_probs)
+            text, answer = solve_trace(problem, slip)
         exact = check_answer(problem, answer)
         judge = exact != (rng.random() < judge_flip)  # the judge errs both ways
         gens.append({"text": text, "answer": answer, "slip": slip, "exact": exact, "judge": judge})
@@ -375,7 +430,24 @@ def make_row(problem, gens, source, problem_is_valid):
 # slips, the student's own kind of error, as most negatives; see the module docstring.
 DEFAULT_KNOBS = dict(form_weights=(1.0, 1.0, 1.0), max_generations=4,
                      p_sign=0.15, p_borrow=0.3, p_extra_borrow=0.3, p_precedence=0.1, p_ones=0.0,
-                     judge_flip=0.02, frac_invalid=0.02, frac_cn_k12=0.02)
+                     judge_flip=0.02, frac_invalid=0.02, frac_cn_k12=0.02, p_guess=0.0, guess_right=0.2)
+
+# Named task variants: knob presets on top of DEFAULT_KNOBS (explicit knobs override them).
+#   slips  the default task: slips only, every negative a mistake in the work (the null case)
+#   guess  the teacher often skips the work and guesses; a lucky guess is a positive, so SFT on
+#          positives teaches guessing and only the negatives show that it fails (see the docstring)
+VARIANTS = {
+    "slips": {},
+    "guess": dict(form_weights=(0.0, 1.0, 0.0), p_sign=0.0, p_borrow=0.0, p_extra_borrow=0.0,
+                  p_precedence=0.0, p_guess=0.68, guess_right=0.2),
+}
+
+
+def variant_knobs(variant, **overrides):
+    """The full knob dict of a named variant, with `overrides` on top."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    return validate_knobs({**VARIANTS[variant], **overrides})
 
 
 def validate_knobs(knobs):
@@ -388,7 +460,8 @@ def validate_knobs(knobs):
     if len(k["form_weights"]) != len(FORMS) or min(k["form_weights"]) < 0 or sum(k["form_weights"]) <= 0:
         raise ValueError(f"form_weights: expected {len(FORMS)} weights >= 0 for {list(FORMS)}, "
                          f"not all zero; got {k['form_weights']}")
-    for name in [f"p_{s}" for s in SLIP_TYPES] + ["judge_flip", "frac_invalid", "frac_cn_k12"]:
+    for name in [f"p_{s}" for s in SLIP_TYPES] + ["judge_flip", "frac_invalid", "frac_cn_k12", "p_guess",
+                                                 "guess_right"]:
         if not 0.0 <= k[name] <= 1.0:
             raise ValueError(f"{name}: expected a probability in [0, 1], got {k[name]}")
     # Slips are exclusive within a trace, so the probabilities of the largest eligible set must
@@ -435,7 +508,8 @@ def generate_raw(num_problems, seed=0, **knobs):
         valid = "No" if u < k["frac_invalid"] else "Yes"
         in_cn_k12 = k["frac_invalid"] <= u < k["frac_invalid"] + k["frac_cn_k12"]
         source = "cn_k12" if in_cn_k12 else rng.choice(OTHER_SOURCES)
-        gens = teacher_generations(problem, rng, slip_probs, int(k["max_generations"]), k["judge_flip"])
+        gens = teacher_generations(problem, rng, slip_probs, int(k["max_generations"]), k["judge_flip"],
+                                   k["p_guess"], k["guess_right"])
         rows.append(make_row(problem, gens, source, valid))
     return rows
 
@@ -468,6 +542,9 @@ def summarize(rows, test_rows):
         for text, j, m in zip(row["generations"], judge, exact):
             labels[classify_trace(problem, text)] += 1
             c["judge_flips"] += int(j != m)
+            if trace_path(text) == "guess":   # only the guess variant has these keys
+                c["guesses"] += 1
+                c["lucky_guesses"] += int(j and m)
             reasoning_chars.append(len(text.split("<think>\n", 1)[1].split("\n</think>", 1)[0]))
         c["generations"] += len(positive)
         c["positives"] += sum(positive)
@@ -497,35 +574,54 @@ def parse_args(argv=None):
     g.add_argument("--num-problems", type=int, default=4000, help="training problems (rows of raw.jsonl)")
     g.add_argument("--num-test", type=int, default=300, help="held-out problems (rows of test.jsonl)")
     g.add_argument("--seed", type=int, default=0, help="seed; same seed and knobs give identical files")
-    g = p.add_argument_group("task")
-    g.add_argument("--form-weights", type=float, nargs=3, default=list(DEFAULT_KNOBS["form_weights"]),
+    g = p.add_argument_group("task (a knob left unset takes the --variant's value)")
+    g.add_argument("--variant", choices=sorted(VARIANTS), default="slips",
+                   help="slips: the default task (slips in the work, the null case); guess: the teacher often "
+                        "guesses, lucky guesses land among the positives (informative negatives)")
+    g.add_argument("--form-weights", type=float, nargs=3, default=None,
                    metavar=("AB_CD", "AB_C", "C_AB"),
-                   help=f"relative weights of the forms {', '.join(FORMS)}")
+                   help=f"relative weights of the forms {', '.join(FORMS)} (default {DEFAULT_KNOBS['form_weights']})")
     g = p.add_argument_group("teacher (slips are exclusive; each fires only where its rule is wrong)")
-    g.add_argument("--p-sign", type=float, default=DEFAULT_KNOBS["p_sign"],
-                   help="P(drop the minus of a negative difference | the difference is negative)")
-    g.add_argument("--p-borrow", type=float, default=DEFAULT_KNOBS["p_borrow"],
-                   help="P(forget to reduce the tens after a borrow | the subtraction borrows)")
-    g.add_argument("--p-extra-borrow", type=float, default=DEFAULT_KNOBS["p_extra_borrow"],
-                   help="P(reduce the tens although nothing borrowed | no borrow, difference >= 10)")
-    g.add_argument("--p-precedence", type=float, default=DEFAULT_KNOBS["p_precedence"],
-                   help="P(evaluate left to right | that ignores precedence: forms ab-cd, c-ab)")
-    g.add_argument("--p-ones", type=float, default=DEFAULT_KNOBS["p_ones"],
+    g.add_argument("--p-sign", type=float, default=None,
+                   help=f"P(drop the minus of a negative difference | the difference is negative) "
+                        f"(default {DEFAULT_KNOBS['p_sign']})")
+    g.add_argument("--p-borrow", type=float, default=None,
+                   help=f"P(forget to reduce the tens after a borrow | the subtraction borrows) "
+                        f"(default {DEFAULT_KNOBS['p_borrow']})")
+    g.add_argument("--p-extra-borrow", type=float, default=None,
+                   help=f"P(reduce the tens although nothing borrowed | no borrow, difference >= 10) "
+                        f"(default {DEFAULT_KNOBS['p_extra_borrow']})")
+    g.add_argument("--p-precedence", type=float, default=None,
+                   help=f"P(evaluate left to right | that ignores precedence: forms ab-cd, c-ab) "
+                        f"(default {DEFAULT_KNOBS['p_precedence']})")
+    g.add_argument("--p-ones", type=float, default=None,
                    help="P(ones digit of the final difference off by two) -- the tiny SFT student's own most "
                         "common error, not a human rule; off by default (an experiment, see the docstring)")
-    g.add_argument("--max-generations", type=int, default=DEFAULT_KNOBS["max_generations"],
-                   help="the teacher samples until both verifiers accept, at most this many times")
-    g.add_argument("--judge-flip", type=float, default=DEFAULT_KNOBS["judge_flip"],
-                   help="P(llama_verification disagrees with the exact check) per generation")
+    g.add_argument("--p-guess", type=float, default=None,
+                   help="P(a generation skips the work and guesses) (default 0; --variant guess: "
+                        f"{VARIANTS['guess']['p_guess']})")
+    g.add_argument("--guess-right", type=float, default=None,
+                   help=f"P(a guess is right) (default {DEFAULT_KNOBS['guess_right']})")
+    g.add_argument("--max-generations", type=int, default=None,
+                   help=f"the teacher samples until both verifiers accept, at most this many times "
+                        f"(default {DEFAULT_KNOBS['max_generations']})")
+    g.add_argument("--judge-flip", type=float, default=None,
+                   help=f"P(llama_verification disagrees with the exact check) per generation "
+                        f"(default {DEFAULT_KNOBS['judge_flip']})")
     g = p.add_argument_group("rows curation must drop")
-    g.add_argument("--frac-invalid", type=float, default=DEFAULT_KNOBS["frac_invalid"],
-                   help='fraction of rows with problem_is_valid "No"')
-    g.add_argument("--frac-cn-k12", type=float, default=DEFAULT_KNOBS["frac_cn_k12"],
-                   help='fraction of rows with source "cn_k12" (disjoint from the invalid ones)')
+    g.add_argument("--frac-invalid", type=float, default=None,
+                   help=f'fraction of rows with problem_is_valid "No" (default {DEFAULT_KNOBS["frac_invalid"]})')
+    g.add_argument("--frac-cn-k12", type=float, default=None,
+                   help=f'fraction of rows with source "cn_k12", disjoint from the invalid ones '
+                        f'(default {DEFAULT_KNOBS["frac_cn_k12"]})')
     args = p.parse_args(argv)
     if args.num_problems < 1 or args.num_test < 0:
         p.error(f"--num-problems must be >= 1 and --num-test >= 0, "
                 f"got {args.num_problems} and {args.num_test}")
+    preset = {**DEFAULT_KNOBS, **VARIANTS[args.variant]}
+    for name in DEFAULT_KNOBS:   # resolved here, so vars(args) in task.json holds the values used
+        if getattr(args, name) is None:
+            setattr(args, name, list(preset[name]) if name == "form_weights" else preset[name])
     try:
         validate_knobs(knobs_from_args(args))
     except ValueError as e:
