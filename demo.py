@@ -37,17 +37,24 @@ import subprocess
 import sys
 import time
 
-from data import exit_on_input_error, make_output_dir
+from data import exit_on_input_error, make_output_dir, read_jsonl
+from toy_task import path_stats
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # Sizes and hyperparameters. "full" is the README's demo; "quick" only proves every stage runs.
 CONFIGS = {
-    "full": {"num_problems": 8000, "num_test": 300, "hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2,
+    # the guess variant (informative negatives), the replication's recipe (replicate.py "full")
+    "full": {"variant": "guess", "num_problems": 2000, "num_test": 300, "hidden": 96, "layers": 3, "heads": 4,
+             "kv_heads": 2, "vocab": 512, "sft_epochs": 8, "sft_lr": 3e-3, "sft_batch": 64, "sft_micro": 32,
+             "stage2_lr": 3e-5, "stage2_batch": 32, "stage2_micro": 16, "stage2_epochs": 1, "save_every": 6,
+             "eval_n": 4, "eval_max_new_tokens": 64, "eval_batch": 300},
+    # the default slip task (the null case), the README's earlier demo (measured 2026-11-26)
+    "slips": {"variant": "slips", "num_problems": 8000, "num_test": 300, "hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2,
              "vocab": 512, "sft_epochs": 5, "sft_lr": 3e-3, "sft_batch": 32, "sft_micro": 16,
              "stage2_lr": 1e-5, "stage2_batch": 32, "stage2_micro": 16, "stage2_epochs": 1, "save_every": 19,
              "eval_n": 4, "eval_max_new_tokens": 64, "eval_batch": 300},
-    "quick": {"num_problems": 200, "num_test": 12, "hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1,
+    "quick": {"variant": "guess", "num_problems": 200, "num_test": 12, "hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1,
               "vocab": 400, "sft_epochs": 1, "sft_lr": 1e-3, "sft_batch": 16, "sft_micro": 8,
               "stage2_lr": 1e-4, "stage2_batch": 8, "stage2_micro": 4, "stage2_epochs": 1, "save_every": 2,
               "max_stage2_steps": 4, "eval_n": 2, "eval_max_new_tokens": 24, "eval_batch": 64},
@@ -56,6 +63,7 @@ CONFIGS = {
 # on this task the system block would otherwise be a third of every sequence's compute.
 SYSTEM_PROMPT = "Box the answer."
 STAGE2_RUNS = {"redi": ["--loss", "redi", "--alpha", "0.8"], "sft_control": ["--loss", "sft"]}
+# The slips recipe kept its own stage-2 learning rate (1e-5); the guess recipe uses 3e-5 (above).
 
 
 def parse_args(argv=None):
@@ -63,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/demo", help="run directory (everything goes here)")
     p.add_argument("--seed", type=int, default=0, help="one seed for data, initialisation, order and sampling")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every stage (CI)")
+    p.add_argument("--variant", choices=["guess", "slips"], default="guess",
+                   help="guess: the teacher sometimes guesses, the negatives are informative (the default); "
+                        "slips: the default toy task, the null case (the earlier, 8,000-problem demo)")
     p.add_argument("--nproc", type=int, default=2, help="torchrun processes for training (CPU: gloo)")
     args = p.parse_args(argv)
     if args.nproc < 1:
@@ -132,7 +143,7 @@ def torchrun(nproc, script, *args):
 def prepare_data_and_model(stages, out, cfg, seed):
     data, init = os.path.join(out, "data"), os.path.join(out, "init")
     stages.run("1. teacher data (built-in task, OpenR1-Math-Raw schema)",
-               python("toy_task.py", "--out-dir", data, "--num-problems", cfg["num_problems"],
+               python("toy_task.py", "--variant", cfg["variant"], "--out-dir", data, "--num-problems", cfg["num_problems"],
                       "--num-test", cfg["num_test"], "--seed", seed))
     stages.run("2. tokenizer + tiny Qwen2 from scratch",
                python("tiny_model.py", "--out", init, "--corpus", os.path.join(data, "raw.jsonl"),
@@ -185,6 +196,7 @@ def evaluate_all(stages, out, cfg, seed, data, workers):
     for label, (_, out_dir) in jobs.items():
         with open(os.path.join(out_dir, "summary.json"), encoding="utf-8") as f:
             summaries[label] = json.load(f)
+        summaries[label]["paths"] = paths_of(out_dir, test)
     for run in STAGE2_RUNS:
         shutil.copytree(jobs["stage 1"][1], os.path.join(out, run, "evals", "step-0000000"), dirs_exist_ok=True)
     last = {run: max(label for label in jobs if label.startswith(run + " ")) for run in STAGE2_RUNS}
@@ -192,8 +204,19 @@ def evaluate_all(stages, out, cfg, seed, data, workers):
             **{f"stage 2: {run}": summaries[label] for run, label in last.items()}}
 
 
+def paths_of(eval_dir, test_file):
+    """toy_task.path_stats of one evaluation: the share of samples that guess, accuracy per path."""
+    problems = {r["id"]: r["problem"] for _, r in read_jsonl(test_file)}
+    gens = [g for _, g in read_jsonl(os.path.join(eval_dir, "generations.jsonl"))]
+    return path_stats((problems[g["id"]], g["text"], g["correct"]) for g in gens)
+
+
 # -----------------------------------------------------------------------------
 # the report
+
+
+def pct(x):
+    return "-" if x is None else f"{100 * x:.1f}"
 
 
 def results_table(summaries: dict) -> str:
@@ -201,12 +224,14 @@ def results_table(summaries: dict) -> str:
     first = next(iter(summaries.values()))
     bench = sorted(first["benchmarks"])[0]
     ks = list(first["benchmarks"][bench]["pass@k"])
-    header = ["model", "pass@1 (%) +- SEM"] + [f"pass@{k} (%)" for k in ks[1:]] + ["mean length", "truncated (%)"]
+    header = (["model", "pass@1 (%) +- SEM"] + [f"pass@{k} (%)" for k in ks[1:]]
+              + ["guess share (%)", "acc. of guesses (%)", "acc. when working (%)", "mean length", "truncated (%)"])
     rows = []
     for name, summary in summaries.items():
         m = summary["benchmarks"][bench]
         rows.append([name, f"{100 * m['pass@1']:.1f} +- {100 * m['sem']:.1f}"]
                     + [f"{100 * m['pass@k'][k]:.1f}" for k in ks[1:]]
+                    + [pct(summary["paths"][key]) for key in ("guess_share", "guess_accuracy", "work_accuracy")]
                     + [f"{m['mean_length']:.1f}", f"{100 * m['truncation_rate']:.1f}"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -223,13 +248,15 @@ def write_report(out, summaries, stages, args, cfg):
         f.write(text)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"config": cfg, "args": vars(args), "wall_time_s": total, "stage_times_s": stages.times,
-                   "models": {k: v["benchmarks"] for k, v in summaries.items()}}, f, indent=1)
+                   "models": {k: v["benchmarks"] for k, v in summaries.items()},
+                   "paths": {k: v["paths"] for k, v in summaries.items()}}, f, indent=1)
     print("\n" + text)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = CONFIGS["quick" if args.quick else "full"]
+    cfg = (dict(CONFIGS["quick"], variant=args.variant) if args.quick
+           else CONFIGS["full" if args.variant == "guess" else "slips"])
     with exit_on_input_error("demo.py"):
         out = os.path.abspath(make_output_dir(args.out, f"--out {args.out}"))
     stages = Stages(out)

@@ -41,6 +41,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -53,10 +54,10 @@ SYSTEM_PROMPT = "Box the answer."
 
 # Sizes. "full" is RESULTS.md's run; "smoke" only proves every job runs (seconds per job).
 CONFIGS = {
-    "full": {"num_problems": 2500, "num_val": 200, "num_test": 300, "hidden": 96, "layers": 3, "heads": 4,
-             "kv_heads": 2, "vocab": 512, "sft_epochs": 12, "sft_lr": 3e-3, "sft_batch": 64, "curve_every": 3,
+    "full": {"num_problems": 2000, "num_val": 150, "num_test": 300, "hidden": 96, "layers": 3, "heads": 4,
+             "kv_heads": 2, "vocab": 512, "sft_epochs": 8, "sft_lr": 3e-3, "sft_batch": 64, "curve_every": 2,
              "stage2_batch": 32, "val_n": 2, "test_n": 4, "max_new_tokens": 64, "eval_batch": 300,
-             "stability_lr": 3e-4, "stability_saves": 4},
+             "stability_lr": 3e-4, "stability_saves": 2},
     "smoke": {"num_problems": 120, "num_val": 8, "num_test": 8, "hidden": 32, "layers": 1, "heads": 2,
               "kv_heads": 1, "vocab": 400, "sft_epochs": 2, "sft_lr": 1e-3, "sft_batch": 16, "curve_every": 1,
               "stage2_batch": 8, "val_n": 1, "test_n": 2, "max_new_tokens": 24, "eval_batch": 64,
@@ -72,8 +73,8 @@ HEADLINE = {   # every seed
 METHODS = {   # first seed only (the compute budget: see RESULTS.md)
     "redi_1.0": [("lr 3e-5", ["--loss", "redi", "--alpha", "1.0", "--lr", "3e-5"])],
     "dpo": [(f"beta {b} lr {lr}", ["--loss", "dpo", "--beta", b, "--lr", lr, "--precompute-ref"])
-            for b in ("0.1", "0.5") for lr in ("1e-5", "3e-5")],
-    "simpo": [(f"lr {lr}", ["--loss", "simpo", "--beta", "2", "--gamma", "1", "--lr", lr]) for lr in ("1e-5", "3e-5")],
+            for b in ("0.1",) for lr in ("1e-5", "3e-5")],
+    "simpo": [(f"lr {lr}", ["--loss", "simpo", "--beta", "2", "--gamma", "1", "--lr", lr]) for lr in ("1e-5",)],
 }
 ALPHA_SWEEP = {f"redi_{a}": [("lr 3e-5", ["--loss", "redi", "--alpha", a, "--lr", "3e-5"])] for a in ("0.2", "0.5")}
 STABILITY = {"hi_redi_1.0": ["--loss", "redi", "--alpha", "1.0"], "hi_dpo_0.01": ["--loss", "dpo", "--beta", "0.01",
@@ -114,6 +115,14 @@ def run_jobs(jobs, workers, t0):
     """Run every job, `workers` at a time, ready jobs by (priority, order); stop all on a failure."""
     pending, running, done = list(jobs), {}, set()
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    try:
+        _run(pending, running, done, jobs, workers, t0, env)
+    finally:   # an error or a kill of this script: leave no job running
+        for _, proc in running.values():
+            proc.kill()
+
+
+def _run(pending, running, done, jobs, workers, t0, env):
     while pending or running:
         ready = sorted((j for j in pending if all(d.name in done for d in j.deps)),
                        key=lambda j: j.priority)
@@ -131,8 +140,6 @@ def run_jobs(jobs, workers, t0):
                 continue
             del running[name]
             if proc.returncode:
-                for _, other in running.values():
-                    other.kill()
                 raise RuntimeError(f"job '{name}' failed (exit status {proc.returncode}); see {job.log}")
             job.end = time.time()
             if job.after:
@@ -221,7 +228,7 @@ def seed_jobs(out, variant, seed, cfg, extras):
     plan = {"base": base, "curve": [], "methods": {}, "stability": {}}
     # The stage-1 checkpoints' steps follow from the SFT count, known after curation: each curve
     # job builds its command when it starts.
-    n_curve = cfg["sft_epochs"] // cfg["curve_every"]
+    n_curve = cfg["sft_epochs"] // cfg["curve_every"] if extras else 0   # the curve: first seed only
     for i in range(1, n_curve + 1):
         out_dir = os.path.join(sft, "evals", f"epoch-{i * cfg['curve_every']:03d}")
 
@@ -239,7 +246,6 @@ def seed_jobs(out, variant, seed, cfg, extras):
                                os.path.join(sft, "evals", "test"), [stage1], 4)
     jobs.append(stage1_test)
     plan["stage1_test"] = os.path.join(sft, "evals", "test")
-    plan["stage1_val"] = plan["curve"][-1][1]
 
     methods = dict(HEADLINE, **(dict(METHODS, **ALPHA_SWEEP) if extras else {}))
     if cfg.get("one_setting"):   # smoke: every kind of job once, not every grid point
@@ -249,10 +255,13 @@ def seed_jobs(out, variant, seed, cfg, extras):
         for k, (label, loss_args) in enumerate(settings):
             run_dir = os.path.join(base, "stage2", f"{method}-{k}")
             train = stage2_job(f"{tag} {method} [{label}]", cfg, seed, base, data, run_dir, loss_args, [stage1])
-            ev = evaluate_job(f"{tag} {method} [{label}] val", cfg, seed, os.path.join(run_dir, "final"), val,
-                              cfg["val_n"], os.path.join(run_dir, "evals", "val"), [train], 6)
-            jobs += [train, ev]
-            val_jobs.append(ev)
+            jobs.append(train)
+            val_jobs.append(train)
+            if len(settings) > 1:   # a validation eval only where there is something to pick
+                ev = evaluate_job(f"{tag} {method} [{label}] val", cfg, seed, os.path.join(run_dir, "final"), val,
+                                  cfg["val_n"], os.path.join(run_dir, "evals", "val"), [train], 6)
+                jobs.append(ev)
+                val_jobs.append(ev)
             entries.append({"label": label, "run": run_dir})
         test_dir = os.path.join(base, "stage2", f"{method}-test")
 
@@ -283,7 +292,10 @@ def seed_jobs(out, variant, seed, cfg, extras):
 
 
 def pick_by_validation(entries):
-    """The setting with the highest validation pass@1 (first one on a tie)."""
+    """The setting with the highest validation pass@1 (first one on a tie); the only one if one."""
+    if len(entries) == 1:
+        return entries[0]
+
     def val(e):
         return read_json(os.path.join(e["run"], "evals", "val", "summary.json"))["benchmarks"]["val"]["pass@1"]
     return max(entries, key=val)
@@ -334,8 +346,8 @@ def collect(plan):
            "curve": [(epoch, eval_metrics(d, val)["pass@1"]) for epoch, d in plan["curve"]],
            "stage1": eval_metrics(plan["stage1_test"], test), "methods": {}}
     for method, info in plan["methods"].items():
-        settings = [{"label": e["label"], "val": eval_metrics(os.path.join(e["run"], "evals", "val"), val)["pass@1"]}
-                    for e in info["settings"]]
+        settings = [{"label": e["label"], "val": eval_metrics(os.path.join(e["run"], "evals", "val"), val)["pass@1"]
+                     if len(info["settings"]) > 1 else None} for e in info["settings"]]
         best = pick_by_validation(info["settings"])
         res["methods"][method] = {"settings": settings, "picked": best["label"],
                                   "test": eval_metrics(info["test"], test)}
@@ -420,6 +432,8 @@ def grid_table(per_seed):
     lines = ["| method | setting | " + " | ".join(f"val pass@1 seed {s} (%)" for s in seeds) + " |",
              "|---|---|" + "---|" * len(seeds)]
     for method in per_seed[seeds[0]]["methods"]:
+        if len(per_seed[seeds[0]]["methods"][method]["settings"]) < 2:
+            continue
         for k, setting in enumerate(per_seed[seeds[0]]["methods"][method]["settings"]):
             vals = [per_seed[s]["methods"][method]["settings"][k]["val"] if method in per_seed[s]["methods"] else None
                     for s in seeds]
@@ -446,7 +460,9 @@ def stability_table(plan):
 def curve_table(results):
     lines = ["| variant | epoch: validation pass@1 (%), mean over seeds (seeds) |", "|---|---|"]
     for variant, per_seed in results.items():
-        seeds = sorted(per_seed)
+        seeds = sorted(s for s in per_seed if per_seed[s]["curve"])
+        if not seeds:
+            continue
         epochs = [e for e, _ in per_seed[seeds[0]]["curve"]]
         cells = [f"{e}: {fmt(*mean_sem([dict(per_seed[s]['curve'])[e] for s in seeds]))}" for e in epochs]
         lines.append(f"| {variant} | {'; '.join(cells)} ({len(seeds)}) |")
@@ -465,6 +481,8 @@ def draw_figures(out, results, plans):
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=90)
     for variant, per_seed in results.items():
         for s, r in sorted(per_seed.items()):
+            if not r["curve"]:
+                continue
             ax.plot(*zip(*[(e, 100 * a) for e, a in r["curve"]]), marker="o", ms=3,
                     label=f"{variant} seed {s}", alpha=0.8)
     ax.set(xlabel="stage-1 epoch", ylabel="validation pass@1 (%)", title="Stage 1 to its plateau")
@@ -514,6 +532,7 @@ def main(argv=None):
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--eval-checkpoints":
         return eval_checkpoints_main(*sys.argv[2:])
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # so run_jobs' finally stops the jobs
     cfg = CONFIGS["smoke" if args.smoke else "full"]
     with exit_on_input_error("replicate.py"):
         out = os.path.abspath(make_output_dir(args.out, f"--out {args.out}"))

@@ -339,3 +339,95 @@ def test_curation_on_toy_raw_keeps_rows_and_pairs_by_redi_rules(tmp_path):
         problem = T.parse_problem(p["prompt"][0]["content"])
         assert T.classify_trace(problem, p["chosen"][0]["content"]) == "correct"
         assert T.classify_trace(problem, p["rejected"][0]["content"]) in T.SLIP_TYPES + ("correct",)
+
+
+# -----------------------------------------------------------------------------
+# the two variants: slips (the default, the null case) and guess (informative negatives)
+
+# sha256 of the default outputs, measured before the guess variant existed (commit 53a1d39):
+# adding a variant must not move a byte of the default task.
+DEFAULT_SHA256 = {
+    ("4000", "300", "0"): {"raw.jsonl": "ea331f16211812a88c44005856905aefda851aacef459eddb9449ee1c0656940",
+                           "test.jsonl": "821ccd9e350ad3af52384013c2bfc52cf385ede9299d7755b46ddc5021fa2241"},
+    ("500", "50", "1"): {"raw.jsonl": "6b43017649d0a3293ea5dfec30357f19fd65e56abe20cf2aa02f229b1dc6ce3a",
+                         "test.jsonl": "ef65a24285d5b42cb5549c4b309ecea62e4149580973a7533683a8255ad18034"},
+}
+
+
+@pytest.mark.parametrize("size", sorted(DEFAULT_SHA256))
+def test_default_task_bytes_are_unchanged_by_the_guess_variant(tmp_path, size):
+    """The default outputs (and --variant slips) have the sha256s measured before the variant existed."""
+    import hashlib
+    n, n_test, seed = size
+    for extra in ([], ["--variant", "slips"]):
+        out = tmp_path / f"v{len(extra)}"
+        assert T.main(["--out-dir", str(out), "--num-problems", n, "--num-test", n_test, "--seed", seed, *extra]) == 0
+        for name, digest in DEFAULT_SHA256[size].items():
+            assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+        assert "guesses" not in json.loads((out / "task.json").read_text())["counts"]
+
+
+@pytest.fixture(scope="module")
+def guess_rows():
+    return T.generate_raw(1500, seed=0, **T.VARIANTS["guess"])
+
+
+def test_guess_variant_is_deterministic_and_differs_by_seed():
+    """Same seed and variant -> identical rows; another seed -> different rows."""
+    knobs = T.VARIANTS["guess"]
+    assert T.generate_raw(200, seed=3, **knobs) == T.generate_raw(200, seed=3, **knobs)
+    assert T.generate_raw(200, seed=3, **knobs) != T.generate_raw(200, seed=4, **knobs)
+
+
+def test_guess_traces_are_labelled_guess_path_and_lucky_guesses_are_positives(guess_rows):
+    """Every guess trace has no steps and trace_path 'guess'; a wrong one is classified 'guess', a
+    right one 'correct' and counted positive; worked traces are all correct (slips are off)."""
+    lucky = guesses = worked = 0
+    for row in guess_rows:
+        problem = T.parse_problem(row["problem"])
+        assert problem["form"] == "ab-c"
+        for text, exact in zip(row["generations"], row["correctness"]["math_verify_reparsed_answer"]):
+            label = T.classify_trace(problem, text)
+            if T.trace_path(text) == "guess":
+                guesses += 1
+                assert T.parse_steps(text) == [] and label == ("correct" if exact else "guess")
+                lucky += int(exact)
+            else:
+                worked += 1
+                assert exact and label == "correct"
+    positives = sum(sum(_positive(r)) for r in guess_rows)
+    # p_guess 0.68 and right 20%: ~30% of the positives are lucky guesses, as sized for T=0.6
+    assert 0.6 < guesses / (guesses + worked) < 0.76 and 0.16 < lucky / guesses < 0.24
+    assert 0.22 < lucky / positives < 0.38
+
+
+def test_wrong_guesses_are_off_by_a_nonzero_offset_of_at_most_15(guess_rows):
+    """A failed guess boxes answer + d with 1 <= |d| <= 15 (close enough to look plausible)."""
+    for row in guess_rows[:300]:
+        for text in row["generations"]:
+            if T.trace_path(text) == "guess":
+                d = int(T.final_boxed(text)) - int(row["answer"])
+                assert d == 0 or 1 <= abs(d) <= T.GUESS_MAX_OFFSET
+
+
+def test_path_stats_counts_shares_and_per_path_accuracy():
+    """path_stats: share of guess samples, accuracy on each path, labels (hand-built samples)."""
+    p = T.parse_problem("Compute 3*4-41.")
+    work, _ = T.solve_trace(p)
+    right_guess, _ = T.guess_trace(-29)
+    wrong_guess, _ = T.guess_trace(-25)
+    s = T.path_stats([(p["text"], work, True), (p["text"], right_guess, True), (p["text"], wrong_guess, False),
+                      (p["text"], wrong_guess, False)])
+    assert s["samples"] == 4 and s["guess_share"] == 0.75
+    assert s["guess_accuracy"] == pytest.approx(1 / 3) and s["work_accuracy"] == 1.0
+    assert s["labels"] == {"correct": 2, "guess": 2}
+
+
+def test_cli_guess_variant_counts_guesses_and_explicit_knobs_override_it(tmp_path):
+    """--variant guess writes guess counts in task.json; an explicit --p-guess wins over the preset."""
+    T.main(["--out-dir", str(tmp_path / "g"), "--variant", "guess", "--num-problems", "300", "--num-test", "10"])
+    task = json.loads((tmp_path / "g" / "task.json").read_text())
+    assert task["args"]["p_guess"] == T.VARIANTS["guess"]["p_guess"] and task["counts"]["lucky_guesses"] > 0
+    T.main(["--out-dir", str(tmp_path / "h"), "--variant", "guess", "--p-guess", "0", "--num-problems", "300",
+            "--num-test", "10"])
+    assert "guesses" not in json.loads((tmp_path / "h" / "task.json").read_text())["counts"]
