@@ -106,8 +106,9 @@ class Job:
     """A command (or a function returning one, called once its deps are done) and a log file.
     `after` runs in this process when the command succeeds."""
 
-    def __init__(self, name, cmd, log, deps=(), priority=9, after=None):
+    def __init__(self, name, cmd, log, deps=(), priority=9, after=None, done_if=None):
         self.name, self.cmd, self.log, self.deps, self.priority, self.after = name, cmd, log, list(deps), priority, after
+        self.done_if = done_if   # a path that exists only once the job has finished: a rerun reuses it
         self.start = self.end = None
 
 
@@ -129,6 +130,10 @@ def _run(pending, running, done, jobs, workers, t0, env):
         while ready and len(running) < workers:
             job = ready.pop(0)
             pending.remove(job)
+            if job.done_if and os.path.exists(job.done_if):   # finished by an earlier invocation
+                done.add(job.name)
+                print(f"[{time.time() - t0:6.0f}s] reused {job.name}", flush=True)
+                continue
             cmd = job.cmd() if callable(job.cmd) else job.cmd
             os.makedirs(os.path.dirname(job.log), exist_ok=True)
             job.start = time.time()
@@ -184,17 +189,17 @@ def evaluate_job(name, cfg, seed, model, bench, n, out_dir, deps, priority):
     cmd = python("evaluate.py", "--model", model, "--data", bench, "--num-samples", n, "--temperature", "0.6",
                  "--top-p", "0.95", "--max-new-tokens", cfg["max_new_tokens"], "--prompt-template", "raw",
                  "--batch-size", cfg["eval_batch"], "--seed", seed, "--grading-workers", "1", "--output-dir", out_dir)
-    return Job(name, cmd, os.path.join(out_dir + ".log"), deps, priority)
+    return Job(name, cmd, os.path.join(out_dir + ".log"), deps, priority, done_if=os.path.join(out_dir, "summary.json"))
 
 
-def stage2_job(name, cfg, seed, base, data, run_dir, loss_args, deps, save_every=0, lr=None):
+def stage2_job(name, cfg, seed, base, data, run_dir, loss_args, deps, save_every=0, lr=None, priority=3):
     extra = ["--max-steps", cfg["max_stage2_steps"]] if "max_stage2_steps" in cfg else []
     cmd = python("train_redi.py", "--model", os.path.join(base, "sft", "final"), "--data",
                  os.path.join(data, "pairs.jsonl"), "--output-dir", run_dir, *loss_args,
                  *(["--lr", lr] if lr else []), "--epochs", "1", "--global-batch-size", cfg["stage2_batch"],
                  "--micro-batch-size", cfg["stage2_batch"], "--layout", "padded", "--save-every", save_every, "--keep-last", "0",
                  "--seed", seed, "--no-progress", *extra)
-    return Job(name, cmd, os.path.join(run_dir, "train.log"), deps, priority=5)
+    return Job(name, cmd, os.path.join(run_dir, "train.log"), deps, priority, done_if=os.path.join(run_dir, "final"))
 
 
 def seed_jobs(out, variant, seed, cfg, extras):
@@ -206,16 +211,17 @@ def seed_jobs(out, variant, seed, cfg, extras):
     gen = Job(f"{tag} data", python("toy_task.py", "--variant", variant, "--out-dir", os.path.join(data, "heldout"),
                                     "--num-problems", cfg["num_problems"], "--num-test", cfg["num_val"] + cfg["num_test"],
                                     "--seed", seed), os.path.join(data, "toy_task.log"), priority=0,
-              after=lambda: split_heldout(data, cfg["num_val"]))
+              after=lambda: split_heldout(data, cfg["num_val"]), done_if=test)
     model = Job(f"{tag} init", python("tiny_model.py", "--out", init, "--corpus", os.path.join(data, "heldout", "raw.jsonl"),
                                       "--vocab-size", cfg["vocab"], "--hidden-size", cfg["hidden"], "--num-layers",
                                       cfg["layers"], "--num-heads", cfg["heads"], "--num-kv-heads", cfg["kv_heads"],
                                       "--seed", seed, "--system-prompt", SYSTEM_PROMPT),
-                os.path.join(data, "init.log"), [gen], priority=1)
+                os.path.join(data, "init.log"), [gen], priority=1, done_if=os.path.join(init, "model.safetensors"))
     curate = Job(f"{tag} curate", python("data.py", "curate", "--raw", os.path.join(data, "heldout", "raw.jsonl"),
                                          "--sft-out", os.path.join(data, "sft.jsonl"), "--pairs-out",
                                          os.path.join(data, "pairs.jsonl"), "--tokenizer", init, "--seed", seed),
-                 os.path.join(data, "curate.log"), [model], priority=1)
+                 os.path.join(data, "curate.log"), [model], priority=1,
+                 done_if=os.path.join(data, "sft.summary.json"))
 
     def stage1_cmd():
         steps_per_epoch = math.ceil(count_lines(os.path.join(data, "sft.jsonl")) / cfg["sft_batch"])
@@ -223,7 +229,8 @@ def seed_jobs(out, variant, seed, cfg, extras):
                       "--epochs", cfg["sft_epochs"], "--lr", cfg["sft_lr"], "--global-batch-size", cfg["sft_batch"],
                       "--micro-batch-size", cfg["sft_batch"], "--layout", "padded", "--save-every", steps_per_epoch * cfg["curve_every"],
                       "--keep-last", "0", "--seed", seed, "--no-progress")
-    stage1 = Job(f"{tag} stage 1", stage1_cmd, os.path.join(sft, "train.log"), [curate], priority=2)
+    stage1 = Job(f"{tag} stage 1", stage1_cmd, os.path.join(sft, "train.log"), [curate], priority=2,
+                 done_if=os.path.join(sft, "final"))
     jobs = [gen, model, curate, stage1]
     plan = {"base": base, "curve": [], "methods": {}, "stability": {}}
     # The stage-1 checkpoints' steps follow from the SFT count, known after curation: each curve
@@ -238,7 +245,8 @@ def seed_jobs(out, variant, seed, cfg, extras):
                        int(open(os.path.join(sft, "checkpoints", "latest")).read().strip().split("-")[-1]))
             ckpt = os.path.join(sft, "checkpoints", f"step-{step:07d}")
             return evaluate_job("", cfg, seed, ckpt, val, cfg["val_n"], out_dir, [], 0).cmd
-        job = Job(f"{tag} stage-1 curve epoch {i * cfg['curve_every']}", cmd, out_dir + ".log", [stage1], priority=3)
+        job = Job(f"{tag} stage-1 curve epoch {i * cfg['curve_every']}", cmd, out_dir + ".log", [stage1], priority=5,
+                  done_if=os.path.join(out_dir, "summary.json"))
         jobs.append(job)
         last_curve = job
         plan["curve"].append((i * cfg["curve_every"], out_dir))
@@ -251,15 +259,17 @@ def seed_jobs(out, variant, seed, cfg, extras):
     if cfg.get("one_setting"):   # smoke: every kind of job once, not every grid point
         methods = {m: settings[:1] for m, settings in methods.items() if m != "redi_0.5"}
     for method, settings in methods.items():
+        headline = method in HEADLINE   # the headline rows first: a cut-short run still has them on every seed
         val_jobs, entries = [], []
         for k, (label, loss_args) in enumerate(settings):
             run_dir = os.path.join(base, "stage2", f"{method}-{k}")
-            train = stage2_job(f"{tag} {method} [{label}]", cfg, seed, base, data, run_dir, loss_args, [stage1])
+            train = stage2_job(f"{tag} {method} [{label}]", cfg, seed, base, data, run_dir, loss_args, [stage1],
+                               priority=3 if headline else 6)
             jobs.append(train)
             val_jobs.append(train)
             if len(settings) > 1:   # a validation eval only where there is something to pick
                 ev = evaluate_job(f"{tag} {method} [{label}] val", cfg, seed, os.path.join(run_dir, "final"), val,
-                                  cfg["val_n"], os.path.join(run_dir, "evals", "val"), [train], 6)
+                                  cfg["val_n"], os.path.join(run_dir, "evals", "val"), [train], 7)
                 jobs.append(ev)
                 val_jobs.append(ev)
             entries.append({"label": label, "run": run_dir})
@@ -269,7 +279,8 @@ def seed_jobs(out, variant, seed, cfg, extras):
             best = pick_by_validation(entries)
             return evaluate_job("", cfg, seed, os.path.join(best["run"], "final"), test, cfg["test_n"], test_dir,
                                 [], 0).cmd
-        jobs.append(Job(f"{tag} {method} test", test_cmd, test_dir + ".log", val_jobs, priority=7))
+        jobs.append(Job(f"{tag} {method} test", test_cmd, test_dir + ".log", val_jobs, priority=4 if headline else 8,
+                        done_if=os.path.join(test_dir, "summary.json")))
         plan["methods"][method] = {"settings": entries, "test": test_dir}
 
     if extras:   # (c): high learning rate, a checkpoint every few steps, each evaluated on validation
@@ -282,11 +293,12 @@ def seed_jobs(out, variant, seed, cfg, extras):
                 return max(1, steps // cfg["stability_saves"])
             train = Job(f"{tag} {name}", lambda run_dir=run_dir, loss_args=loss_args, se=save_every: stage2_job(
                 "", cfg, seed, base, data, run_dir, loss_args, [], save_every=se(), lr=cfg["stability_lr"]).cmd,
-                os.path.join(run_dir, "train.log"), [stage1], priority=5)
+                os.path.join(run_dir, "train.log"), [stage1], priority=6, done_if=os.path.join(run_dir, "final"))
             jobs.append(train)
             jobs.append(Job(f"{tag} {name} evals", python(os.path.join("replicate.py"), "--eval-checkpoints", run_dir,
                                                           val, str(cfg["val_n"]), str(seed), json.dumps(cfg)),
-                            os.path.join(run_dir, "evals.log"), [train, last_curve], priority=6))
+                            os.path.join(run_dir, "evals.log"), [train, last_curve], priority=7,
+                            done_if=os.path.join(run_dir, "evals", "done")))
             plan["stability"][name] = run_dir
     return jobs, plan
 
@@ -316,6 +328,7 @@ def eval_checkpoints_main(run_dir, bench, n, seed, cfg):
         cmd = evaluate_job("", cfg, int(seed), os.path.join(run_dir, "checkpoints", ckpt), bench, int(n),
                            os.path.join(run_dir, "evals", ckpt), [], 0).cmd
         subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env, check=True)
+    open(os.path.join(run_dir, "evals", "done"), "w").close()
     return 0
 
 
@@ -343,9 +356,13 @@ def collect(plan):
     task = read_json(os.path.join(data, "heldout", "task.json"))["counts"]
     res = {"task": {k: task.get(k, 0) for k in ("positives", "negatives", "guesses", "lucky_guesses",
                                                  "expected_sft_examples", "expected_pairs")},
-           "curve": [(epoch, eval_metrics(d, val)["pass@1"]) for epoch, d in plan["curve"]],
+           "curve": [(epoch, eval_metrics(d, val)["pass@1"]) for epoch, d in plan["curve"]
+                     if os.path.exists(os.path.join(d, "summary.json"))],
            "stage1": eval_metrics(plan["stage1_test"], test), "methods": {}}
     for method, info in plan["methods"].items():
+        if not os.path.exists(os.path.join(info["test"], "summary.json")):
+            print(f"not finished, left out of the tables: {plan['base']} {method}")
+            continue
         settings = [{"label": e["label"], "val": eval_metrics(os.path.join(e["run"], "evals", "val"), val)["pass@1"]
                      if len(info["settings"]) > 1 else None} for e in info["settings"]]
         best = pick_by_validation(info["settings"])
@@ -447,6 +464,8 @@ def stability_table(plan):
     lines = ["| run (lr {lr}) | chosen LogPS first -> last step | rejected LogPS first -> last | max update norm "
              "| val pass@1 (%) by checkpoint (step 0 = stage 1) |", "|---|---|---|---|---|"]
     for name, run_dir in plan["stability"].items():
+        if not os.path.exists(os.path.join(run_dir, "evals", "done")):
+            continue
         steps = [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "step" in r and "logps/chosen" in r]
         evals = sorted(d for d in os.listdir(os.path.join(run_dir, "evals")) if d.startswith("step-"))
         acc = [f"{int(d[5:])}: {100 * read_json(os.path.join(run_dir, 'evals', d, 'summary.json'))['benchmarks']['val']['pass@1']:.1f}"
@@ -552,7 +571,8 @@ def main(argv=None):
         return 1
     results = {v: {s: collect(p) for s, p in per.items()} for v, per in plans.items()}
     for variant, per in plans.items():
-        stab = per[args.seeds[0]]["stability"]
+        stab = {k: v for k, v in per[args.seeds[0]]["stability"].items()
+                if os.path.exists(os.path.join(v, "evals", "done"))}
         if stab:
             subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), *stab.values(), "--benchmark", "val",
                             "--out", os.path.join(out, f"dynamics_{variant}")], cwd=ROOT, check=True,
