@@ -149,6 +149,8 @@ def _run(pending, running, done, jobs, workers, t0, env):
             job.end = time.time()
             if job.after:
                 job.after()
+            if job.done_if and not os.path.exists(job.done_if):   # a marker: the job finished
+                open(job.done_if, "w").close()
             done.add(name)
             print(f"[{time.time() - t0:6.0f}s] done {name} ({job.end - job.start:.0f}s; "
                   f"{len(done)}/{len(jobs)})", flush=True)
@@ -199,28 +201,35 @@ def stage2_job(name, cfg, seed, base, data, run_dir, loss_args, deps, save_every
                  *(["--lr", lr] if lr else []), "--epochs", "1", "--global-batch-size", cfg["stage2_batch"],
                  "--micro-batch-size", cfg["stage2_batch"], "--layout", "padded", "--save-every", save_every, "--keep-last", "0",
                  "--seed", seed, "--no-progress", *extra)
-    return Job(name, cmd, os.path.join(run_dir, "train.log"), deps, priority, done_if=os.path.join(run_dir, "final"))
+    return Job(name, cmd, os.path.join(run_dir, "train.log"), deps, priority, done_if=os.path.join(run_dir, "job.done"))
 
 
-def seed_jobs(out, variant, seed, cfg, extras):
-    """Every job of one (variant, seed), and a plan of what to read back: {"curve", "methods"}."""
+def seed_jobs(out, variant, seed, cfg, extras, rank=None):
+    """Every job of one (variant, seed), and a plan of what to read back: {"curve", "methods"}.
+
+    Priorities (lower runs first among ready jobs): the first seed's headline rows, its alpha 1.0 row,
+    curve and stability runs; then the second seed's headline rows; then the first seed's DPO/SimPO
+    grids; then the third seed; the alpha sweep last. A run cut short thus has complete rows.
+    """
+    rank = 0 if extras else (1 if rank is None else rank)
+    base_priority = {0: 0, 1: 10, 2: 20}.get(rank, 10 * rank + 20)
     base = os.path.join(out, variant, f"seed{seed}")
     data, init, sft = (os.path.join(base, d) for d in ("data", "init", "sft"))
     tag = f"{variant}/s{seed}"
     val, test = os.path.join(data, "val.jsonl"), os.path.join(data, "test.jsonl")
     gen = Job(f"{tag} data", python("toy_task.py", "--variant", variant, "--out-dir", os.path.join(data, "heldout"),
                                     "--num-problems", cfg["num_problems"], "--num-test", cfg["num_val"] + cfg["num_test"],
-                                    "--seed", seed), os.path.join(data, "toy_task.log"), priority=0,
+                                    "--seed", seed), os.path.join(data, "toy_task.log"), priority=base_priority,
               after=lambda: split_heldout(data, cfg["num_val"]), done_if=test)
     model = Job(f"{tag} init", python("tiny_model.py", "--out", init, "--corpus", os.path.join(data, "heldout", "raw.jsonl"),
                                       "--vocab-size", cfg["vocab"], "--hidden-size", cfg["hidden"], "--num-layers",
                                       cfg["layers"], "--num-heads", cfg["heads"], "--num-kv-heads", cfg["kv_heads"],
                                       "--seed", seed, "--system-prompt", SYSTEM_PROMPT),
-                os.path.join(data, "init.log"), [gen], priority=1, done_if=os.path.join(init, "model.safetensors"))
+                os.path.join(data, "init.log"), [gen], priority=base_priority + 1, done_if=os.path.join(init, "model.safetensors"))
     curate = Job(f"{tag} curate", python("data.py", "curate", "--raw", os.path.join(data, "heldout", "raw.jsonl"),
                                          "--sft-out", os.path.join(data, "sft.jsonl"), "--pairs-out",
                                          os.path.join(data, "pairs.jsonl"), "--tokenizer", init, "--seed", seed),
-                 os.path.join(data, "curate.log"), [model], priority=1,
+                 os.path.join(data, "curate.log"), [model], priority=base_priority + 1,
                  done_if=os.path.join(data, "sft.summary.json"))
 
     def stage1_cmd():
@@ -228,9 +237,10 @@ def seed_jobs(out, variant, seed, cfg, extras):
         return python("train_sft.py", "--model", init, "--data", os.path.join(data, "sft.jsonl"), "--output-dir", sft,
                       "--epochs", cfg["sft_epochs"], "--lr", cfg["sft_lr"], "--global-batch-size", cfg["sft_batch"],
                       "--micro-batch-size", cfg["sft_batch"], "--layout", "padded", "--save-every", steps_per_epoch * cfg["curve_every"],
-                      "--keep-last", "0", "--seed", seed, "--no-progress")
-    stage1 = Job(f"{tag} stage 1", stage1_cmd, os.path.join(sft, "train.log"), [curate], priority=2,
-                 done_if=os.path.join(sft, "final"))
+                      "--keep-last", "0", "--seed", seed, "--no-progress",
+                      *(["--resume"] if os.path.exists(os.path.join(sft, "checkpoints", "latest")) else []))
+    stage1 = Job(f"{tag} stage 1", stage1_cmd, os.path.join(sft, "train.log"), [curate], priority=base_priority + 2,
+                 done_if=os.path.join(sft, "job.done"))
     jobs = [gen, model, curate, stage1]
     plan = {"base": base, "curve": [], "methods": {}, "stability": {}}
     # The stage-1 checkpoints' steps follow from the SFT count, known after curation: each curve
@@ -245,13 +255,13 @@ def seed_jobs(out, variant, seed, cfg, extras):
                        int(open(os.path.join(sft, "checkpoints", "latest")).read().strip().split("-")[-1]))
             ckpt = os.path.join(sft, "checkpoints", f"step-{step:07d}")
             return evaluate_job("", cfg, seed, ckpt, val, cfg["val_n"], out_dir, [], 0).cmd
-        job = Job(f"{tag} stage-1 curve epoch {i * cfg['curve_every']}", cmd, out_dir + ".log", [stage1], priority=5,
+        job = Job(f"{tag} stage-1 curve epoch {i * cfg['curve_every']}", cmd, out_dir + ".log", [stage1], priority=5.5,
                   done_if=os.path.join(out_dir, "summary.json"))
         jobs.append(job)
         last_curve = job
         plan["curve"].append((i * cfg["curve_every"], out_dir))
     stage1_test = evaluate_job(f"{tag} stage 1 test", cfg, seed, os.path.join(sft, "final"), test, cfg["test_n"],
-                               os.path.join(sft, "evals", "test"), [stage1], 4)
+                               os.path.join(sft, "evals", "test"), [stage1], base_priority + 4)
     jobs.append(stage1_test)
     plan["stage1_test"] = os.path.join(sft, "evals", "test")
 
@@ -259,17 +269,19 @@ def seed_jobs(out, variant, seed, cfg, extras):
     if cfg.get("one_setting"):   # smoke: every kind of job once, not every grid point
         methods = {m: settings[:1] for m, settings in methods.items() if m != "redi_0.5"}
     for method, settings in methods.items():
-        headline = method in HEADLINE   # the headline rows first: a cut-short run still has them on every seed
+        # the headline rows first, then alpha 1.0, then the grids; the sweep last
+        prio = (base_priority + 3 if method in HEADLINE else 5 if method == "redi_1.0"
+                else 25 if method in ALPHA_SWEEP else 15)
         val_jobs, entries = [], []
         for k, (label, loss_args) in enumerate(settings):
             run_dir = os.path.join(base, "stage2", f"{method}-{k}")
             train = stage2_job(f"{tag} {method} [{label}]", cfg, seed, base, data, run_dir, loss_args, [stage1],
-                               priority=3 if headline else 6)
+                               priority=prio)
             jobs.append(train)
             val_jobs.append(train)
             if len(settings) > 1:   # a validation eval only where there is something to pick
                 ev = evaluate_job(f"{tag} {method} [{label}] val", cfg, seed, os.path.join(run_dir, "final"), val,
-                                  cfg["val_n"], os.path.join(run_dir, "evals", "val"), [train], 7)
+                                  cfg["val_n"], os.path.join(run_dir, "evals", "val"), [train], prio + 0.5)
                 jobs.append(ev)
                 val_jobs.append(ev)
             entries.append({"label": label, "run": run_dir})
@@ -279,7 +291,7 @@ def seed_jobs(out, variant, seed, cfg, extras):
             best = pick_by_validation(entries)
             return evaluate_job("", cfg, seed, os.path.join(best["run"], "final"), test, cfg["test_n"], test_dir,
                                 [], 0).cmd
-        jobs.append(Job(f"{tag} {method} test", test_cmd, test_dir + ".log", val_jobs, priority=4 if headline else 8,
+        jobs.append(Job(f"{tag} {method} test", test_cmd, test_dir + ".log", val_jobs, priority=prio + 0.8,
                         done_if=os.path.join(test_dir, "summary.json")))
         plan["methods"][method] = {"settings": entries, "test": test_dir}
 
@@ -293,11 +305,11 @@ def seed_jobs(out, variant, seed, cfg, extras):
                 return max(1, steps // cfg["stability_saves"])
             train = Job(f"{tag} {name}", lambda run_dir=run_dir, loss_args=loss_args, se=save_every: stage2_job(
                 "", cfg, seed, base, data, run_dir, loss_args, [], save_every=se(), lr=cfg["stability_lr"]).cmd,
-                os.path.join(run_dir, "train.log"), [stage1], priority=6, done_if=os.path.join(run_dir, "final"))
+                os.path.join(run_dir, "train.log"), [stage1], priority=6, done_if=os.path.join(run_dir, "job.done"))
             jobs.append(train)
             jobs.append(Job(f"{tag} {name} evals", python(os.path.join("replicate.py"), "--eval-checkpoints", run_dir,
                                                           val, str(cfg["val_n"]), str(seed), json.dumps(cfg)),
-                            os.path.join(run_dir, "evals.log"), [train, last_curve], priority=7,
+                            os.path.join(run_dir, "evals.log"), [train, last_curve], priority=6.5,
                             done_if=os.path.join(run_dir, "evals", "done")))
             plan["stability"][name] = run_dir
     return jobs, plan
@@ -559,7 +571,7 @@ def main(argv=None):
     jobs, plans = [], {}
     for variant in args.variants:
         for i, seed in enumerate(args.seeds):
-            js, plan = seed_jobs(out, variant, seed, cfg, extras=(i == 0))
+            js, plan = seed_jobs(out, variant, seed, cfg, extras=(i == 0), rank=i)
             jobs += js
             plans.setdefault(variant, {})[seed] = plan
     print(f"replicate.py: {len(jobs)} jobs, {args.jobs} at a time, into {out}", flush=True)
