@@ -581,13 +581,13 @@ def stop_token_ids(model, tokenizer):
 
 
 def _forward(model, input_ids, mask, positions, cache):
-    """Logits of the last position [B, V] and the updated KV cache (`cache=` in transformers 5,
-    `past_key_values=` before)."""
+    """Logits of the last position [B, V]. `mask` is the additive 4D mask [B, 1, q, kv], handed to every
+    layer as is (a dict by layer type: transformers then builds no mask of its own); `cache=` in
+    transformers 5, `past_key_values=` before."""
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1, **({name: cache} if cache is not None else {}))
-    new_cache = out.get("cache")
-    return out.logits[:, -1, :], new_cache if new_cache is not None else out.get("past_key_values")
+    out = model(input_ids=input_ids, attention_mask={"full_attention": mask}, position_ids=positions,
+                use_cache=True, logits_to_keep=1, **{name: cache})
+    return out.logits[:, -1, :]
 
 
 def sample_next(logits, temperature, top_p, generators):
@@ -610,81 +610,182 @@ def sample_next(logits, temperature, top_p, generators):
     return (logp - noise.clamp_min(1e-30).log()).argmax(-1)
 
 
-def sample_batch(model, prompts, seeds, max_new_tokens, temperature, top_p, stop_ids, pad_id):
-    """[(new token ids, "stop" | "length")] per prompt. Left-padded batch with a KV cache; finished
-    rows leave the batch (their cache rows are dropped); row b samples with torch.Generator(seeds[b])."""
+class PoolCache:
+    """A preallocated KV cache for a fixed pool of rows: per layer keys and values
+    [rows, kv_heads, capacity, head_dim]. Row r holds its prompt in slots [0, L) and each fed token
+    at the next slot, so slots [0, lengths[r]] are its context; nothing grows by concatenation.
+    It provides the one method transformers' attention layers call, update(). In prefill mode
+    (`prefill = []`) it passes one prompt's keys through and keeps them for copying into rows."""
+
+    def __init__(self, model, rows, capacity):
+        import torch
+
+        config, p = model.config, next(model.parameters())
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = (rows, config.num_key_value_heads, capacity, head_dim)
+        self.keys = [p.new_zeros(shape) for _ in range(config.num_hidden_layers)]
+        self.values = [p.new_zeros(shape) for _ in range(config.num_hidden_layers)]
+        self.write_at, self.width, self.prefill = None, 0, None  # [R] slots of this step's token
+        self.rows = torch.arange(rows, device=p.device)
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if self.prefill is not None:  # [1, kv, L, hd]: attention within the prompt only
+            self.prefill.append((key_states[0], value_states[0]))
+            return key_states, value_states
+        rows, keys, values = self.rows, self.keys[layer_idx], self.values[layer_idx]
+        keys[rows, :, self.write_at] = key_states[:, :, 0]  # [R, kv, hd] at each row's own slot
+        values[rows, :, self.write_at] = value_states[:, :, 0]
+        return keys[:, :, :self.width], values[:, :, :self.width]
+
+    def keep(self, index):
+        """Drop rows (the pool shrinks at the tail of the queue): one copy per layer."""
+        self.keys = [k[index] for k in self.keys]
+        self.values = [v[index] for v in self.values]
+        self.rows = self.rows[:len(index)]
+
+
+def _prefill(model, cache, ids):
+    """(logits of the prompt's last position [V], per-layer (keys, values) [kv, L, hd]); the prompt
+    alone, unpadded, so its KV does not depend on the rest of the pool."""
     import torch
 
     device = next(model.parameters()).device
-    batch, width = len(prompts), max(len(p) for p in prompts)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((batch, width), dtype=torch.long, device=device)
-    for b, ids in enumerate(prompts):
-        input_ids[b, width - len(ids):] = torch.tensor(ids, device=device)
-        mask[b, width - len(ids):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # padded rows start at position 0, as unpadded ones
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    n = len(ids)
+    mask = torch.zeros((1, 1, n, n), dtype=next(model.parameters()).dtype, device=device)
+    mask.masked_fill_(torch.ones((n, n), dtype=torch.bool, device=device).triu(1), torch.finfo(mask.dtype).min)
+    cache.prefill = []
+    logits = _forward(model, torch.tensor([ids], device=device), mask, torch.arange(n, device=device)[None], cache)
+    kv, cache.prefill = cache.prefill, None
+    return logits[0], kv
+
+
+def sample_pool(model, jobs, max_new_tokens, temperature, top_p, stop_ids, rows, sync_every=16):
+    """Sample every job = (key, prompt ids, seed) with continuous batching; yields (key, new token
+    ids, "stop" | "length") as samples finish, in finish order.
+
+    A pool of `rows` sequences decodes one token per step over a PoolCache; every `sync_every` steps
+    (the only host sync) finished rows are found, yielded, and refilled from the queue with the
+    next job, whose prompt is prefilled alone (once per distinct prompt: the n samples of a problem
+    share it). Each job samples with its own torch.Generator(seed), one draw per token, so its
+    tokens do not depend on the other rows. When the queue is empty the pool shrinks by halves."""
+    import torch
+
+    if "sliding_attention" in getattr(model.config, "layer_types", None) or []:
+        raise ValueError("sample_pool: sliding-window attention layers are not supported")
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    queue = list(jobs)[::-1]  # pop() takes the next job
+    if not queue:
+        return
+    rows = min(rows, len(queue))
+    capacity = max(len(ids) for _, ids, _ in queue) + max_new_tokens + sync_every
+    cache = PoolCache(model, rows, capacity)
     stop = torch.tensor(stop_ids, device=device)
-    rows = list(range(batch))  # original index of each row still generating
-    tokens, reasons = [[] for _ in range(batch)], ["length"] * batch
+    vocab = model.get_output_embeddings().weight.shape[0]
+    logits = torch.zeros((rows, vocab), device=device)
+    lengths = torch.zeros(rows, dtype=torch.long, device=device)  # [R] valid slots per row
+    host_lengths, jobs_in, tokens, gens = [0] * rows, [None] * rows, [[] for _ in range(rows)], [None] * rows
+    idle_gen, last_prompt = torch.Generator(device=device).manual_seed(0), (None, None)
+
+    def refill(r):
+        nonlocal last_prompt
+        key, ids, seed = queue.pop()
+        if last_prompt[0] != tuple(ids):
+            last_prompt = (tuple(ids), _prefill(model, cache, ids))
+        first_logits, kv = last_prompt[1]
+        for layer, (k, v) in enumerate(kv):
+            cache.keys[layer][r, :, :len(ids)], cache.values[layer][r, :, :len(ids)] = k, v
+        logits[r], lengths[r], host_lengths[r] = first_logits, len(ids), len(ids)
+        jobs_in[r], tokens[r], gens[r] = key, [], torch.Generator(device=device).manual_seed(seed)
+
+    for r in range(rows):
+        refill(r)
+    window = []
     with torch.no_grad():
-        logits, cache = _forward(model, input_ids, mask, positions, None)
-        for step in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_p, [generators[r] for r in rows])  # [A]
-            finished = torch.isin(nxt, stop)
-            for r, t in zip(rows, nxt.tolist()):
-                tokens[r].append(t)
-            for a in finished.nonzero().flatten().tolist():
-                reasons[rows[a]] = "stop"
-            if step == max_new_tokens - 1 or bool(finished.all()):
-                break
-            if bool(finished.any()):
-                keep = (~finished).nonzero().flatten()
-                rows = [rows[a] for a in keep.tolist()]
-                nxt, mask, positions = nxt[keep], mask[keep], positions[keep]
-                cache.batch_select_indices(keep)
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            positions = positions[:, -1:] + 1
-            logits, cache = _forward(model, nxt[:, None], mask, positions, cache)
-    return list(zip(tokens, reasons))
+        while any(j is not None for j in jobs_in):
+            nxt = sample_next(logits, temperature, top_p, [g or idle_gen for g in gens])  # [R]
+            window.append(nxt)
+            cache.write_at, cache.width = lengths, max(host_lengths) + 1
+            mask = torch.zeros((len(host_lengths), 1, 1, cache.width), dtype=dtype, device=device)
+            mask.masked_fill_((torch.arange(cache.width, device=device) > lengths[:, None])[:, None, None],
+                              torch.finfo(dtype).min)
+            logits = _forward(model, nxt[:, None], mask, lengths[:, None], cache).float()
+            lengths += 1
+            host_lengths = [n + 1 for n in host_lengths]
+            if len(window) < sync_every:
+                continue
+            drawn, window = torch.stack(window, 1), []  # [R, k]
+            hit = torch.isin(drawn, stop).tolist()  # the one host sync per window
+            drawn = drawn.tolist()
+            for r, key in enumerate(jobs_in):
+                if key is None:
+                    lengths[r], host_lengths[r] = 0, 0  # an idle row: keep its writes inside the buffer
+                    continue
+                room = max_new_tokens - len(tokens[r])
+                first_stop = next((i for i, h in enumerate(hit[r][:room]) if h), None)
+                tokens[r] += drawn[r][:room if first_stop is None else first_stop + 1]
+                if first_stop is not None or len(tokens[r]) == max_new_tokens:
+                    yield key, tokens[r], "stop" if first_stop is not None else "length"
+                    jobs_in[r], gens[r] = None, None
+                    if queue:
+                        refill(r)
+                    else:
+                        lengths[r], host_lengths[r] = 0, 0
+            idle = [r for r, j in enumerate(jobs_in) if j is None]
+            if not queue and idle and len(idle) * 2 >= len(jobs_in):
+                keep = [r for r, j in enumerate(jobs_in) if j is not None]
+                index = torch.tensor(keep, dtype=torch.long, device=device)
+                cache.keep(index)
+                logits, lengths = logits[index], lengths[index]
+                host_lengths, jobs_in = [host_lengths[r] for r in keep], [jobs_in[r] for r in keep]
+                tokens, gens = [tokens[r] for r in keep], [gens[r] for r in keep]
 
 
 # ------------------------------------------------------------------------------------------------
 # Generation loop (every rank), grading and reporting (rank 0)
 # ------------------------------------------------------------------------------------------------
 
+def _record(p, j, seed, think, text, reason, num_tokens):
+    # Grading waits for the end (rank 0, in parallel): sympy here would idle the accelerator.
+    return {"benchmark": p["benchmark"], "id": p["id"], "index": p["index"], "sample": j, "seed": seed,
+            "text": think + text, "answer": None, "gold": p["golds"], "correct": None, "timed_out": None,
+            "finish_reason": reason, "num_tokens": num_tokens}
+
+
+def prompts_of(tokenizer, work, template):
+    """{(benchmark, id): (prompt token ids, the `<think>` opening it ends with)} for the problems in work."""
+    prompts = {}
+    for p, _ in work:
+        if (p["benchmark"], p["id"]) not in prompts:
+            text = build_prompt(tokenizer, p["problem"], template)
+            prompts[p["benchmark"], p["id"]] = (tokenizer(text, add_special_tokens=False)["input_ids"],
+                                                opened_think(text))
+    return prompts
+
+
 def generate(args, work, out_path, rank, device):
-    """Sample every (problem, sample) in `work`, appending one graded record per sample to out_path
-    after each batch (flushed, so a kill loses at most the batch in flight)."""
+    """Sample every (problem, sample) in `work` with the native sampler (sample_pool), appending one
+    ungraded record per sample to out_path as soon as it finishes (flushed: a kill loses only the
+    samples in flight). Prompts are grouped by length, the n samples of a problem kept together."""
     model, tokenizer = load_model(args.model, device, args.dtype)
     stops = stop_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    prompts = {}
+    prompts = prompts_of(tokenizer, work, args.prompt_template)
+    order = sorted(range(len(work)), key=lambda i: len(prompts[work[i][0]["benchmark"], work[i][0]["id"]][0]))
+    jobs = [(i, prompts[work[i][0]["benchmark"], work[i][0]["id"]][0],
+             sample_seed(args.seed, work[i][0]["benchmark"], work[i][0]["id"], work[i][1])) for i in order]
     start, new_tokens = time.perf_counter(), 0
     with open(out_path, "a", encoding="utf-8") as f:
-        for first in range(0, len(work), args.batch_size):
-            batch = work[first:first + args.batch_size]
-            for p, _ in batch:
-                if (p["benchmark"], p["id"]) not in prompts:
-                    text = build_prompt(tokenizer, p["problem"], args.prompt_template)
-                    prompts[p["benchmark"], p["id"]] = (tokenizer(text, add_special_tokens=False)["input_ids"],
-                                                        opened_think(text))
-            seeds = [sample_seed(args.seed, p["benchmark"], p["id"], j) for p, j in batch]
-            outputs = sample_batch(model, [prompts[p["benchmark"], p["id"]][0] for p, _ in batch], seeds,
-                                   args.max_new_tokens, args.temperature, args.top_p, stops, pad)
-            for (p, j), seed, (ids, reason) in zip(batch, seeds, outputs):
-                body = ids[:-1] if reason == "stop" else ids
-                text = prompts[p["benchmark"], p["id"]][1] + tokenizer.decode(body, skip_special_tokens=True)
-                # Grading waits for the end (rank 0, in parallel): sympy here would idle the accelerator.
-                f.write(json.dumps({"benchmark": p["benchmark"], "id": p["id"], "index": p["index"], "sample": j,
-                                    "seed": seed, "text": text, "answer": None, "gold": p["golds"],
-                                    "correct": None, "timed_out": None,
-                                    "finish_reason": reason, "num_tokens": len(ids)}, ensure_ascii=False) + "\n")
-                new_tokens += len(ids)
+        for done, (i, ids, reason) in enumerate(sample_pool(model, jobs, args.max_new_tokens, args.temperature,
+                                                            args.top_p, stops, args.batch_size), 1):
+            (p, j), body = work[i], ids[:-1] if reason == "stop" else ids
+            record = _record(p, j, sample_seed(args.seed, p["benchmark"], p["id"], j),
+                             prompts[p["benchmark"], p["id"]][1], tokenizer.decode(body, skip_special_tokens=True),
+                             reason, len(ids))
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
-            elapsed = time.perf_counter() - start
-            print(f"[rank {rank}] {first + len(batch)}/{len(work)} samples, {new_tokens / elapsed:.1f} tokens/s",
-                  flush=True)
+            new_tokens += len(ids)
+            if done % args.batch_size == 0 or done == len(work):
+                print(f"[rank {rank}] {done}/{len(work)} samples, "
+                      f"{new_tokens / (time.perf_counter() - start):.1f} tokens/s", flush=True)
 
 
 def regrade(records, problems, args):

@@ -85,18 +85,36 @@ def test_sample_next_respects_temperature_and_top_p():
     assert torch.allclose(freq, torch.tensor([0.2, 0.5, 0.3]), atol=0.05)
 
 
-def test_a_sample_does_not_depend_on_its_batch(tiny_model_dir):
-    """The same (prompt, seed) gives the same tokens alone or next to a longer, padded prompt."""
+def _no_cache_reference(model, ids, seed, max_new, stops):
+    """The plainest sampler: the whole sequence through the model at every step, batch 1."""
+    import torch
+
+    gen, out = torch.Generator().manual_seed(seed), []
+    with torch.no_grad():
+        for _ in range(max_new):
+            out.append(evaluate.sample_next(model(torch.tensor([ids + out])).logits[:, -1], 0.6, 0.95, [gen]).item())
+            if out[-1] in stops:
+                return out, "stop"
+    return out, "length"
+
+
+def test_every_pooled_sample_equals_the_sample_generated_alone(tiny_model_dir):
+    """Continuous batching (3 rows refilled from 7 jobs of uneven prompts, sync every 4 tokens): each
+    record equals that job sampled alone in the pool, and the no-cache reference (CPU, fp32)."""
     import torch
 
     model, tokenizer = evaluate.load_model(str(tiny_model_dir), torch.device("cpu"), "float32")
-    short = tokenizer("What is 2+2?", add_special_tokens=False)["input_ids"]
-    long = tokenizer("Compute the sum of the first ten odd numbers, please.", add_special_tokens=False)["input_ids"]
-    args = (12, 0.6, 0.95, evaluate.stop_token_ids(model, tokenizer), tokenizer.pad_token_id)
-    alone = evaluate.sample_batch(model, [short], [11], *args)
-    together = evaluate.sample_batch(model, [long, short, short], [5, 11, 12], *args)
-    assert together[1] == alone[0]
-    assert together[2] != together[1]  # another seed, another sample
+    stops = evaluate.stop_token_ids(model, tokenizer)
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"]
+               for t in ("What is 2+2?", "Compute the sum of the first ten odd numbers, please.", "hi")]
+    jobs = [(i, prompts[i % 3], 100 + i) for i in range(7)]
+    pooled = {k: (ids, reason) for k, ids, reason in evaluate.sample_pool(model, jobs, 40, 0.6, 0.95, stops, 3,
+                                                                          sync_every=4)}
+    assert sorted(pooled) == list(range(7))
+    for key, ids, seed in jobs:
+        alone = next(evaluate.sample_pool(model, [(key, ids, seed)], 40, 0.6, 0.95, stops, 1))
+        assert pooled[key] == alone[1:] == _no_cache_reference(model, ids, seed, 40, stops)
+    assert pooled[1] != pooled[4]  # the same prompt, another seed: another sample
 
 
 # ---------------------------------------------------------------------------------------------
