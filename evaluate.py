@@ -6,9 +6,12 @@ What it does
        assistant turn with `<think>\\n`, so sampling starts inside the thinking block, as the paper's
        evaluation forced it.
     2. Samples `--n` responses per problem (T=0.6, top-p 0.95, up to 32,768 new tokens in the paper)
-       in batches with a KV cache, data-parallel over torchrun ranks (rank r takes problems
-       r, r+W, ...). Every response is appended to OUT/generations.jsonl as soon as its batch is done,
-       so a killed run resumes where it stopped, without losing or duplicating samples.
+       with continuous batching (sample_pool): a pool of `--batch-size` rows over a preallocated KV
+       cache, each finished row refilled at once with the next (problem, sample), prompts grouped by
+       length and prefilled once per problem, one host sync every 16 tokens. Data-parallel over
+       torchrun ranks (rank r takes problems r, r+W, ...). Every response is appended to
+       OUT/generations.jsonl as soon as it finishes, so a killed run resumes where it stopped,
+       without losing or duplicating samples.
     3. Grades each response with grader.py (its docstring is the grader's spec): the last `\\boxed{}`
        after `</think>` (a response without `</think>` is wrong, as in rllm, unless
        `--no-require-think-close`), compared with every gold answer by `is_equivalent` (string,
@@ -80,13 +83,15 @@ Errors
     (argparse's usage errors also exit 2). Any other exception is a bug and keeps its traceback.
 
 Where this departs from the paper's pipeline (rllm + vLLM), and why
-    1. Sampling is our own loop over `model(...)` with a KV cache (not vLLM, not `generate`): every
-       sample has its own torch.Generator seeded from (--seed, benchmark, problem id, sample index),
-       so a sample does not depend on which rank or batch it lands in, and a resumed run regenerates
-       exactly the samples a complete run would have produced. Residual non-determinism: batches
-       are left-padded, and a different padding/batch composition changes floating-point summation
-       order in the last bits; that flips a sampled token only at a near-tie (rare; never seen in
-       the tests, fp32 on CPU). Different hardware or dtype gives different samples.
+    1. Sampling is our own loop over `model(...)` (not vLLM, not `generate`): every sample has its
+       own torch.Generator seeded from (--seed, benchmark, problem id, sample index), one draw per
+       token, and its prompt is prefilled alone, unpadded; so a sample does not depend on which rank,
+       pool row or neighbours it gets, and a resumed run regenerates exactly the samples a complete
+       run would have produced (tested: on CPU fp32 each pooled sample equals it generated alone).
+       Residual non-determinism: the decode step's matrix products span the whole pool, and another
+       pool size may change floating-point summation order in the last bits on some kernels; that
+       flips a sampled token only at a near-tie. Different hardware or dtype gives different samples.
+       The sampler supports full-attention decoders (Qwen2/Llama-style), not sliding windows.
     2. The grader is ours, not rllm's (MATH's normaliser + sympy): grader.py's docstring lists what
        it accepts beyond rllm and Math-Verify, and how it keeps sympy under a hard time limit.
     3. SEM: s / sqrt(n), s the sample standard deviation (ddof=1) of the n benchmark-wide scores
