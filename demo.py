@@ -1,8 +1,18 @@
 """The whole REDI pipeline on the built-in task, end to end, on a laptop CPU, with the real CLIs.
 
-    python demo.py                       # full demo (about 8.5 minutes on 2 CPU cores, measured)
+    python demo.py                       # the guess variant (informative negatives); see README for its time
+    python demo.py --variant slips       # the default slip task, the null case (8,000 problems, ~8.5 min measured)
     python demo.py --quick               # CI smoke size (a few steps of everything)
     python demo.py --out runs/demo2 --seed 1
+
+By default the demo runs toy_task.py's `guess` variant, where the paper's premise holds: the
+teacher sometimes skips the work and guesses, its lucky guesses are among the positives (so SFT
+on positives teaches guessing), and only the negatives show that guessing fails. Its recipe is
+the informative-negatives probe's Probe E (4,000 `ab-c` problems, the 128-wide 4-layer Qwen2, stage
+1 20 epochs at lr 2e-3, stage 2 one epoch at lr 3e-5); this exact variant's full demo has not been
+timed yet (see README). The table shows, next to pass@k, the share of samples that guess and the
+accuracy on each path (`toy_task.path_stats`), so the reason REDI helps or does not is visible:
+the accuracy at stake is (guess share) x (accuracy when working - accuracy of guesses).
 
 Every stage runs the project's own command line in a subprocess (nothing is re-implemented
 here), its output streamed as it goes; everything lands in one run directory (--out):
@@ -15,7 +25,8 @@ here), its output streamed as it goes; everything lands in one run directory (--
        torchrun train_redi.py        sft_control/  stage 2's control, --loss sft on the same pairs
     6. python evaluate.py            sft/evals/final, and <run>/evals/step-N for every saved
                                      checkpoint of both stage-2 runs (step 0 = the stage-1 model)
-    7. a table in the paper's style (pass@1 +- SEM, pass@k, mean length) -> results.md/.json,
+    7. a table in the paper's style (pass@1 +- SEM, pass@k, guess share and accuracy per path,
+       mean length) -> results.md/.json,
        and python plot.py -> dynamics.png (held-out accuracy, chosen/rejected LogPS and update
        size against step, the panels of the paper's Figure 6)
 
@@ -44,10 +55,11 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # Sizes and hyperparameters. "full" is the README's demo; "quick" only proves every stage runs.
 CONFIGS = {
-    # the guess variant (informative negatives), the replication's recipe (replicate.py "full")
-    "full": {"variant": "guess", "num_problems": 2000, "num_test": 300, "hidden": 96, "layers": 3, "heads": 4,
-             "kv_heads": 2, "vocab": 512, "sft_epochs": 8, "sft_lr": 3e-3, "sft_batch": 64, "sft_micro": 32,
-             "stage2_lr": 3e-5, "stage2_batch": 32, "stage2_micro": 16, "stage2_epochs": 1, "save_every": 6,
+    # the guess variant (informative negatives): the recipe of Probe E in
+    # ../shared/notes/informative_negatives_probe.md (stage 1 near its plateau, ~8 minutes there)
+    "full": {"variant": "guess", "num_problems": 4000, "num_test": 300, "hidden": 128, "layers": 4, "heads": 4,
+             "kv_heads": 2, "vocab": 512, "sft_epochs": 20, "sft_lr": 2e-3, "sft_batch": 32, "sft_micro": 16,
+             "stage2_lr": 3e-5, "stage2_batch": 32, "stage2_micro": 16, "stage2_epochs": 1, "save_every": 14,
              "eval_n": 4, "eval_max_new_tokens": 64, "eval_batch": 300},
     # the default slip task (the null case), the README's earlier demo (measured 2026-11-26)
     "slips": {"variant": "slips", "num_problems": 8000, "num_test": 300, "hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2,

@@ -125,6 +125,14 @@ def run_jobs(jobs, workers, t0):
 
 def _run(pending, running, done, jobs, workers, t0, env):
     while pending or running:
+        reusable = [j for j in pending if j.done_if and os.path.exists(j.done_if)
+                    and all(d.name in done for d in j.deps)]
+        for job in reusable:   # finished by an earlier invocation: mark done before starting anything
+            pending.remove(job)
+            done.add(job.name)
+            print(f"[{time.time() - t0:6.0f}s] reused {job.name}", flush=True)
+        if reusable:
+            continue
         ready = sorted((j for j in pending if all(d.name in done for d in j.deps)),
                        key=lambda j: j.priority)
         while ready and len(running) < workers:
@@ -255,7 +263,7 @@ def seed_jobs(out, variant, seed, cfg, extras, rank=None):
                        int(open(os.path.join(sft, "checkpoints", "latest")).read().strip().split("-")[-1]))
             ckpt = os.path.join(sft, "checkpoints", f"step-{step:07d}")
             return evaluate_job("", cfg, seed, ckpt, val, cfg["val_n"], out_dir, [], 0).cmd
-        job = Job(f"{tag} stage-1 curve epoch {i * cfg['curve_every']}", cmd, out_dir + ".log", [stage1], priority=5.5,
+        job = Job(f"{tag} stage-1 curve epoch {i * cfg['curve_every']}", cmd, out_dir + ".log", [stage1], priority=4.5,
                   done_if=os.path.join(out_dir, "summary.json"))
         jobs.append(job)
         last_curve = job
@@ -581,8 +589,15 @@ def main(argv=None):
     except RuntimeError as e:
         print(f"replicate.py: error: {e}", file=sys.stderr, flush=True)
         return 1
-    results = {v: {s: collect(p) for s, p in per.items()} for v, per in plans.items()}
+    finished = {v: {s: p for s, p in per.items() if os.path.exists(os.path.join(p["stage1_test"], "summary.json"))}
+                for v, per in plans.items()}
+    for v, per in plans.items():
+        for s in sorted(set(per) - set(finished[v])):
+            print(f"not finished, left out of the tables: {v} seed {s} (no stage-1 test evaluation)")
+    results = {v: {s: collect(p) for s, p in per.items()} for v, per in finished.items() if per}
     for variant, per in plans.items():
+        if variant not in results:
+            continue
         stab = {k: v for k, v in per[args.seeds[0]]["stability"].items()
                 if os.path.exists(os.path.join(v, "evals", "done"))}
         if stab:

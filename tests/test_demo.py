@@ -27,7 +27,8 @@ def quick_runs(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.timeout(1200)   # the module's fixture runs the quick demo twice
 def test_quick_demo_writes_every_artifact(quick_runs):
-    """Data, curation summary, three trained models, metrics, per-checkpoint evals, table, plot."""
+    """Data (the guess variant), curation summary, three trained models, metrics, per-checkpoint evals,
+    a table with the path shares, plot."""
     out, proc = quick_runs[0]
     for stage in ("1. teacher data", "3. curation", "4. stage 1", "5. stage 2: redi", "5. stage 2: sft_control",
                   "6. evaluate", "7. plots"):
@@ -54,6 +55,10 @@ def test_quick_demo_writes_every_artifact(quick_runs):
     assert set(results["models"]) == {"stage 1 (SFT)", "stage 2: redi", "stage 2: sft_control"}
     table = (out / "results.md").read_text()
     assert "| stage 2: redi |" in table and "pass@1 (%) +- SEM" in table and "wall time" in table
+    assert "guess share (%)" in table and "acc. when working (%)" in table   # the guess variant's paths
+    assert set(results["paths"]) == set(results["models"])
+    assert all(0 <= p["guess_share"] <= 1 and p["samples"] == 24 for p in results["paths"].values())
+    assert "--variant guess" in proc.stdout
     assert (out / "dynamics.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -71,3 +76,5 @@ def test_quick_demo_is_reproducible_with_the_same_seed(quick_runs):
     strip = {"answers_per_second"}        # a timing, not a result
     assert ({m: {k: v for k, v in r["test"].items() if k not in strip} for m, r in models_a.items()}
             == {m: {k: v for k, v in r["test"].items() if k not in strip} for m, r in models_b.items()})
+    paths_a = json.loads((a / "results.json").read_text())["paths"]
+    assert paths_a == json.loads((b / "results.json").read_text())["paths"]
