@@ -115,8 +115,8 @@ def build_parser(description: str, lr: float | None, global_batch: int, epochs: 
                    help="longest allowed sequence; longer examples are an error (default: model context)")
     g.add_argument("--layout", default="auto", choices=["auto", "padded", "packed"],
                    help="micro-batch layout: padded rows, or packed (one row, positions restart per sequence; "
-                        "flash-attn varlen when available, else each sequence through causal SDPA; the "
-                        "default). Neither ever builds a [T, T] mask")
+                        "flash-attn varlen when available, else each sequence through causal SDPA). auto: "
+                        "packed with flash-attn, else padded. Neither ever builds a [T, T] mask")
     g.add_argument("--packed", action="store_const", const="packed", dest="layout",
                    help="same as --layout packed")
     g = p.add_argument_group("optimisation")
@@ -301,8 +301,10 @@ def choose_kernels(args, device) -> str:
         flash = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
         args.attn_implementation = "flash_attention_2" if flash else "sdpa"
     varlen = args.attn_implementation.startswith("flash_attention")
-    if args.layout == "auto":       # packed is the faster of the two on CPU as well (BENCHMARKS.md)
-        args.layout = "packed"
+    if args.layout == "auto":
+        # Packed without varlen runs the decoder once per sequence: faster for a few long, uneven
+        # sequences, ~2x slower for many short ones (BENCHMARKS.md); padded rows need no mask either.
+        args.layout = "packed" if varlen else "padded"
     args.packed = args.layout == "packed"
     how = ("flash-attn varlen" if varlen else "one causal SDPA call per sequence") if args.packed else "causal, no mask"
     return f"layout: {args.layout} ({how}), attention {args.attn_implementation}"
