@@ -778,4 +778,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from data import run_then_exit  # exits without interpreter teardown (see there)
+    run_then_exit(main)

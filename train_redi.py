@@ -65,7 +65,7 @@ import torch.distributed as dist
 
 import token_cache
 import train_sft
-from data import collate_pairs, exit_on_input_error, num_tokens, read_jsonl
+from data import collate_pairs, exit_on_input_error, num_tokens, read_jsonl, run_then_exit
 from redi_loss import LOSSES
 from train_sft import print0, to_device
 
@@ -394,4 +394,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_then_exit(main)

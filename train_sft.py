@@ -79,7 +79,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import token_cache
-from data import InputError, StepSampler, collate, exit_on_input_error, load_tokenizer
+from data import InputError, StepSampler, collate, exit_on_input_error, load_tokenizer, run_then_exit
 from redi_loss import IGNORE_INDEX, sft_loss, token_logps_from_hidden
 
 # -----------------------------------------------------------------------------
@@ -988,4 +988,4 @@ def exit_stopped(e) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_then_exit(main)
