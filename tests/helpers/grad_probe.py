@@ -56,4 +56,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    train_sft.run_then_exit(main)   # as the training scripts exit (data.run_then_exit)
