@@ -14,12 +14,16 @@ What it does
        without losing or duplicating samples.
     3. Grades each response with grader.py (its docstring is the grader's spec): the last `\\boxed{}`
        after `</think>` (a response without `</think>` is wrong, as in rllm, unless
-       `--no-require-think-close`), compared with every gold answer by `is_equivalent` (string,
-       numeric and sympy checks; sympy runs in a killable subprocess under a hard time limit).
-       Grading runs in a process pool across the cores.
+       `--no-require-think-close`; several boxes in the final answer are one answer, and
+       `--answer-extraction lenient` also reads unboxed final math), compared with every gold
+       answer by `is_equivalent` (string, numeric and sympy checks; sympy runs in a killable
+       subprocess under a hard time limit). Grading runs in a process pool across the cores.
     4. Writes OUT/summary.json and prints a table per benchmark: pass@1 (mean over the n samples)
        +- the paper's SEM, pass@k (unbiased estimator) for k = 1, 2, 4, ..., n, mean response length,
        truncation rate, and the reflection statistic (occurrences of "Wait" per response).
+    `--engine vllm` replaces step 2's sampler with vLLM (vllm_engine.py: settings, supported
+    parallelism; untested on a GPU here): the same prompts, per-sample seeds and record format, sent
+    `--engine-chunk` samples per call, each chunk appended as it returns; resume and grading unchanged.
 
 Launch
     # one GPU or CPU, a local benchmark file (schema: ../shared/benchmarks/README.md)
@@ -32,6 +36,11 @@ Launch
     # tiny CPU smoke run (the toy task's model was trained on bare problems)
     python evaluate.py --model runs/tiny --data ../shared/benchmarks/math500_sample20.jsonl --n 2 \\
         --max-new-tokens 16 --prompt-template raw --output-dir out/smoke
+    # vLLM (pip install vllm): one process over K GPUs, or one model per rank (N x K GPUs per node)
+    python evaluate.py --engine vllm --tensor-parallel-size 2 --model runs/redi --n 16 \\
+        --data ../shared/benchmarks/aime24.jsonl --output-dir out/redi_aime24_vllm
+    torchrun --standalone --nproc_per_node 8 evaluate.py --engine vllm --model runs/redi --num-samples 16 \\
+        --data ../shared/benchmarks/{math500,aime24,amc23,minerva,olympiadbench}.jsonl --output-dir out/redi_vllm
     # grade responses produced by another engine (vLLM, ...), no model loaded
     python evaluate.py --responses gens.jsonl --data ../shared/benchmarks/aime24.jsonl --output-dir out/vllm
 
@@ -83,7 +92,8 @@ Errors
     (argparse's usage errors also exit 2). Any other exception is a bug and keeps its traceback.
 
 Where this departs from the paper's pipeline (rllm + vLLM), and why
-    1. Sampling is our own loop over `model(...)` (not vLLM, not `generate`): every sample has its
+    1. Sampling (--engine native, the default) is our own loop over `model(...)` (not vLLM, not
+       `generate`; `--engine vllm` is the paper's engine, see vllm_engine.py): every sample has its
        own torch.Generator seeded from (--seed, benchmark, problem id, sample index), one draw per
        token, and its prompt is prefilled alone, unpadded; so a sample does not depend on which rank,
        pool row or neighbours it gets, and a resumed run regenerates exactly the samples a complete
@@ -100,6 +110,8 @@ Where this departs from the paper's pipeline (rllm + vLLM), and why
 from __future__ import annotations
 
 import argparse
+import functools
+import gc
 import glob
 import hashlib
 import json
@@ -116,8 +128,9 @@ from importlib import metadata
 
 # The grader is its own module; its names stay importable from here for scripts and users.
 from sampler import PoolCache, check_model, load_model, sample_next, sample_pool, stop_token_ids  # noqa: F401
-from grader import (DEFAULT_TIMEOUT, GRADER_STATS, extract_answer, grade_many, grade_response,  # noqa: F401
-                    is_equivalent, judge, normalize_answer)
+from grader import (DEFAULT_EXTRACTION, DEFAULT_TIMEOUT, EXTRACTION_MODES, GRADER_STATS,  # noqa: F401
+                    extract_answer, grade_many, grade_response, is_equivalent, judge, normalize_answer)
+import vllm_engine  # --engine vllm; vllm itself is imported only when that engine loads
 
 # torch, transformers, train_sft and data (both import torch) are imported inside the functions
 # that use them: --help and the grading pool's workers (spawned, they re-import this script)
@@ -289,11 +302,24 @@ def parse_args(argv=None):
     g.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="model dtype (auto: bfloat16 on GPU, float32 on CPU)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model")
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=("native", "vllm"), default="native",
+                   help="native: our sampler (sampler.sample_pool, any device); vllm: vLLM on GPUs "
+                        "(pip install vllm; see vllm_engine.py). Same seeds, prompts and records")
+    g.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="vllm only: GPUs one model spans (under torchrun: per rank, N x K GPUs per node)")
+    g.add_argument("--engine-chunk", type=int, default=512,
+                   help="vllm only: samples per LLM.generate call; a kill loses at most this many, a larger "
+                        "chunk idles the GPU less at each chunk's tail (--batch-size is native only)")
     g = p.add_argument_group("grading")
     g.add_argument("--responses", metavar="GENS.jsonl",
                    help="grade these responses (see the format above) instead of generating; no model needed")
     g.add_argument("--require-think-close", action=argparse.BooleanOptionalAction, default=True,
                    help="a response without </think> is wrong (rllm's rule, the paper's setting)")
+    g.add_argument("--answer-extraction", choices=EXTRACTION_MODES, default=DEFAULT_EXTRACTION,
+                   help="how a response's final answer is read (after </think>). strict: the last \\boxed{} "
+                        "plus boxes joined to it by commas/'and' (one answer), else 'the answer is X' (the "
+                        "paper's rule); lenient: also, when nothing is boxed, the math the response ends with")
     g.add_argument("--grading-timeout", type=float, default=DEFAULT_TIMEOUT,
                    help="seconds of sympy per answer; a time-out counts as wrong and is reported")
     g.add_argument("--grading-workers", type=int, default=None, help="grading processes (default: all cores)")
@@ -331,6 +357,14 @@ def _validate(parser, args):
         parser.error(f"--grading-workers must be >= 1, got {args.grading_workers}")
     if not args.dist_timeout_min > 0:
         parser.error(f"--dist-timeout-min must be > 0, got {args.dist_timeout_min}")
+    if args.tensor_parallel_size < 1 or args.engine_chunk < 1:
+        parser.error(f"--tensor-parallel-size and --engine-chunk must be >= 1, got {args.tensor_parallel_size}, "
+                     f"{args.engine_chunk}")
+    if args.engine == "native" and args.tensor_parallel_size != 1:
+        parser.error(f"--tensor-parallel-size {args.tensor_parallel_size} needs --engine vllm (the native "
+                     "sampler runs one model per rank)")
+    if args.engine == "vllm" and args.device == "cpu":
+        parser.error("--engine vllm runs on GPUs; --device cpu needs --engine native")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -565,20 +599,40 @@ def prompts_of(tokenizer, work, template):
     return prompts
 
 
-def generate(args, work, out_path, rank, device):
-    """Sample every (problem, sample) in `work` with the native sampler (sample_pool), appending one
-    ungraded record per sample to out_path as soon as it finishes (flushed: a kill loses only the
-    samples in flight). Prompts are grouped by length, the n samples of a problem kept together."""
+def native_engine(args, device):
+    """(tokenizer, sample): the model loaded here, sampled by sampler.sample_pool."""
     model, tokenizer = load_model(args.model, device, args.dtype)
-    stops = stop_token_ids(model, tokenizer)
+    return tokenizer, functools.partial(sample_pool, model, max_new_tokens=args.max_new_tokens,
+                                        temperature=args.temperature, top_p=args.top_p,
+                                        stop_ids=stop_token_ids(model, tokenizer), rows=args.batch_size)
+
+
+def vllm_engine_on_gpus(args, device):
+    """(tokenizer, sample): a vllm.LLM on this rank's GPUs (vllm_engine.py), `--engine-chunk` jobs per call."""
+    llm, tokenizer, stops = vllm_engine.load(args.model, args.dtype, args.tensor_parallel_size, args.seed)
+    return tokenizer, functools.partial(vllm_engine.sample_chunks, llm, max_new_tokens=args.max_new_tokens,
+                                        temperature=args.temperature, top_p=args.top_p, stop_ids=stops,
+                                        chunk=args.engine_chunk)
+
+
+# --engine: each returns (tokenizer, sample(jobs) -> iterator of (key, new ids, "stop" | "length")).
+ENGINES = {"native": native_engine, "vllm": vllm_engine_on_gpus}
+
+
+def generate(args, work, out_path, rank, device):
+    """Sample every (problem, sample) in `work` with --engine, appending one ungraded record per sample
+    to out_path as soon as the engine hands it over (flushed: a kill loses only the samples in flight,
+    or the vllm chunk in flight). Prompts are grouped by length, the n samples of a problem kept
+    together. Both engines share this loop, so their records have one shape and one decoding."""
+    tokenizer, sample = ENGINES[args.engine](args, device)
     prompts = prompts_of(tokenizer, work, args.prompt_template)
     order = sorted(range(len(work)), key=lambda i: len(prompts[work[i][0]["benchmark"], work[i][0]["id"]][0]))
     jobs = [(i, prompts[work[i][0]["benchmark"], work[i][0]["id"]][0],
              sample_seed(args.seed, work[i][0]["benchmark"], work[i][0]["id"], work[i][1])) for i in order]
+    every = args.batch_size if args.engine == "native" else args.engine_chunk  # one progress line per pool/chunk
     start, new_tokens = time.perf_counter(), 0
     with open(out_path, "a", encoding="utf-8") as f:
-        for done, (i, ids, reason) in enumerate(sample_pool(model, jobs, args.max_new_tokens, args.temperature,
-                                                            args.top_p, stops, args.batch_size), 1):
+        for done, (i, ids, reason) in enumerate(sample(jobs), 1):
             (p, j), body = work[i], ids[:-1] if reason == "stop" else ids
             record = _record(p, j, sample_seed(args.seed, p["benchmark"], p["id"], j),
                              prompts[p["benchmark"], p["id"]][1], tokenizer.decode(body, skip_special_tokens=True),
@@ -586,9 +640,13 @@ def generate(args, work, out_path, rank, device):
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
             new_tokens += len(ids)
-            if done % args.batch_size == 0 or done == len(work):
+            if done % every == 0 or done == len(work):
                 print(f"[rank {rank}] {done}/{len(work)} samples, "
                       f"{new_tokens / (time.perf_counter() - start):.1f} tokens/s", flush=True)
+    # Free the engine now, not at exit: vLLM stops its worker processes when its LLM is collected, and
+    # run_then_exit ends the process with os._exit, which skips exit handlers.
+    del sample
+    gc.collect()
 
 
 def regrade(records, problems, args):
@@ -600,7 +658,8 @@ def regrade(records, problems, args):
         golds = [r.get("gold") if (name, r["id"]) not in problems else problems[name, r["id"]]["golds"]
                  for r in recs]
         results, seconds = grade_many([(r["text"], g) for r, g in zip(recs, golds)],
-                                      args.require_think_close, args.grading_timeout, args.grading_workers)
+                                      args.require_think_close, args.grading_timeout, args.grading_workers,
+                                      extraction=args.answer_extraction)
         rates[name] = len(recs) / max(seconds, 1e-9)
         for r, g, res in zip(recs, golds, results):
             r.update(res, gold=g)
@@ -609,7 +668,7 @@ def regrade(records, problems, args):
 
 def versions():
     found = {"python": sys.version.split()[0]}
-    for package in ("torch", "transformers", "tokenizers", "sympy", "numpy"):
+    for package in ("torch", "transformers", "tokenizers", "sympy", "numpy", "vllm"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -736,13 +795,17 @@ def grade_responses_file(args):
 
 def run_generation(args):
     first = int(os.environ.get("RANK", "0")) == 0
+    if args.engine == "vllm":  # every rank, before any download: vllm installed, enough GPUs for the ranks
+        vllm_engine.check_ready(args.tensor_parallel_size)
     if first:  # before the process group and the model, so a bad file or an offline hub fails fast
         benchmarks = load_benchmarks(args)  # rank 0 downloads; the others read its cache
         consolidate(args.output_dir, benchmarks)  # drops a kill's truncated line, merges rank parts
     check_model(args.model)  # every rank: the same local check, so no rank waits for a failed one
     from train_sft import barrier, cleanup, print0, setup_distributed
 
-    rank, world, device = setup_distributed(args.device, args.dist_timeout_min)
+    # With vLLM the rank process stays off CUDA (gloo barriers): vLLM's processes must see only this
+    # rank's GPUs, and CUDA_VISIBLE_DEVICES is read once per process.
+    rank, world, device = setup_distributed("cpu" if args.engine == "vllm" else args.device, args.dist_timeout_min)
     try:
         barrier()
         benchmarks = benchmarks if first else load_benchmarks(args, fetch=False)

@@ -3,12 +3,19 @@
 Standard library only (sympy runs in a child process, see below): no torch, no transformers, and the
 file can be copied into another project alone. evaluate.py re-exports its public names.
 
-The answer of a response (`extract_answer`)
+The answer of a response (`extract_answer`, mode `extraction`: "strict", the default, or "lenient")
     Only the text after the last `</think>` is searched when there is one (boxes inside the thinking
     are drafts). The answer is the content of the last complete `\\boxed{...}` / `\\fbox{}` /
     `\\framebox{}` (brace-balanced, escaped `\\{` `\\}` ignored, nested braces kept) or `\\boxed x`; an
-    unclosed box (a truncated response) does not count. Without a box: the phrase after the last
-    "answer is" / "answer:" (`Therefore, the final answer is: $42$. I hope it is correct`).
+    unclosed box (a truncated response) does not count. Boxes joined to that last box by separators
+    only (spaces, `,` `;` `&` `\\\\`, "and", `\\text{ and }`, `\\quad`, `$`; not "or") belong to the same answer,
+    one box per part: `\\boxed{1}, \\boxed{2}` -> `1, 2`; `x=\\boxed{3}, \\quad y=\\boxed{4}` -> `x = 3, y = 4`
+    (each part keeps its `x =`); `\\boxed{5}. So the answer is \\boxed{7}` -> `7` (prose in between).
+    Without a box, both modes: the phrase after the last "answer is" / "answer:" (`Therefore, the
+    final answer is: $42$. I hope it is correct`). "lenient" then also takes the math the response
+    ENDS with, closing punctuation aside: its last `$..$` / `$$..$$` / `\\(..\\)` / `\\[..\\]` span
+    (`Therefore $x = 7$.` -> `x = 7`), or a plain number after a final `=` / "is" (`6 times 7 = 42.`);
+    math followed by more prose, or a response stopping inside an open `$`, gives None (wrong).
     `grade_response` adds rllm's rule: a response without `</think>` is wrong, nothing extracted.
 
 When a prediction equals a gold answer (`judge`, `is_equivalent`; a list of golds: any match counts)
@@ -65,21 +72,25 @@ What the paper used, and where this grader departs from it
     is a LaTeX parser. This grader accepts what both accept for the common cases and adds:
     tuples/intervals compared element-wise with their brackets, unordered answer lists and sets,
     `x=3` vs `3`, `\\pm` expanded, matrices/vectors, multiple-choice letters, units and percent signs
-    dropped. Unreduced fractions count as equal (rllm rejects "2/4" for "1/2"). Every convention is
-    a row of tests/test_grading_table.py.
+    dropped. Unreduced fractions count as equal (rllm rejects "2/4" for "1/2"). rllm grades only the
+    last box; here boxes joined by separators are one answer (`\\boxed{2}, \\boxed{3}` is `2, 3`, so it is
+    wrong against a gold `3`: two answers given). A single box is graded as rllm grades it. The
+    "lenient" extraction is not the paper's. Every convention is a row of tests/test_grading_table.py.
 
 Python API
-    extract_answer(text) -> str | None; judge(pred, gold, timeout) -> (equivalent, timed_out);
-    is_equivalent(pred, gold, timeout) -> bool; grade_response(text, golds, require_think_close,
-    timeout) -> {"answer", "correct", "timed_out", "grading_error"}; grade_many([(text, golds), ...],
-    ..., workers) -> (results, seconds); normalize_answer, parse_answer, to_number,
-    latex_to_sympy_text; GradingError; GRADER_STATS = {"calls", "timeouts", "errors",
-    "sympy_boot_seconds"} (this process only).
+    extract_answer(text, extraction) -> str | None; judge(pred, gold, timeout) -> (equivalent,
+    timed_out); is_equivalent(pred, gold, timeout) -> bool; grade_response(text, golds,
+    require_think_close, timeout, extraction) -> {"answer", "correct", "timed_out", "grading_error"};
+    grade_many([(text, golds), ...], require_think_close, timeout, workers, extraction) -> (results,
+    seconds); EXTRACTION_MODES = ("strict", "lenient"), DEFAULT_EXTRACTION = "strict";
+    normalize_answer, parse_answer, to_number, latex_to_sympy_text; GradingError; GRADER_STATS =
+    {"calls", "timeouts", "errors", "sympy_boot_seconds"} (this process only).
 
 Command line
     python grader.py '\\dfrac{2}{4}' 0.5        # prints {"equivalent": true, "timed_out": false}
     python grader.py '(2,1)' '(1,2)' '[1,2]'   # several golds: any match counts; exit 1 if none
                                                # (exit 2: the grader could not decide, a GradingError)
+    python grader.py --answer-extraction lenient 'So $x = 7$.' 7   # a whole response: prints its answer too
 """
 from __future__ import annotations
 
@@ -109,10 +120,22 @@ THINK_CLOSE = "</think>"
 _BOX_RE = re.compile(r"\\(?:boxed|fbox|framebox)(?![A-Za-z])")
 _FINAL_RE = re.compile(r"\banswer\b\**\s*(?:is|:)\s*:?\**\s*", re.IGNORECASE)
 _HOPE_RE = re.compile(r"\.?\s*I hope it is correct.*$", re.IGNORECASE | re.DOTALL)
+# What may stand between two boxes of one final answer: spacing, commas, "and", math delimiters,
+# alignment (`&`, `\\`), bold markers. Not "or": it also offers a second form of the same value
+# (MATH's `$\boxed{15\frac{39}{40}}$, or $\boxed{\frac{639}{40}}$ inches`), so the last box alone counts.
+# Each alternative starts differently, so a failing gap is rejected in linear time (no backtracking
+# over the ways to split a run of spaces).
+_JOIN_RE = re.compile(r"(?:\s|[,;&$~*]|\\[()\[\],;:! ]|\\\\|\\q?quad(?![A-Za-z])|\band\b"
+                      r"|\\(?:text|textrm|mbox|mathrm|textbf)\s*\{\s*(?:,|and)?\s*\})*")
+MAX_JOIN_GAP = 200  # characters between two boxes of one answer; longer gaps are prose
+# `x = ` / `y_1 &= ` / `(a, b) = ` right before a box: the name the boxed value belongs to.
+_LABEL_RE = re.compile(r"(?:^|(?<=[\s$(\[{,;&]))(?P<lhs>\([A-Za-z,\s]+\)|\\?[A-Za-z]+(?:_\{?[\w\\ ]+\}?)?"
+                       r"(?:\([^()]*\))?)\s*&?\s*=\s*&?\s*$")
+_FINAL_NUMBER_RE = re.compile(r"(?:=|\bis)\s*([+-]?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?)\Z")
 
 
 def _boxes(text):
-    """(start, content) of every complete box, one linear pass (no rescans: 200k chars stay fast).
+    """(start, end, content) of every complete box, one linear pass (no rescans: 200k chars stay fast).
 
     `\\boxed{...}` is brace-balanced (escaped `\\{`, `\\}` do not count); `\\boxed 5` takes the next
     run of non-space characters. An unclosed box (truncated response) yields nothing.
@@ -134,15 +157,52 @@ def _boxes(text):
                 continue
             m = re.match(r"\s*([^\s$]+)", text[j:j + 200])
             if m and j > i:
-                found.append((starts[i], m.group(1).rstrip(".,")))
+                found.append((starts[i], j + m.end(), m.group(1).rstrip(".,")))
         if ch == "{":
             stack.append((i, None))
         elif ch == "}" and stack:
             pos, box_start = stack.pop()
             if box_start is not None:
-                found.append((box_start, text[pos + 1:i]))
+                found.append((box_start, i + 1, text[pos + 1:i]))
         i += 1
     return found
+
+
+def _label(text, start, end):
+    """The `x = ` written right before text[end:] (searched from `start`), as a match, or None."""
+    m = _LABEL_RE.search(text, max(start, end - 100), end)
+    return m if m and _SIMPLE_LHS.fullmatch(m.group("lhs").strip()) else None
+
+
+def _final_boxes(text):
+    """The final answer's boxes as one answer string, or None when nothing is boxed.
+
+    The last box, plus the boxes before it that are joined to it by separators only (`\\boxed{1},
+    \\boxed{2}`, `\\boxed{(2,2)} \\text{ and } \\boxed{(6,2)}`, `x=\\boxed{3}, \\quad y=\\boxed{4}`): a
+    reasoning model boxes each part of a multi-part answer. Any other text between two boxes (an early
+    intermediate box, then "so the answer is" and the final box) ends the answer. Several parts are
+    joined with ", " into a list, which the grader compares like any list (`_structure`: any order);
+    each part keeps its `x =` label, so that `x=\\boxed{4}, y=\\boxed{3}` is not `x=3, y=4`. A single
+    box is its content alone, without its label, as before.
+    """
+    boxes = sorted(_boxes(text))
+    if not boxes:
+        return None
+    run, labels = [boxes[-1]], []  # last box first; labels[i]: the `x =` before run[i], in its gap only
+    for box in reversed(boxes[:-1]):
+        nxt = run[-1]
+        if box[1] > nxt[0] or nxt[0] - box[1] > MAX_JOIN_GAP:
+            break  # the box encloses the next one (nested), or prose lies between them
+        label = _label(text, box[1], nxt[0])
+        if not _JOIN_RE.fullmatch(text, box[1], label.start() if label else nxt[0]):
+            break
+        run.append(box)
+        labels.append(label)
+    if len(run) == 1:
+        return run[0][2].strip()
+    labels.append(_label(text, 0, run[-1][0]))
+    return ", ".join((f"{m.group('lhs').strip()} = " if m else "") + content.strip()
+                     for m, (_, _, content) in zip(reversed(labels), reversed(run)))
 
 
 def _final_answer_phrase(text):
@@ -162,22 +222,65 @@ def _final_answer_phrase(text):
     return re.sub(r"[\s.*]+$", "", tail).strip() or None
 
 
-def extract_answer(text):
+def _final_math(text):
+    """Lenient fallback: the math the response ENDS with, closing `.`, `!`, `*` and spacing aside.
+
+    The last `$...$` / `$$...$$` / `\\(...\\)` / `\\[...\\]` span when it is the last thing written
+    ("Therefore $x = 7$." -> `x = 7`), else a plain number ending the response after `=` or "is"
+    ("... 6 times 7 = 42." -> `42`). A span is graded whole (`$6 \\cdot 7 = 42$` is an equation, not
+    42; `x = 42` is 42, the grader's plain-name rule). Math followed by any other text is reasoning,
+    not an answer: nothing is taken from the middle of a response, nor from one that stops inside an
+    open `$`.
+    """
+    if text.replace("\\$", "").count("$") % 2:
+        return None  # an odd count of `$`: the response stops inside math it never closed (cut off)
+    tail = text[-2 * MAX_ANSWER_CHARS:].rstrip().rstrip(".!*").rstrip()
+    for left, right in (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")):
+        if not tail.endswith(right) or (right == "$" and tail.endswith("\\$")):  # `\$` is a dollar sign
+            continue
+        opening = tail.rfind(left, 0, len(tail) - len(right))
+        return (tail[opening + len(left):len(tail) - len(right)].strip() or None) if opening >= 0 else None
+    m = _FINAL_NUMBER_RE.search(tail)
+    return m.group(1) if m else None
+
+
+# What each extraction mode tries, in order, when the final answer holds no box. "strict": the box rule
+# the paper graded with, plus the explicit "the answer is X" this grader has always read (MATH-style
+# solutions end with it); "lenient" also takes unboxed final math (small or non-reasoning models often
+# never box, and would score 0 for their format, not their maths).
+_FALLBACKS = {"strict": (_final_answer_phrase,), "lenient": (_final_answer_phrase, _final_math)}
+EXTRACTION_MODES = tuple(_FALLBACKS)
+DEFAULT_EXTRACTION = "strict"
+
+
+def _check_extraction(extraction):
+    if extraction not in _FALLBACKS:
+        raise ValueError(f"extraction must be one of {', '.join(EXTRACTION_MODES)}; got {extraction!r}")
+
+
+def extract_answer(text, extraction=DEFAULT_EXTRACTION):
     """The model's final answer in `text`, or None.
 
     Only the text after the last `</think>` is searched when a thinking block is present. The answer
-    is the content of the last complete `\\boxed{}` / `\\fbox{}` / `\\framebox{}` (nested braces
-    kept), or `\\boxed x`; without any box, the phrase after the last "final answer is" / "The answer
-    is" (e.g. `Therefore, the final answer is: $42$. I hope it is correct`).
+    is the last complete `\\boxed{}` / `\\fbox{}` / `\\framebox{}` (nested braces kept), or `\\boxed x`,
+    together with the boxes joined to it by separators only (`\\boxed{1}, \\boxed{2}` -> `1, 2`; see
+    _final_boxes). Without any box, in both modes: the phrase after the last "final answer is" / "The
+    answer is" (`Therefore, the final answer is: $42$. I hope it is correct`); "lenient" then also
+    takes the math the response ends with (see _final_math). An unknown mode raises ValueError.
     """
+    _check_extraction(extraction)
     if not text:
         return None
     if THINK_CLOSE in text:
         text = text.rsplit(THINK_CLOSE, 1)[1]
-    boxes = _boxes(text)
-    if boxes:
-        return max(boxes)[1].strip()
-    return _final_answer_phrase(text)
+    answer = _final_boxes(text)
+    if answer is not None:
+        return answer
+    for fallback in _FALLBACKS[extraction]:
+        answer = fallback(text)
+        if answer:
+            return answer
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1044,16 +1147,19 @@ def _count_error(e):
         traceback.print_exception(e, file=sys.stderr)
 
 
-def grade_response(text, golds, require_think_close=True, timeout=DEFAULT_TIMEOUT):
-    """{"answer", "correct", "timed_out", "grading_error"} for one response. Without `</think>` (and
-    with `require_think_close`) the response is wrong and no answer is extracted, as rllm scored it.
-    Never raises: an error while grading makes the response wrong, with "grading_error" set to
-    "Type: message" (None otherwise) and GRADER_STATS["errors"] counted."""
+def grade_response(text, golds, require_think_close=True, timeout=DEFAULT_TIMEOUT, extraction=DEFAULT_EXTRACTION):
+    """{"answer", "correct", "timed_out", "grading_error"} for one response, its answer read by
+    extract_answer in mode `extraction` ("strict" or "lenient"). Without `</think>` (and with
+    `require_think_close`) the response is wrong and no answer is extracted, as rllm scored it.
+    Never raises on a response: an error while grading makes it wrong, with "grading_error" set to
+    "Type: message" (None otherwise) and GRADER_STATS["errors"] counted. An unknown `extraction` is
+    the caller's bug and raises ValueError."""
+    _check_extraction(extraction)
     if require_think_close and THINK_CLOSE not in (text or ""):
         return {"answer": None, "correct": False, "timed_out": False, "grading_error": None}
     answer = None
     try:
-        answer = extract_answer(text)
+        answer = extract_answer(text, extraction)
         correct, timed_out = judge(answer, golds, timeout)
     except Exception as e:
         _count_error(e)
@@ -1062,25 +1168,28 @@ def grade_response(text, golds, require_think_close=True, timeout=DEFAULT_TIMEOU
     return {"answer": answer, "correct": correct, "timed_out": timed_out, "grading_error": None}
 
 
-def _grade_item(item, require_think_close, timeout):
-    return grade_response(item[0], item[1], require_think_close, timeout)
+def _grade_item(item, require_think_close, timeout, extraction):
+    return grade_response(item[0], item[1], require_think_close, timeout, extraction)
 
 
 def _warm_worker():
     _SYMPY.start()  # boot the sympy child now, while the pool starts (never inside a timed request)
 
 
-def grade_many(items, require_think_close=True, timeout=DEFAULT_TIMEOUT, workers=None):
-    """Grade [(text, golds), ...] across `workers` processes (default: all cores).
+def grade_many(items, require_think_close=True, timeout=DEFAULT_TIMEOUT, workers=None,
+               extraction=DEFAULT_EXTRACTION):
+    """Grade [(text, golds), ...] across `workers` processes (default: all cores), each answer read
+    in mode `extraction` (see extract_answer; an unknown mode raises ValueError before any work).
 
     Returns (results in input order, seconds taken): one result per item, always, each
     grade_response's dict (an error is a result with "grading_error" set, never a missing row).
     Small jobs are graded in-process (starting a pool costs about a second).
     """
+    _check_extraction(extraction)
     start = time.perf_counter()
     items = [(t, g) for t, g in items]
     workers = workers or min(os.cpu_count() or 1, 8)
-    fn = partial(_grade_item, require_think_close=require_think_close, timeout=timeout)
+    fn = partial(_grade_item, require_think_close=require_think_close, timeout=timeout, extraction=extraction)
     if workers > 1 and len(items) >= 32 * workers:
         try:
             ctx = multiprocessing.get_context("spawn")
@@ -1098,18 +1207,25 @@ def grade_many(items, require_think_close=True, timeout=DEFAULT_TIMEOUT, workers
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("pred", help="the predicted answer (LaTeX, without the \\boxed{})")
+    p.add_argument("pred", help="the predicted answer (LaTeX, without the \\boxed{}), or with "
+                                "--answer-extraction a whole response")
     p.add_argument("gold", nargs="+", help="gold answer(s); any match counts")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds of sympy; a time-out is wrong")
+    p.add_argument("--answer-extraction", choices=EXTRACTION_MODES, default=None,
+                   help="read PRED as a whole model response and grade the answer extract_answer finds in "
+                        "this mode (strict: the final box(es), else 'the answer is X'; lenient: also the math "
+                        "the response ends with); the answer is printed too. Default: PRED is the answer")
     args = p.parse_args(argv)
     if not args.timeout > 0:
         p.error(f"--timeout must be > 0 seconds, got {args.timeout}")
+    pred = args.pred if args.answer_extraction is None else extract_answer(args.pred, args.answer_extraction)
     try:
-        equivalent, timed_out = judge(args.pred, args.gold, args.timeout)
+        equivalent, timed_out = judge(pred, args.gold, args.timeout)
     except GradingError as e:
         print(f"grader.py: error: could not decide: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"equivalent": equivalent, "timed_out": timed_out}))
+    shown = {} if args.answer_extraction is None else {"answer": pred}
+    print(json.dumps({**shown, "equivalent": equivalent, "timed_out": timed_out}))
     return 0 if equivalent else 1
 
 

@@ -8,7 +8,7 @@ from conftest import ROOT, run_script
 
 SCRIPTS = sorted(p.stem for p in ROOT.glob("*.py"))
 REQUIRED = ["data", "redi_loss", "tiny_model"]
-LIBRARIES = {"redi_loss", "sampler"}     # imported by the scripts, not run
+LIBRARIES = {"redi_loss", "sampler", "vllm_engine"}     # imported by the scripts, not run
 
 
 def test_required_modules_exist():

@@ -285,6 +285,19 @@ def test_responses_mode_with_inline_golds_and_explicit_fields(tmp_path):
     assert benchmarks["b"]["n_samples"] == 2 and benchmarks["c"]["n_samples"] == 1  # n per benchmark
 
 
+@pytest.mark.parametrize("mode, expected", [("strict", 0.5), ("lenient", 1.0)])
+def test_answer_extraction_reaches_the_grader(tmp_path, mode, expected):
+    """--answer-extraction: several final boxes are one answer in both modes; unboxed final math only in lenient."""
+    responses = tmp_path / "gens.jsonl"
+    write_jsonl(responses, [
+        {"benchmark": "b", "id": "q", "sample": 0, "gold": "1, 2", "text": "<think></think>$\\boxed{1}, \\boxed{2}$"},
+        {"benchmark": "b", "id": "q", "sample": 1, "gold": "1, 2", "text": "<think></think>So the roots are $1, 2$."},
+    ])
+    proc = evaluate_responses(responses, tmp_path / "out", "--answer-extraction", mode)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["benchmarks"]["b"]["pass@1"] == expected
+
+
 def evaluate_responses(path, out, *extra):
     """`evaluate.py --responses PATH` as a user runs it; returns the CompletedProcess (any exit code)."""
     return run_script([sys.executable, str(ROOT / "evaluate.py"), "--responses", str(path), "--output-dir", str(out),

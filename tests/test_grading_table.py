@@ -1,11 +1,13 @@
-"""A table of tricky (prediction, gold, expected) triples for `is_equivalent`, decided by hand.
+"""A table of tricky (prediction, gold, expected) triples for `is_equivalent`, decided by hand; and
+a table of whole responses, (response, gold, verdict with extraction "strict", with "lenient"), for
+`grade_response`: what counts as the final answer of a response (several boxes, no box at all).
 
 Each row is a claim about one convention of the grader (see the grader.py docstring). Negatives
 matter as much as positives: a grader that says "yes" too often inflates every score.
 """
 import pytest
 
-from grader import is_equivalent
+from grader import grade_response, is_equivalent
 
 T, F = True, False
 
@@ -602,6 +604,60 @@ ADVERSARIAL_NEGATIVES = [
     ("lambda", "\\lambda", F),
 ]
 
+# Whole responses: (response, gold, verdict when extracted "strict", when "lenient").
+THINK = "<think>\nLet me work it out.\n</think>\n\n"
+
+SEVERAL_BOXES = [
+    (THINK + "The solutions are $\\boxed{1}, \\boxed{2}$.", "1, 2", T, T),
+    (THINK + "The solutions are $\\boxed{2}$ and $\\boxed{1}$.", "1, 2", T, T),  # a bare list: any order
+    (THINK + "The pairs are $\\boxed{(2,2)} \\text{ and } \\boxed{(6,2)}$.", "(2,2), (6,2)", T, T),
+    (THINK + "\\[ x = \\boxed{3}, \\quad y = \\boxed{4} \\]", "x=3, y=4", T, T),
+    (THINK + "\\[ x = \\boxed{3}, \\quad y = \\boxed{4} \\]", "3, 4", T, T),
+    (THINK + "\\begin{aligned} x &= \\boxed{3} \\\\ y &= \\boxed{4} \\end{aligned}", "x=3, y=4", T, T),
+    (THINK + "$\\boxed{1}$, $\\boxed{2}$, and $\\boxed{3}$", "3, 2, 1", T, T),
+    (THINK + "**Final Answer**\n\\[\n\\boxed{-2} \\quad \\text{and} \\quad \\boxed{5}\n\\]", "5, -2", T, T),
+    (THINK + "$\\boxed{\\frac{1}{2}}, \\boxed{0.75}$", "\\frac34, 0.5", T, T),
+    (THINK + "$x=\\boxed{4}, y=\\boxed{3}$", "x=3, y=4", F, F),  # each box keeps its name
+    (THINK + "$\\boxed{1}, \\boxed{3}$", "1, 2", F, F),  # one part wrong
+    (THINK + "$\\boxed{(2,2)}$ and $\\boxed{(6,3)}$", "(2,2), (6,2)", F, F),
+    (THINK + "$\\boxed{1}, \\boxed{2}, \\boxed{3}$", "1, 2", F, F),  # a part too many
+    (THINK + "$\\boxed{1}, \\boxed{2}$", "2", F, F),  # two answers to a one-answer question
+    (THINK + "$\\boxed{1}, \\boxed{2}$", "(1, 2)", F, F),  # a list is not a pair, as `1,2` != `(1,2)`
+    (THINK + "Early on, $\\boxed{12}$. Checking again, the final answer is $\\boxed{13}$.", "12", F, F),
+    (THINK + "Early on, $\\boxed{12}$. Checking again, the final answer is $\\boxed{13}$.", "13", T, T),
+    (THINK + "Part one gives $\\boxed{3}$; thus $\\boxed{4}$.", "3, 4", F, F),  # prose between: the last only
+    (THINK + "$d = \\boxed{15\\frac{39}{40}}$, or $\\boxed{\\frac{639}{40}}$ inches.", "\\frac{639}{40}", T, T),
+    ("<think>\nmaybe $\\boxed{1}$,\n</think>\n$\\boxed{2}$", "1, 2", F, F),  # thinking boxes are drafts
+    ("<think>\nmaybe $\\boxed{1}$,\n</think>\n$\\boxed{2}$", "2", T, T),
+    (THINK + "so $x = \\boxed{3}$.", "3", T, T),  # a single box: as before
+    (THINK + "$\\boxed{\\boxed{3}}$", "3", T, T),
+]
+
+UNBOXED_FINAL_ANSWERS = [
+    (THINK + "So the answer is 42.", "42", T, T),  # the phrase: both modes (strict's rule since rllm)
+    (THINK + "Therefore $x = 7$.", "7", F, T),
+    (THINK + "Therefore $x = 7$.", "8", F, F),
+    (THINK + "Putting it together:\n$$\\frac{3}{4}$$", "0.75", F, T),
+    (THINK + "Hence \\[ \\frac{3}{4} \\]", "\\frac34", F, T),
+    (THINK + "Finally, 6 times 7 = 42.", "42", F, T),
+    (THINK + "So the total is 42.", "42", F, T),
+    (THINK + "Multiplying, $6 \\cdot 7 = 42$.", "42", F, F),  # graded whole: only `x = 42` counts as 42
+    (THINK + "We get $x = 3$, and then I am not sure how to continue.", "3", F, F),  # nothing mid-reasoning
+    (THINK + "First $5$, then $7$, and I give up here.", "7", F, F),
+    (THINK + "I need 3 more steps to be sure.", "3", F, F),
+    (THINK + "Then $x = 7$ is what we get? Let me recheck.", "7", F, F),
+    (THINK + "Almost done: $x = 7", "x = 7", F, F),  # an unclosed `$` is not a span
+    (THINK + "$\\boxed{5}$. Therefore $x = 7$.", "7", F, F),  # a box always wins
+    (THINK + "$\\boxed{5}$. Therefore $x = 7$.", "5", T, T),
+    ("<think>\n$\\boxed{7}$\n</think>\nTherefore $x = 7$.", "7", F, T),
+    ("<think>\nSo $x = 7$.", "7", F, F),  # no `</think>`: wrong, as rllm scored it
+]
+
+RESPONSES = [pytest.param(r, g, mode, e, id=f"{name}-{i}-{mode}")
+             for name, rows in [("boxes", SEVERAL_BOXES), ("unboxed", UNBOXED_FINAL_ANSWERS)]
+             for i, (r, g, strict, lenient) in enumerate(rows)
+             for mode, e in (("strict", strict), ("lenient", lenient))]
+
 TABLE = [pytest.param(p, g, e, id=f"{name}-{i}")
          for name, rows in [("integers", INTEGERS_AND_DECIMALS), ("fractions", FRACTIONS), ("latex", LATEX_NOISE),
                             ("tuples", TUPLES_AND_INTERVALS), ("lists", LISTS_AND_SETS), ("pm", PLUS_MINUS),
@@ -622,3 +678,16 @@ def test_table_is_large_and_balanced():
 def test_equivalence_table(pred, gold, expected):
     """is_equivalent agrees with the hand-decided verdict for each tricky pair."""
     assert is_equivalent(pred, gold) is expected
+
+
+def test_response_table_has_negatives_in_both_modes():
+    """The response table holds wrong answers for each mode, not only right ones."""
+    for mode in ("strict", "lenient"):
+        verdicts = [p.values[3] for p in RESPONSES if p.values[2] == mode]
+        assert len(verdicts) >= 35 and verdicts.count(False) >= 15, mode
+
+
+@pytest.mark.parametrize("response,gold,extraction,expected", RESPONSES)
+def test_response_table(response, gold, extraction, expected):
+    """grade_response, in each extraction mode, agrees with the hand-decided verdict for each response."""
+    assert grade_response(response, [gold], extraction=extraction)["correct"] is expected

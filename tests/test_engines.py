@@ -1,0 +1,276 @@
+"""--engine vllm against a stand-in `vllm` module: settings, records, resume, and a missing vllm.
+
+No GPU and no vLLM here, so a fake `vllm` (LLM, SamplingParams, outputs with .outputs[0].token_ids and
+.finish_reason, shaped like vLLM's) is put into sys.modules. Its "samples" are token ids drawn from each
+request's seed (fake_tokens), and the native engine's sampler is replaced by the same function, so both
+engines hand evaluate.py the same ids and their records can be compared line for line.
+"""
+import importlib.machinery
+import importlib.util
+import json
+import random
+import shutil
+import sys
+import types
+
+import pytest
+
+import evaluate
+import vllm_engine
+from conftest import BENCHMARKS, ROOT, run_script
+from data import InputError
+
+SAMPLE20 = BENCHMARKS / "math500_sample20.jsonl"
+STOP = 2  # the tiny tokenizer's eos, its only stop id
+ARGS = ["--limit", "4", "--num-samples", "3", "--max-new-tokens", "16", "--seed", "3", "--temperature", "0.6",
+        "--top-p", "0.95", "--prompt-template", "raw", "--grading-workers", "1"]
+GRADING = {"answer", "correct", "timed_out", "grading_error"}
+
+
+def fake_tokens(seed, max_tokens):
+    """(ids, vLLM's finish_reason) of a stand-in sample, a function of its seed alone: a stop token before,
+    at, or no stop by max_tokens. vLLM checks max_tokens before the stop token, so a stop drawn as the
+    last allowed token comes back as "length" (vllm/v1/core/sched/utils.py check_stop)."""
+    rng = random.Random(seed)
+    length = [3, max_tokens, max_tokens + 5, 9][seed % 4]
+    ids = [rng.randrange(10, 400) for _ in range(min(length, max_tokens))]
+    if length <= max_tokens:
+        ids[-1] = STOP
+    return ids, "length" if len(ids) >= max_tokens else "stop"
+
+
+class Killed(BaseException):
+    """A kill in the middle of a run (nothing catches it, as nothing catches SIGKILL)."""
+
+
+class FakeLLM:
+    """vllm.LLM's constructor and generate(), recording what they were given."""
+    made, kill_at_call = [], None
+
+    def __init__(self, model, **kwargs):
+        import os
+
+        self.kwargs, self.calls = dict(model=model, **kwargs), []
+        self.visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+        FakeLLM.made.append(self)
+
+    def generate(self, prompts, sampling_params, use_tqdm=True):
+        self.calls.append((prompts, sampling_params))
+        if len(self.calls) == FakeLLM.kill_at_call:
+            raise Killed
+        outputs = []
+        for params in sampling_params:
+            ids, reason = fake_tokens(params.seed, params.max_tokens)
+            completion = types.SimpleNamespace(token_ids=ids, finish_reason=reason, text="(ignored)")
+            outputs.append(types.SimpleNamespace(outputs=[completion]))
+        return outputs
+
+
+class FakeSamplingParams:
+    """vllm.SamplingParams with vLLM's defaults for the fields the stand-in reads (no seed: unseeded)."""
+
+    def __init__(self, seed=None, max_tokens=16, **kwargs):
+        self.kwargs = dict(kwargs, **({"seed": seed} if seed is not None else {}), max_tokens=max_tokens)
+        self.seed = seed if seed is not None else random.getrandbits(63)
+        self.max_tokens = max_tokens
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)  # find_spec (check_ready) sees it installed
+    module.LLM, module.SamplingParams = FakeLLM, FakeSamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # load() sets it if unset: keep the env clean
+    monkeypatch.setattr(FakeLLM, "made", [])
+    monkeypatch.setattr(FakeLLM, "kill_at_call", None)
+    return module
+
+
+@pytest.fixture
+def fake_native(monkeypatch):
+    """sampler.sample_pool replaced by the stand-in: each job's ids from its seed, native's reason rule."""
+    def sample_pool(model, jobs, max_new_tokens, temperature, top_p, stop_ids, rows):
+        for key, _, seed in jobs:
+            ids, _ = fake_tokens(seed, max_new_tokens)
+            yield key, ids, "stop" if ids[-1] in stop_ids else "length"
+    monkeypatch.setattr(evaluate, "sample_pool", sample_pool)
+
+
+def run(model_dir, out, *extra):
+    evaluate.main([str(a) for a in ["--model", model_dir, "--data", SAMPLE20, "--output-dir", out, *ARGS, *extra]])
+    return [json.loads(line) for line in open(out / "generations.jsonl", encoding="utf-8")]
+
+
+def expected_seeds():
+    problems = evaluate.read_benchmark(str(SAMPLE20), "math500_sample20", limit=4)
+    return {evaluate.sample_seed(3, p["benchmark"], p["id"], j): (p, j) for p in problems for j in range(3)}
+
+
+# ---------------------------------------------------------------------------------------------
+# What vLLM is given
+# ---------------------------------------------------------------------------------------------
+
+def test_vllm_receives_every_setting_explicitly(fake_vllm, tiny_model_dir, tiny_tokenizer, tmp_path):
+    """LLM gets model, dtype bfloat16 (--dtype auto), tp, --seed and generation_config="vllm"; each sample its
+    own SamplingParams (n=1, seed = sample_seed, temperature, top_p, max_tokens, the stop ids) with its
+    problem's prompt as token ids, --engine-chunk samples per generate call."""
+    run(tiny_model_dir, tmp_path, "--engine", "vllm", "--engine-chunk", "5")
+    (llm,) = FakeLLM.made
+    assert llm.kwargs == {"model": str(tiny_model_dir), "dtype": "bfloat16", "tensor_parallel_size": 1, "seed": 3,
+                          "generation_config": "vllm"}
+    assert [len(prompts) for prompts, _ in llm.calls] == [5, 5, 2]
+    seeds = expected_seeds()
+    requests = [request for prompts, params in llm.calls for request in zip(prompts, params)]
+    assert sorted(params.seed for _, params in requests) == sorted(seeds)
+    for prompt, params in requests:
+        assert params.kwargs == {"n": 1, "seed": params.seed, "temperature": 0.6, "top_p": 0.95, "max_tokens": 16,
+                                 "stop_token_ids": [STOP], "detokenize": False}
+        problem = seeds[params.seed][0]
+        text = evaluate.build_prompt(tiny_tokenizer, problem["problem"], "raw")
+        assert prompt == {"prompt_token_ids": tiny_tokenizer(text, add_special_tokens=False)["input_ids"]}
+
+
+def test_load_passes_dtype_and_tensor_parallel_size(fake_vllm, tiny_model_dir, monkeypatch):
+    """--dtype float16 and --tensor-parallel-size 2 reach vllm.LLM as given; no CUDA_VISIBLE_DEVICES change
+    for a single process."""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    llm, _, stops = vllm_engine.load(str(tiny_model_dir), "float16", 2, 7)
+    assert llm.kwargs == {"model": str(tiny_model_dir), "dtype": "float16", "tensor_parallel_size": 2, "seed": 7,
+                          "generation_config": "vllm"}
+    assert stops == [STOP] and llm.visible_devices == "0,1"
+
+
+def test_each_torchrun_rank_gets_its_own_gpus(fake_vllm, tiny_model_dir, monkeypatch):
+    """Local rank r of N with --tensor-parallel-size K sees devices [r*K, (r+1)*K) of the node's list (all
+    GPUs when unset) when its LLM is built; too few devices is an InputError naming the counts."""
+    env = {"LOCAL_WORLD_SIZE": "4", "LOCAL_RANK": "2", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
+    assert vllm_engine.local_gpus(2, env) == "4,5"
+    assert vllm_engine.local_gpus(1, {"LOCAL_WORLD_SIZE": "4", "LOCAL_RANK": "3"}) == "3"
+    assert vllm_engine.local_gpus(2, {"CUDA_VISIBLE_DEVICES": "5"}) is None  # one process: vLLM's choice
+    with pytest.raises(InputError, match=r"4 ranks on this node x --tensor-parallel-size 2 need 8 GPUs, "
+                                         r"CUDA_VISIBLE_DEVICES=0,1,2 lists 3"):
+        vllm_engine.local_gpus(2, {"LOCAL_WORLD_SIZE": "4", "LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": "0,1,2"})
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    llm, _, _ = vllm_engine.load(str(tiny_model_dir), "auto", 2, 0)
+    assert llm.visible_devices == "4,5"
+
+
+def test_stop_ids_from_files_agree_with_the_native_stop_set(tiny_model_dir, tmp_path):
+    """The stop ids vLLM gets, read from the model's files, equal sampler.stop_token_ids of the loaded model:
+    as saved, with several eos ids in generation_config.json, and without that file (config.json's)."""
+    import torch
+
+    several, fallback = tmp_path / "several", tmp_path / "fallback"
+    for path in (several, fallback):
+        shutil.copytree(tiny_model_dir, path)
+    generation = json.loads((several / "generation_config.json").read_text())
+    (several / "generation_config.json").write_text(json.dumps({**generation, "eos_token_id": [STOP, 7]}))
+    (fallback / "generation_config.json").unlink()
+    config = json.loads((fallback / "config.json").read_text())
+    (fallback / "config.json").write_text(json.dumps({**config, "eos_token_id": [STOP, 9]}))
+    found = {}
+    for path in (tiny_model_dir, several, fallback):
+        model, tokenizer = evaluate.load_model(str(path), torch.device("cpu"), "float32")
+        found[path.name] = evaluate.stop_token_ids(model, tokenizer)
+        assert vllm_engine.stop_ids_from_files(str(path), tokenizer) == found[path.name]
+    assert found["several"] == [STOP, 7] and found["fallback"] == [STOP, 9]
+
+
+# ---------------------------------------------------------------------------------------------
+# What is written
+# ---------------------------------------------------------------------------------------------
+
+def test_finish_reason_follows_the_native_rule():
+    """"stop" iff the sample ends with a stop token (also when vLLM says "length" for a stop drawn as the last
+    allowed token); an aborted request, or a "stop" without a stop token, raises."""
+    assert vllm_engine.finish_reason([5, STOP], "stop", {STOP}) == "stop"
+    assert vllm_engine.finish_reason([5, STOP], "length", {STOP}) == "stop"
+    assert vllm_engine.finish_reason([5, 6], "length", {STOP}) == "length"
+    with pytest.raises(RuntimeError, match="finish_reason='abort'"):
+        vllm_engine.finish_reason([5], "abort", {STOP})
+    with pytest.raises(RuntimeError, match="not a stop token"):
+        vllm_engine.finish_reason([5, 6], "stop", {STOP})
+
+
+def test_vllm_records_equal_native_records_for_the_same_tokens(fake_vllm, fake_native, tiny_model_dir,
+                                                              tiny_tokenizer, tmp_path):
+    """Given the same token ids, --engine vllm writes generations.jsonl identical to native's, and each
+    record is evaluate._record of those ids (`<think>` prefix, body without the stop token, decoded with
+    skip_special_tokens, reason, num_tokens with the stop token)."""
+    native = run(tiny_model_dir, tmp_path / "native")
+    vllm = run(tiny_model_dir, tmp_path / "vllm", "--engine", "vllm")
+    assert vllm == native and len(vllm) == 12
+    seeds = expected_seeds()
+    cases = set()
+    for r in vllm:
+        p, j = seeds[r["seed"]]
+        ids, vllm_reason = fake_tokens(r["seed"], 16)
+        reason = "stop" if ids[-1] == STOP else "length"
+        cases.add((reason, vllm_reason, len(ids) == 16))
+        body = ids[:-1] if reason == "stop" else ids
+        expected = evaluate._record(p, j, r["seed"], "<think>\n", tiny_tokenizer.decode(body, skip_special_tokens=True),
+                                    reason, len(ids))
+        assert set(r) == set(expected) | GRADING
+        ungraded = lambda record: {k: v for k, v in record.items() if k not in GRADING}  # noqa: E731
+        assert ungraded(r) == ungraded(expected)
+    # every kind of ending came up: early stop, stop as the last allowed token (vLLM: "length"), truncation
+    assert cases == {("stop", "stop", False), ("stop", "length", True), ("length", "length", True)}
+
+
+def test_killed_vllm_run_resumes_with_only_the_missing_samples(fake_vllm, tiny_model_dir, tmp_path):
+    """A run killed during its second chunk keeps the first chunk's records; the rerun asks vLLM for exactly
+    the other samples and ends with the same file as an uninterrupted run."""
+    complete = run(tiny_model_dir, tmp_path / "complete", "--engine", "vllm", "--engine-chunk", "5")
+    FakeLLM.made, FakeLLM.kill_at_call = [], 2
+    with pytest.raises(Killed):
+        run(tiny_model_dir, tmp_path / "resumed", "--engine", "vllm", "--engine-chunk", "5")
+    kept = [json.loads(line) for line in open(tmp_path / "resumed" / "generations.jsonl", encoding="utf-8")]
+    assert len(kept) == 5 and not (tmp_path / "resumed" / "summary.json").exists()
+    FakeLLM.made, FakeLLM.kill_at_call = [], None
+    resumed = run(tiny_model_dir, tmp_path / "resumed", "--engine", "vllm", "--engine-chunk", "5")
+    asked = [one.seed for _, params in FakeLLM.made[0].calls for one in params]
+    assert sorted(asked) == sorted(set(expected_seeds()) - {r["seed"] for r in kept})
+    assert resumed == complete
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_missing_vllm_is_one_line_and_exit_2(tiny_model_dir, tmp_path):
+    """Without vllm installed, --engine vllm stops before any work: exit 2, the pip line, no traceback."""
+    proc = run_script([sys.executable, str(ROOT / "evaluate.py"), "--engine", "vllm", "--model", str(tiny_model_dir),
+                       "--data", str(SAMPLE20), "--output-dir", str(tmp_path / "out")], check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "evaluate.py: error: --engine vllm needs the vllm package: pip install vllm"
+    assert not (tmp_path / "out" / "generations.jsonl").exists()
+
+
+def test_import_vllm_names_the_package_but_keeps_a_broken_install_traceback(monkeypatch, tmp_path):
+    """vllm absent: InputError with the pip line; vllm present but failing on a missing dependency: that
+    ModuleNotFoundError itself (a broken install to debug, not a missing package)."""
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` meets when vllm is not installed
+    with pytest.raises(InputError, match="^--engine vllm needs the vllm package: pip install vllm$"):
+        vllm_engine.import_vllm()
+    monkeypatch.delitem(sys.modules, "vllm")
+    (tmp_path / "vllm").mkdir()
+    (tmp_path / "vllm" / "__init__.py").write_text("import no_such_vllm_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="no_such_vllm_dependency"):
+        vllm_engine.import_vllm()
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--tensor-parallel-size", "2"], "--tensor-parallel-size 2 needs --engine vllm"),
+    (["--engine", "vllm", "--device", "cpu"], "--engine vllm runs on GPUs; --device cpu needs --engine native"),
+    (["--engine", "vllm", "--engine-chunk", "0"], "--tensor-parallel-size and --engine-chunk must be >= 1, got 1, 0"),
+])
+def test_engine_options_are_validated(options, message, capsys):
+    """Engine options that cannot work are argparse errors naming the values (exit 2)."""
+    with pytest.raises(SystemExit, match="^2$"):
+        evaluate.parse_args(["--data", str(SAMPLE20), "--model", "m", "--output-dir", "o", *options])
+    assert f"evaluate.py: error: {message}" in capsys.readouterr().err

@@ -1,0 +1,174 @@
+"""vLLM as evaluate.py's sampler (`--engine vllm`): the same jobs in, the same samples out, as sampler.sample_pool.
+
+evaluate.py owns the evaluation (prompts, seeds, records, resume, grading); this module only turns
+jobs into samples, with the interface of sampler.sample_pool, so both engines feed one record path:
+    check_ready(tensor_parallel_size)   before any work: vllm importable, enough GPUs for this rank
+    load(path, dtype, tensor_parallel_size, seed) -> (llm, tokenizer, stop ids)
+    sample_chunks(llm, jobs, max_new_tokens, temperature, top_p, stop_ids, chunk)
+        jobs: [(key, prompt_ids, seed)] -> yields (key, generated ids, "stop" | "length")
+Install: `pip install vllm` (not in requirements.txt: it needs a CUDA GPU). vllm is imported only
+inside load(), after this rank's GPUs are pinned; `import vllm_engine` costs nothing.
+
+Settings, all explicit (nothing is left to the model's generation_config.json)
+    LLM(model, dtype = --dtype (auto -> bfloat16), tensor_parallel_size, seed = --seed,
+        generation_config="vllm"): "vllm" stops vLLM from reading the model's generation_config.json
+        into the default sampling settings, so --temperature/--top-p are the only ones in force.
+    One SamplingParams per sample: n=1, seed = evaluate.sample_seed(--seed, benchmark, id, j) (the
+    native engine's per-sample seed, so a sample does not depend on its chunk or on resume history),
+    temperature, top_p, max_tokens = --max-new-tokens, stop_token_ids = the native engine's stop set
+    (tokenizer eos plus every generation-config eos), detokenize=False (evaluate decodes the ids itself,
+    as for native, so the text is decoded the same way).
+    Prompts go in as token ids ({"prompt_token_ids": ids}), tokenized by evaluate as for native.
+    finish reason: "stop" iff the last token is a stop token, else "length" (native's rule; vLLM checks
+    max_tokens before the stop token, so a stop token drawn as the very last allowed token would be
+    "length" there). Any other vLLM reason (an aborted request) raises.
+    Jobs are submitted `chunk` at a time (--engine-chunk): LLM.generate returns a whole batch at once,
+    so a kill loses at most one chunk; a larger chunk keeps the GPU fuller at each chunk's tail.
+
+Parallelism (supported combinations)
+    python evaluate.py --engine vllm [--tensor-parallel-size K]
+        one process; vLLM spans the first K visible GPUs.
+    torchrun --nproc_per_node N evaluate.py --engine vllm [--tensor-parallel-size K]
+        data parallel: rank r owns problems r, r+N, ... (evaluate.missing_work) and builds its own LLM
+        on local GPUs [r*K, (r+1)*K) of CUDA_VISIBLE_DEVICES (N*K GPUs per node). The rank process
+        itself never touches CUDA (evaluate runs its process group on gloo for this engine), since
+        CUDA_VISIBLE_DEVICES is read once per process. Multi-node works the same way, per node.
+    Not supported: vLLM's own data_parallel_size or its torchrun "external_launcher" backend, and
+    pipeline parallelism.
+
+Untested on a GPU: no GPU was available where this was written. The tests (tests/test_engines.py)
+drive this module with a stand-in `vllm` module shaped like vLLM's API (LLM, SamplingParams,
+RequestOutput.outputs[0].token_ids / .finish_reason), checking the settings passed, the records, and
+resume; argument names follow vLLM's documentation (LLM, SamplingParams, LLM.generate).
+Reproducibility: per-request seeds make a sample independent of batching in principle; vLLM's batched
+kernels can still change low-order bits with the batch, and its samples differ from the native
+engine's (another sampler implementation), so compare engines by their metrics, not sample by sample.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from types import SimpleNamespace
+
+INSTALL_HINT = "--engine vllm needs the vllm package: pip install vllm"
+VLLM_DTYPES = {"auto": "bfloat16", "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Before any work: is vllm there, which GPUs are this rank's
+# ------------------------------------------------------------------------------------------------
+
+def local_gpus(tensor_parallel_size, environ=os.environ):
+    """The CUDA_VISIBLE_DEVICES value for this rank under torchrun (local rank r gets devices
+    [r*K, (r+1)*K)), or None for a single process per node (vLLM then takes the first K visible).
+    InputError when CUDA_VISIBLE_DEVICES lists fewer than N*K devices."""
+    from data import InputError  # data.py imports torch: not at module import
+
+    ranks = int(environ.get("LOCAL_WORLD_SIZE", "1"))
+    if ranks == 1:
+        return None
+    k, rank, visible = tensor_parallel_size, int(environ.get("LOCAL_RANK", "0")), environ.get("CUDA_VISIBLE_DEVICES")
+    # Unset means all GPUs: their physical indices. Counting them would initialise CUDA in this process.
+    devices = visible.split(",") if visible else [str(i) for i in range(ranks * k)]
+    if len(devices) < ranks * k:
+        raise InputError(f"--engine vllm: {ranks} ranks on this node x --tensor-parallel-size {k} need {ranks * k} "
+                         f"GPUs, CUDA_VISIBLE_DEVICES={visible} lists {len(devices)}")
+    return ",".join(devices[rank * k:(rank + 1) * k])
+
+
+def check_ready(tensor_parallel_size):
+    """InputError before the process group and any download: vllm is not installed, or this node
+    has too few GPUs for the ranks x --tensor-parallel-size. Does not import vllm (seconds)."""
+    from data import InputError
+
+    if importlib.util.find_spec("vllm") is None:
+        raise InputError(INSTALL_HINT)
+    local_gpus(tensor_parallel_size)
+
+
+def import_vllm():
+    """The vllm module; InputError (one line, no traceback) when it is not installed. A vllm that is
+    installed but fails to import (a CUDA or dependency mismatch) keeps its traceback: that is a
+    broken install to debug, not a missing package."""
+    from data import InputError
+
+    try:
+        import vllm
+    except ModuleNotFoundError as e:
+        if e.name != "vllm":
+            raise
+        raise InputError(INSTALL_HINT) from None
+    return vllm
+
+
+# ------------------------------------------------------------------------------------------------
+# Engine
+# ------------------------------------------------------------------------------------------------
+
+def stop_ids_from_files(path, tokenizer):
+    """sampler.stop_token_ids without loading the model: the generation config transformers would
+    attach to it (generation_config.json, else the one derived from config.json), read from files."""
+    from transformers import GenerationConfig
+
+    from sampler import stop_token_ids
+
+    try:
+        generation_config = GenerationConfig.from_pretrained(path)
+    except OSError:  # no generation_config.json: the fallback transformers' from_pretrained takes for a model
+        generation_config = GenerationConfig.from_pretrained(path, config_file_name="config.json",
+                                                             _from_model_config=True)
+    # stop_token_ids reads only `.generation_config` from the model: one implementation of the stop set.
+    return stop_token_ids(SimpleNamespace(generation_config=generation_config), tokenizer)
+
+
+def load(path, dtype, tensor_parallel_size, seed):
+    """(vllm.LLM, the Hugging Face tokenizer, stop ids) for --model `path`, on this rank's GPUs."""
+    from transformers import AutoTokenizer
+
+    from data import InputError
+
+    gpus = local_gpus(tensor_parallel_size)
+    if gpus is not None:  # before vllm starts any CUDA process: each reads it once, at start
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    # The rank process holds a gloo process group (threads); forking a threaded process can deadlock.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    vllm = import_vllm()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:  # as sampler.load_model: transformers' words for "no model there"
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"--model {path}: cannot load a tokenizer: {first_line}") from None
+    llm = vllm.LLM(model=path, dtype=VLLM_DTYPES[dtype], tensor_parallel_size=tensor_parallel_size, seed=seed,
+                   generation_config="vllm")
+    return llm, tokenizer, stop_ids_from_files(path, tokenizer)
+
+
+def finish_reason(ids, vllm_reason, stop_ids):
+    """The native engine's reason for a vLLM sample: "stop" iff it ends with a stop token."""
+    if vllm_reason not in ("stop", "length"):
+        raise RuntimeError(f"vLLM ended a sample with finish_reason={vllm_reason!r}, expected 'stop' or 'length'")
+    if ids and ids[-1] in stop_ids:
+        return "stop"
+    if vllm_reason == "stop":  # only stop strings end so, and none are given: not a native-shaped sample
+        raise RuntimeError(f"vLLM reported 'stop' but the sample ends with token {ids[-1:]}, not a stop token "
+                           f"{sorted(stop_ids)}")
+    return "length"
+
+
+def sample_chunks(llm, jobs, max_new_tokens, temperature, top_p, stop_ids, chunk):
+    """Sample every job = (key, prompt ids, seed) with vLLM, `chunk` jobs per LLM.generate call;
+    yields (key, new token ids, "stop" | "length") in job order, a chunk at a time."""
+    vllm = import_vllm()
+    jobs, stops = list(jobs), set(stop_ids)
+    for start in range(0, len(jobs), chunk):
+        part = jobs[start:start + chunk]
+        params = [vllm.SamplingParams(n=1, seed=seed, temperature=temperature, top_p=top_p,
+                                      max_tokens=max_new_tokens, stop_token_ids=list(stop_ids), detokenize=False)
+                  for _, _, seed in part]
+        outputs = llm.generate([{"prompt_token_ids": list(ids)} for _, ids, _ in part], params, use_tqdm=False)
+        if len(outputs) != len(part):
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(part)} prompts")
+        for (key, _, _), output in zip(part, outputs):  # LLM.generate returns outputs in prompt order
+            sample = output.outputs[0]
+            ids = list(sample.token_ids)
+            yield key, ids, finish_reason(ids, sample.finish_reason, stops)
