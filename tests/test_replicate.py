@@ -114,8 +114,6 @@ def test_scheduler_runs_dependencies_first_and_stops_on_a_failure(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="replicate.py's smoke mode failed or ran past 280 s in the stop-14 suite run on a loaded "
-                         "box and was not debugged before the stop (issue 13 is open); re-enable when fixed")
 @pytest.mark.timeout(1500)
 def test_smoke_run_writes_tables_figures_and_results(tmp_path):
     """`replicate.py --smoke` (one variant, one seed, every kind of job once) writes report, results, figures."""
