@@ -60,9 +60,37 @@ def _chunk_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def _chunk_logps_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Same, from hidden states [C, H] and the output embedding [V, H]: the [C, V] logits live only here."""
-    return _chunk_logps(hidden @ weight.t(), targets)
+class _ChunkLogpsFromHidden(torch.autograd.Function):
+    """log p(target) from hidden states [C, H] and the output embedding [V, H] -> [C] fp32, holding
+    ONE fp32 [C, V] block at a time, forward and backward.
+
+    Autograd's own graph for `log_softmax(h @ W.T)` (even recomputed under checkpoint) keeps four
+    [C, V] tensors alive in backward (the logits, their shift, its exp and the scaled gradient;
+    measured by bench/bench_vocab.py). Here the backward is written out: with p = softmax(logits),
+    d log p(t) / d logits = onehot(t) - p, so the upstream grad g [C] gives the logits' gradient
+    G = g * (onehot - p), built in place in the recomputed logits' buffer; then dh = G @ W and
+    dW = G.T @ h. Only h, W (references, not copies), the targets and the logsumexp [C] are saved.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        logits = (hidden @ weight.t()).float()                           # [C, V]: the one block
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)    # [C]
+        shift = logits.amax(dim=-1)                                      # logsumexp, in place:
+        lse = logits.sub_(shift.unsqueeze(-1)).exp_().sum(-1).log_().add_(shift)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad):                                             # grad [C]
+        hidden, weight, targets, lse = ctx.saved_tensors
+        g = (hidden @ weight.t()).float()                                # [C, V], rebuilt
+        g.sub_(lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))       # -g * p
+        g.scatter_add_(-1, targets.unsqueeze(-1), grad.unsqueeze(-1))    # + g * onehot(t)
+        g = g.to(hidden.dtype)
+        grad_hidden = g @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = g.t() @ hidden if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None
 
 
 def _check_shapes(rows: torch.Tensor, labels: torch.Tensor) -> None:
@@ -115,9 +143,9 @@ def token_logps_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, 
 
     Only the supervised positions are gathered ([N, H], N = number of non-ignored labels; prompt
     and padding cost nothing), and their logits `hidden @ lm_head_weight.T` are formed
-    `chunk_size` positions at a time and rebuilt in backward, so the full [T, V] logits never
-    exist, forward or backward: peak extra memory is about chunk_size x V x 4 bytes
-    (1024 x 151,936 x 4 = 0.6 GB) instead of T x V x 4 per sequence.
+    `chunk_size` positions at a time and rebuilt in backward (_ChunkLogpsFromHidden, a written-out
+    backward), so the full [T, V] logits never exist, forward or backward: peak extra memory is one
+    chunk_size x V fp32 block (1024 x 151,936 x 4 = 0.6 GB) instead of T x V x 4 per sequence.
     Valid for models whose logits are exactly `lm_head(hidden)` with no bias, scaling or
     soft-capping (Qwen2/2.5, Llama, Mistral). Gradients flow to both hidden and weight.
     """
@@ -127,8 +155,8 @@ def token_logps_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, 
     positions = (targets != ignore_index).nonzero().squeeze(1)           # supervised positions [N]
     rows = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, positions)   # [N, H]
     chosen = targets.index_select(0, positions)
-    pieces = [_maybe_checkpoint(_chunk_logps_from_hidden, rows[s:s + chunk_size], lm_head_weight,
-                                chosen[s:s + chunk_size]) for s in range(0, positions.numel(), chunk_size)]
+    pieces = [_ChunkLogpsFromHidden.apply(rows[s:s + chunk_size], lm_head_weight, chosen[s:s + chunk_size])
+              for s in range(0, positions.numel(), chunk_size)]
     values = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
     flat = hidden.new_zeros(targets.numel(), dtype=torch.float32).index_copy(0, positions, values)
     return torch.cat([flat.new_zeros(batch, 1), flat.view(batch, length - 1)], dim=1)

@@ -255,6 +255,26 @@ def test_chunked_hidden_variant_equals_naive_in_value_and_gradient(chunk):
     assert rel(w1.grad, w2.grad) < 1e-6
 
 
+def test_hidden_variant_in_bf16_matches_autograd_of_the_same_bf16_computation():
+    """bf16 hidden and weight (FSDP's compute dtype): value and bf16 gradients equal autograd's through
+    `log_softmax((h @ W.T).float())`, the written-out backward doing the same casts."""
+    g = torch.Generator().manual_seed(8)
+    hidden = torch.randn(2, 23, 16, generator=g).bfloat16()
+    weight = (torch.randn(37, 16, generator=g) * 0.5).bfloat16()
+    labels = random_labels(2, 23, 37, [3, 6], [0, 4], g)
+    upstream = torch.randn(2, generator=g)
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    s1, _ = sequence_logps_from_hidden(h1, w1, labels, chunk_size=7)
+    (s1 * upstream).sum().backward()
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    s2, _ = naive_sequence_logps((h2 @ w2.t()).float(), labels)
+    (s2.float() * upstream).sum().backward()
+    assert h1.grad.dtype == w1.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(s1, s2.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=2e-2, atol=2e-2)
+
+
 def test_token_logps_per_position_and_hidden_variant_agree():
     """token_logps puts log p(label_t) at position t (0 elsewhere); both variants agree per token."""
     g = torch.Generator().manual_seed(7)
