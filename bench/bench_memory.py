@@ -39,25 +39,31 @@ def build_model_dir(work: str) -> str:
     return path
 
 
-def run(model_dir: str, data: str, layout: str, work: str) -> dict:
-    """One training run in its own process: peak RSS and the step times from metrics.jsonl."""
-    out = tempfile.mkdtemp(dir=work)
-    argv = [sys.executable, os.path.join(ROOT, "train_redi.py"), "--model", model_dir, "--data", data,
-            "--output-dir", out, "--loss", "redi", "--layout", layout, "--max-steps", "2", "--epochs", "2",
-            "--global-batch-size", "1", "--lr", "1e-6", "--no-save", "--no-progress", "--mixed-precision", "fp32"]
+def run_child(argv: list[str]) -> tuple[str, float, float]:
+    """Run argv in its own process (offline, one thread): (its output, its peak RSS MiB, seconds);
+    RuntimeError with the output's tail if it fails. bench_vocab.py uses it too."""
     started = time.time()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
                                      MKL_NUM_THREADS="1"))
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{layout} {data}: exit {proc.returncode}\n{output[-3000:]}")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} ...: exit {os.waitstatus_to_exitcode(status)}\n{output[-3000:]}")
+    return output, usage.ru_maxrss / 1024, time.time() - started
+
+
+def run(model_dir: str, data: str, layout: str, work: str) -> dict:
+    """One training run in its own process: peak RSS and the step times from metrics.jsonl."""
+    out = tempfile.mkdtemp(dir=work)
+    argv = [sys.executable, os.path.join(ROOT, "train_redi.py"), "--model", model_dir, "--data", data,
+            "--output-dir", out, "--loss", "redi", "--layout", layout, "--max-steps", "2", "--epochs", "2",
+            "--global-batch-size", "1", "--lr", "1e-6", "--no-save", "--no-progress", "--mixed-precision", "fp32"]
+    _, peak_mib, seconds = run_child(argv)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         records = [r for r in map(json.loads, f) if "perf/step_time_s" in r]
     shutil.rmtree(out, ignore_errors=True)
-    return {"peak_rss_mb": usage.ru_maxrss / 1024, "wall_s": time.time() - started,
+    return {"peak_rss_mb": peak_mib, "wall_s": seconds,
             "step_s": [r["perf/step_time_s"] for r in records], "tokens": records[-1]["data/tokens"]}
 
 
@@ -102,7 +108,7 @@ def main(argv=None):
                       f"{growth:,.0f} | {per_token:.1f} |")
         if 2048 in lengths and 8192 in lengths:
             linear = (tokens[8192] - tokens[args.base]) / (tokens[2048] - tokens[args.base])
-            print(f"\n| layout | growth(8k) / growth(2k) | linear (token ratio) | x linear | target <= 5.2 (1.3 x 4) |")
+            print("\n| layout | growth(8k) / growth(2k) | linear (token ratio) | x linear | target <= 5.2 (1.3 x 4) |")
             print("|---|---:|---:|---:|---|")
             for layout in args.layouts:
                 ratio = ((peak[(layout, 8192)] - peak[(layout, args.base)])
