@@ -660,7 +660,7 @@ def save_checkpoint(out_dir, step, model, lm, optimizer, tokenizer, args, extra=
             lm.save_pretrained(tmp, state_dict=export)
             config = copy.deepcopy(lm.config)
             config.dtype = dtype               # save_pretrained records the fp32 master weights' dtype
-            config.save_pretrained(tmp)
+            save_config(config, tmp)
             tokenizer.save_pretrained(tmp)
         except OSError as e:
             error = e
@@ -684,6 +684,20 @@ def save_checkpoint(out_dir, step, model, lm, optimizer, tokenizer, args, extra=
             error = e
     _agree(error, f"saving checkpoint {name} (finalising)")
     return final
+
+
+def save_config(config, directory) -> None:
+    """config.json, with RoPE's theta also at the top level: transformers >= 5 writes it only inside
+    `rope_parameters`, which transformers 4.x (and engines that follow its schema) do not read; they
+    would silently fall back to theta 10000. Both places hold the same value."""
+    config.save_pretrained(directory)
+    path = os.path.join(directory, "config.json")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    theta = (saved.get("rope_parameters") or {}).get("rope_theta")
+    if theta is not None and saved.get("rope_theta") != theta:
+        saved["rope_theta"] = theta
+        _atomic_write(path, json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
 
 def _install_checkpoint(out_dir, ckpt_root, name, tmp):

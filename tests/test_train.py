@@ -163,6 +163,9 @@ def test_sft_two_ranks_uneven_data_full_epoch_and_export_reloads(tmp_path, tiny_
     assert config.max_position_embeddings == 4096
     rope = getattr(config, "rope_parameters", None) or {"rope_theta": config.rope_theta}
     assert rope["rope_theta"] == 300000
+    # transformers 4.x reads only the top-level key (5.x writes theta inside rope_parameters alone).
+    raw = json.loads((out / "final" / "config.json").read_text())
+    assert raw["rope_theta"] == 300000 and raw["max_position_embeddings"] == 4096
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     assert AutoTokenizer.from_pretrained(out / "final").chat_template
     assert model.generation_config.eos_token_id is not None
