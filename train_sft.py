@@ -295,11 +295,26 @@ class LogpsModel(torch.nn.Module):
         return sums, counts
 
 
+def flash_attn_import_error() -> str | None:
+    """None if flash_attn imports; else why not, in one line. A wheel built for another torch or CUDA
+    is common, and `find_spec` finds it all the same: it fails only on import (ImportError with an
+    undefined symbol, OSError from a shared library), which would be inside from_pretrained."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return "not installed"
+    try:
+        importlib.import_module("flash_attn")
+    except Exception as e:  # noqa: BLE001 - any failure to import means: do not use it
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    return None
+
+
 def choose_kernels(args, device) -> str:
     """Resolve --attn-implementation auto and --layout auto (in place); returns a line for the log."""
     if args.attn_implementation == "auto":
-        flash = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
-        args.attn_implementation = "flash_attention_2" if flash else "sdpa"
+        flash_error = flash_attn_import_error() if device.type == "cuda" else "not on CUDA"
+        if flash_error not in (None, "not installed", "not on CUDA"):
+            print0(f"warning: flash_attn is installed but does not import ({flash_error}); using SDPA")
+        args.attn_implementation = "sdpa" if flash_error else "flash_attention_2"
     varlen = args.attn_implementation.startswith("flash_attention")
     if args.layout == "auto":
         # Packed without varlen runs the decoder once per sequence: faster for a few long, uneven
