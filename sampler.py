@@ -46,8 +46,15 @@ def load_model(path, device, dtype):
 
 
 def stop_token_ids(model, tokenizer):
-    """The tokenizer's eos plus every eos of the model's generation config (Qwen lists several)."""
-    ids = {tokenizer.eos_token_id}
+    """Where a sample ends, for both engines: the tokenizer's eos, every eos of the model's generation
+    config (an int or a list; Qwen's instruct models list several) and the chat template's end-of-turn
+    token (data.end_of_turn_id). All three, because checkpoints disagree: Qwen2.5-Math-1.5B (base),
+    whose tokenizer files a fine-tuned checkpoint keeps, has eos `<|endoftext|>` in its tokenizer and
+    generation config, while its chat template, and so training, ends a turn with `<|im_end|>`.
+    `model`: anything with .generation_config (vllm_engine passes the one read from the files)."""
+    from data import end_of_turn_id
+
+    ids = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)}
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
     return sorted(i for i in ids if i is not None)

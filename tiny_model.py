@@ -11,6 +11,12 @@ asking for a boxed answer) with REDI's one edit: the generation prompt opens the
 with `<think>\\n`, so sampling starts inside the thinking block, as the paper's evaluation forces.
 Digits are split one per token, as in Qwen's tokenizer.
 
+Special tokens follow Qwen2.5-Math-1.5B, the BASE model the paper fine-tunes (its tokenizer files
+are what every checkpoint keeps): eos and pad are `<|endoftext|>`, config.json and
+generation_config.json name `<|endoftext|>` as bos and eos, and the chat template closes every
+turn with `<|im_end|>`, which training supervises (data.end_of_turn_id). So a sampler that
+stops only at eos runs past the end of the turn here, as it would on the real model.
+
     python tiny_model.py --out runs/tiny --corpus data.jsonl [--vocab-size 512] [--hidden-size 64]
 """
 from __future__ import annotations
@@ -75,9 +81,9 @@ def build_tokenizer(texts, vocab_size=512, system_prompt=DEFAULT_SYSTEM_PROMPT):
     scaffold = f"system\n{system_prompt}\nuser\nassistant\n"      # the template's own words
     corpus = texts + BUILTIN_CORPUS + [scaffold] * max(1, len(texts) // 4)
     tok.train_from_iterator(corpus, trainer=trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"], clean_up_tokenization_spaces=False)
+    hf = PreTrainedTokenizerFast(  # Qwen2.5-Math-1.5B's: no bos, eos = pad = <|endoftext|>
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"], clean_up_tokenization_spaces=False)
     hf.add_tokens(THINK_TOKENS)
     hf.chat_template = chat_template(system_prompt)
     hf.model_max_length = 1 << 20
@@ -86,7 +92,8 @@ def build_tokenizer(texts, vocab_size=512, system_prompt=DEFAULT_SYSTEM_PROMPT):
 
 def build_model(tokenizer, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                 intermediate_size=None, max_position_embeddings=2048, seed=0):
-    """A randomly initialised Qwen2ForCausalLM with tied embeddings (like Qwen2.5-1.5B)."""
+    """A randomly initialised Qwen2ForCausalLM with tied embeddings (like Qwen2.5-1.5B); bos and eos in
+    config.json and generation_config.json are the tokenizer's eos (`<|endoftext|>`), as Qwen2.5-Math-1.5B's."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -95,12 +102,12 @@ def build_model(tokenizer, hidden_size=64, num_layers=2, num_heads=4, num_kv_hea
         num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
         intermediate_size=intermediate_size or 4 * hidden_size,
         max_position_embeddings=max_position_embeddings, rope_theta=10000.0,
-        tie_word_embeddings=True, bos_token_id=None,
+        tie_word_embeddings=True, bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         do_sample=True, temperature=0.6, top_p=0.95)
     return model
 

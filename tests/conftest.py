@@ -32,6 +32,36 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def turn_ending_model_dir(tmp_path_factory):
+    """The tiny tokenizer (Qwen2.5-Math-1.5B base's conventions: eos `<|endoftext|>`) with a model whose
+    first token, after any prompt, is `<|im_end|>` with probability ~1: every token embeds to the same
+    one-hot vector, attention and MLP outputs are zero, so the last hidden state is that vector for any
+    input, and the (untied) output layer scores only `<|im_end|>` on it."""
+    import torch
+
+    import tiny_model
+
+    out = tmp_path_factory.mktemp("turn_ending_model")
+    tokenizer = tiny_model.build_tokenizer([])
+    model = tiny_model.build_model(tokenizer, hidden_size=128, num_heads=4, num_kv_heads=2)  # head_dim 32 (vLLM CPU)
+    model.config.tie_word_embeddings = False
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        embed = model.get_input_embeddings().weight  # [V, H]
+        embed.zero_()
+        embed[:, 0] = 1.0
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        head = torch.zeros_like(embed)
+        head[end, 0] = 2.0  # logit 2 sqrt(128) ~ 23 for <|im_end|>, 0 for every other token
+        model.lm_head.weight = torch.nn.Parameter(head)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 

@@ -17,10 +17,12 @@ RESPONSE = "<think>\n12+7=19\n</think>\n\nThe answer is $\\boxed{19}$."
 def test_load_tokenizer_pads_with_eos_only_when_the_tokenizer_has_no_pad_token(tiny_model_dir, tmp_path):
     """A tokenizer's own pad token is kept; a tokenizer without one gets EOS as its pad token."""
     own = load_tokenizer(str(tiny_model_dir))
-    assert own.pad_token == "<|endoftext|>" and own.pad_token_id != own.eos_token_id
+    own.pad_token = "<|im_start|>"  # the tiny tokenizer pads with its eos (as Qwen2.5-Math base): tell them apart
+    own.save_pretrained(tmp_path / "own")
+    assert load_tokenizer(str(tmp_path / "own")).pad_token == "<|im_start|>"
     own.pad_token = None
-    own.save_pretrained(tmp_path)
-    padless = load_tokenizer(str(tmp_path))
+    own.save_pretrained(tmp_path / "padless")
+    padless = load_tokenizer(str(tmp_path / "padless"))
     assert padless.eos_token_id is not None
     assert padless.pad_token_id == padless.eos_token_id
 

@@ -21,7 +21,8 @@ from conftest import BENCHMARKS, ROOT, run_script
 from data import InputError
 
 SAMPLE20 = BENCHMARKS / "math500_sample20.jsonl"
-STOP = 2  # the tiny tokenizer's eos, its only stop id
+EOS, STOP = 0, 2  # the tiny tokenizer's eos `<|endoftext|>` (Qwen2.5-Math base's) and end of turn `<|im_end|>`
+STOPS = [EOS, STOP]
 ARGS = ["--limit", "4", "--num-samples", "3", "--max-new-tokens", "16", "--seed", "3", "--temperature", "0.6",
         "--top-p", "0.95", "--prompt-template", "raw", "--grading-workers", "1"]
 GRADING = {"answer", "correct", "timed_out", "grading_error"}
@@ -44,8 +45,9 @@ class Killed(BaseException):
 
 
 class FakeLLM:
-    """vllm.LLM's constructor and generate(), recording what they were given."""
-    made, kill_at_call = [], None
+    """vllm.LLM's constructor and generate(), recording what they were given. With `emit` set, every
+    sample repeats that token until a stop token in its SamplingParams (as vLLM does), else fake_tokens."""
+    made, kill_at_call, emit = [], None, None
 
     def __init__(self, model, **kwargs):
         import os
@@ -61,6 +63,10 @@ class FakeLLM:
         outputs = []
         for params in sampling_params:
             ids, reason = fake_tokens(params.seed, params.max_tokens)
+            if FakeLLM.emit is not None:
+                stops = params.kwargs.get("stop_token_ids") or []
+                ids = [FakeLLM.emit] * (1 if FakeLLM.emit in stops else params.max_tokens)
+                reason = "stop" if FakeLLM.emit in stops else "length"
             completion = types.SimpleNamespace(token_ids=ids, finish_reason=reason, text="(ignored)")
             outputs.append(types.SimpleNamespace(outputs=[completion]))
         return outputs
@@ -84,6 +90,7 @@ def fake_vllm(monkeypatch):
     monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # load() sets it if unset: keep the env clean
     monkeypatch.setattr(FakeLLM, "made", [])
     monkeypatch.setattr(FakeLLM, "kill_at_call", None)
+    monkeypatch.setattr(FakeLLM, "emit", None)
     return module
 
 
@@ -125,7 +132,7 @@ def test_vllm_receives_every_setting_explicitly(fake_vllm, tiny_model_dir, tiny_
     assert sorted(params.seed for _, params in requests) == sorted(seeds)
     for prompt, params in requests:
         assert params.kwargs == {"n": 1, "seed": params.seed, "temperature": 0.6, "top_p": 0.95, "max_tokens": 16,
-                                 "stop_token_ids": [STOP], "detokenize": False}
+                                 "stop_token_ids": STOPS, "detokenize": False}
         problem = seeds[params.seed][0]
         text = evaluate.build_prompt(tiny_tokenizer, problem["problem"], "raw")
         assert prompt == {"prompt_token_ids": tiny_tokenizer(text, add_special_tokens=False)["input_ids"]}
@@ -139,7 +146,7 @@ def test_load_passes_dtype_and_tensor_parallel_size(fake_vllm, tiny_model_dir, m
     llm, _, stops = vllm_engine.load(str(tiny_model_dir), "float16", 2, 7)
     assert llm.kwargs == {"model": str(tiny_model_dir), "dtype": "float16", "tensor_parallel_size": 2, "seed": 7,
                           "generation_config": "vllm"}
-    assert stops == [STOP] and llm.visible_devices == "0,1"
+    assert stops == STOPS and llm.visible_devices == "0,1"
 
 
 def test_each_torchrun_rank_gets_its_own_gpus(fake_vllm, tiny_model_dir, monkeypatch):
@@ -160,23 +167,51 @@ def test_each_torchrun_rank_gets_its_own_gpus(fake_vllm, tiny_model_dir, monkeyp
 
 def test_stop_ids_from_files_agree_with_the_native_stop_set(tiny_model_dir, tmp_path):
     """The stop ids vLLM gets, read from the model's files, equal sampler.stop_token_ids of the loaded model:
-    as saved, with several eos ids in generation_config.json, and without that file (config.json's)."""
+    as saved (eos `<|endoftext|>` and the end of turn `<|im_end|>`), with several eos ids in
+    generation_config.json, and without that file (config.json's)."""
     import torch
 
     several, fallback = tmp_path / "several", tmp_path / "fallback"
     for path in (several, fallback):
         shutil.copytree(tiny_model_dir, path)
     generation = json.loads((several / "generation_config.json").read_text())
-    (several / "generation_config.json").write_text(json.dumps({**generation, "eos_token_id": [STOP, 7]}))
+    (several / "generation_config.json").write_text(json.dumps({**generation, "eos_token_id": [EOS, 7]}))
     (fallback / "generation_config.json").unlink()
     config = json.loads((fallback / "config.json").read_text())
-    (fallback / "config.json").write_text(json.dumps({**config, "eos_token_id": [STOP, 9]}))
+    (fallback / "config.json").write_text(json.dumps({**config, "eos_token_id": [EOS, 9]}))
     found = {}
-    for path in (tiny_model_dir, several, fallback):
+    for name, path in (("saved", tiny_model_dir), ("several", several), ("fallback", fallback)):
         model, tokenizer = evaluate.load_model(str(path), torch.device("cpu"), "float32")
-        found[path.name] = evaluate.stop_token_ids(model, tokenizer)
-        assert vllm_engine.stop_ids_from_files(str(path), tokenizer) == found[path.name]
-    assert found["several"] == [STOP, 7] and found["fallback"] == [STOP, 9]
+        found[name] = evaluate.stop_token_ids(model, tokenizer)
+        assert vllm_engine.stop_ids_from_files(str(path), tokenizer) == found[name]
+    assert found == {"saved": STOPS, "several": [EOS, STOP, 7], "fallback": [EOS, STOP, 9]}
+
+
+def test_the_tiny_model_has_qwen_math_base_token_conventions(tiny_model_dir, tiny_tokenizer):
+    """As Qwen2.5-Math-1.5B base: eos = pad = `<|endoftext|>` in the tokenizer and bos = eos = its id in
+    config.json and generation_config.json, while the chat template closes every turn with `<|im_end|>`."""
+    tok = tiny_tokenizer
+    assert (tok.eos_token, tok.pad_token, tok.bos_token) == ("<|endoftext|>", "<|endoftext|>", None)
+    for name in ("config.json", "generation_config.json"):
+        config = json.loads((tiny_model_dir / name).read_text())
+        assert (config["bos_token_id"], config["eos_token_id"]) == (EOS, EOS), name
+    assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"]) == STOPS
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}],
+                                   tokenize=False)
+    assert chat.count("<|im_end|>") == 3 and "<|endoftext|>" not in chat
+
+
+def test_a_model_that_ends_its_turn_at_once_stops_after_one_token_in_both_engines(turn_ending_model_dir, fake_vllm,
+                                                                                   tmp_path):
+    """With Qwen2.5-Math base's token conventions (eos `<|endoftext|>`, turns closed by `<|im_end|>`), a model
+    whose first token is `<|im_end|>` gives 1-token samples ending "stop" from the native sampler, and vLLM
+    is asked to stop there too (the stand-in emits `<|im_end|>` until a stop id it was given)."""
+    assert json.loads((turn_ending_model_dir / "tokenizer_config.json").read_text())["eos_token"] == "<|endoftext|>"
+    FakeLLM.emit = STOP
+    for engine in ("native", "vllm"):
+        records = run(turn_ending_model_dir, tmp_path / engine, "--engine", engine)
+        assert len(records) == 12, engine
+        assert {(r["num_tokens"], r["finish_reason"], r["text"]) for r in records} == {(1, "stop", "<think>\n")}, engine
 
 
 # ---------------------------------------------------------------------------------------------
