@@ -264,7 +264,8 @@ class LogpsModel(torch.nn.Module):
       padded rows (data.collate pads on the RIGHT): under causal attention a real token never
         sees the pads after it, so no mask is passed and SDPA runs its causal (flash) kernel;
       packed row + flash-attn: the varlen kernel reads sequence boundaries from position_ids;
-      packed row otherwise: each sequence goes through the decoder alone (causal, no mask).
+      packed row otherwise: each sequence goes through the decoder alone (causal, no mask), and
+        every rank makes as many decoder calls per micro-batch (FSDP's collectives must pair up).
     """
 
     def __init__(self, lm, chunk_size: int):
@@ -279,9 +280,15 @@ class LogpsModel(torch.nn.Module):
         elif self.lm.config._attn_implementation.startswith("flash_attention"):
             hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
         else:
+            # FSDP all-gathers every layer in each decoder call (and again in its backward), so every
+            # rank must make as many calls as the rank with the most sequences in this micro-batch, or
+            # the ranks' collectives mispair and hang. The extra calls run one token and add exactly 0.
+            extra_calls = self.calls_to_match(num_sequences, input_ids.device)
             lengths = torch.bincount(seq_index, minlength=num_sequences).tolist()
             hidden = torch.cat([decoder(input_ids=part[None], use_cache=False).last_hidden_state[0]
                                 for part in input_ids[0].split(lengths)])[None]                 # [1, T, H]
+            for _ in range(extra_calls):
+                hidden = hidden + 0.0 * decoder(input_ids=input_ids[:, :1], use_cache=False).last_hidden_state.sum()
         weight = self.lm.get_output_embeddings().weight
         per_token = token_logps_from_hidden(hidden, weight, labels, IGNORE_INDEX, self.chunk_size)  # [B, T]
         valid = labels != IGNORE_INDEX
@@ -293,6 +300,15 @@ class LogpsModel(torch.nn.Module):
         counts = torch.zeros(num_sequences, dtype=torch.long, device=labels.device).index_add(
             0, seq_index, valid[0].long())
         return sums, counts
+
+    @staticmethod
+    def calls_to_match(num_sequences: int, device) -> int:
+        """How many decoder calls this rank lacks to match the busiest rank (one all-reduce)."""
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return 0
+        most = torch.tensor([num_sequences], device=device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return int(most.item()) - num_sequences
 
 
 def flash_attn_import_error() -> str | None:

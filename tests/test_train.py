@@ -76,10 +76,10 @@ def test_redi_per_loss_paper_defaults_and_validation():
 # ----------------------------------------------------------------------------- global batch equivalence
 
 
-def _probe(tmp_path, nproc, stage, model, data, extra):
+def _probe(tmp_path, nproc, stage, model, data, extra, timeout=300):
     out = tmp_path / f"probe-{stage}-{nproc}-{'-'.join(extra)}.pt"
     torchrun(nproc, "tests/helpers/grad_probe.py", out, stage, "--model", model, "--data", data,
-             "--output-dir", tmp_path / "unused", *COMMON, *extra)
+             "--output-dir", tmp_path / "unused", *COMMON, *extra, timeout=timeout)
     return torch.load(out)
 
 
@@ -108,6 +108,45 @@ def test_packed_layout_gives_the_same_step(tmp_path, tiny_model_dir, pairs_file)
     extra = ["--global-batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3"]
     padded = _probe(tmp_path, 1, "redi", tiny_model_dir, pairs_file, extra + ["--layout", "padded"])
     packed = _probe(tmp_path, 1, "redi", tiny_model_dir, pairs_file, extra + ["--layout", "packed"])
+    assert packed["loss"] == pytest.approx(padded["loss"], rel=1e-5)
+    for name, g in padded["grads"].items():
+        torch.testing.assert_close(packed["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _uneven_pairs(path, repeats):
+    """Pairs whose chosen trace repeats a sentence `repeats[i]` times (one long pair among short ones)."""
+    from conftest import write_jsonl
+
+    rows = []
+    for i, k in enumerate(repeats):
+        a, b = 11 + i, 20 + i
+        chosen = f"<think>\n{a}+{b}={a + b}." + " Let me double check." * k + \
+            f"\n</think>\n\nThe answer is $\\boxed{{{a + b}}}$."
+        rejected = f"<think>\n{a}+{b}={a + b + 1}.\n</think>\n\nThe answer is $\\boxed{{{a + b + 1}}}$."
+        rows.append({"id": f"pair/{i}", "prompt": [{"role": "user", "content": f"What is {a}+{b}?"}],
+                     "chosen": [{"role": "assistant", "content": chosen}],
+                     "rejected": [{"role": "assistant", "content": rejected}]})
+    return write_jsonl(path, rows)
+
+
+@pytest.mark.slow
+def test_packed_without_varlen_on_ranks_with_unequal_sequence_counts_finishes_with_the_same_step(
+        tmp_path, tiny_model_dir):
+    """2 ranks, packed (one decoder call per sequence), micro-batches of [1, 3] vs [2, 2] pairs: no hang, same step."""
+    from transformers import AutoTokenizer
+    from data import StepSampler, load_pairs, num_tokens, tokenize_pairs
+
+    data = _uneven_pairs(tmp_path / "pairs.jsonl", [64] + [0] * 7)
+    lengths = [num_tokens(p) for p in tokenize_pairs(AutoTokenizer.from_pretrained(tiny_model_dir), load_pairs(data))]
+    budget = max(lengths)
+    per_rank = [[len(mb) for mb in StepSampler(lengths, 8, 2, r, 3, max_tokens=budget, balance=True).micro_batches(0, 0)]
+                for r in range(2)]
+    assert per_rank == [[1, 3], [2, 2]]           # the fixture provokes unequal decoder-call counts
+    padded = _probe(tmp_path, 1, "redi", tiny_model_dir, data,
+                    ["--global-batch-size", "8", "--micro-batch-size", "8", "--lr", "1e-3", "--layout", "padded"])
+    packed = _probe(tmp_path, 2, "redi", tiny_model_dir, data,
+                    ["--global-batch-size", "8", "--max-tokens-per-micro-batch", str(budget), "--lr", "1e-3",
+                     "--layout", "packed", "--attn-implementation", "sdpa"], timeout=120)
     assert packed["loss"] == pytest.approx(padded["loss"], rel=1e-5)
     for name, g in padded["grads"].items():
         torch.testing.assert_close(packed["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
