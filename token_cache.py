@@ -13,23 +13,29 @@ On disk, next to the data file:
                                     (pairs: sequence 2i is pair i's chosen, 2i+1 its rejected)
                        ids.json     the examples' ids, in file order
                        meta.json    key inputs, sizes and sha256 of the three files above
+    DATA.tokenized/.KEY.lock        lets one job build while the others wait (an optimisation only)
+    DATA.tokenized/.KEY.tmp-NONCE/  one building job's parts and merged cache (a killed job's: swept after STALE_S)
 KEY = sha256 of (the data file's bytes, the tokenizer's vocabulary and merges, its chat template,
 `kind`, `max_length`, FORMAT_VERSION). A different key is a different directory, so a stale cache
-is never read; a cache whose files do not match meta.json (truncated, edited, half-written) is
-rebuilt with a note.
+is never read; a cache whose files do not match meta.json (truncated, edited, torn) is rebuilt with a note.
 
 Building is shared: rank r tokenizes examples r, r+W, ... into a part, then rank 0 merges the
-parts in file order, writes to a temp dir and renames it into place; the other ranks wait and
-then memory-map the result. A bad example (InputError: over-long, template mismatch) on any rank
-stops every rank with that message. The data directory must be on a file system every rank sees
-(as the output directory already must be, for checkpoints).
+parts in file order and publishes the complete cache with one atomic rename; the other ranks wait
+and then memory-map the result. Any number of jobs may load one file at once (a REDI and a DPO run
+side by side, a sweep, several nodes): each builds in its own temp dir, builds of one key are equal,
+so whichever rename lands first is the cache and the others verify and read it. A bad example
+(InputError: over-long, template mismatch) on any rank stops every rank with that message. The
+data directory must be on a file system every rank sees (as the output directory must be).
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,6 +45,9 @@ from data import IGNORE_INDEX, InputError, load_pairs, load_sft_examples, tokeni
 
 FORMAT_VERSION = 1
 KINDS = ("sft", "pairs")
+POLL_S = 2.0            # how often a job waiting for another job's build looks again
+WAIT_S = 3600.0         # then it builds too: a lock can outlive its holder (a crashed NFS client)
+STALE_S = 24 * 3600.0   # a temp dir untouched this long is a killed job's, and is removed
 
 
 class TokenizedExamples(Sequence):
@@ -84,41 +93,109 @@ def load(path: str, tokenizer, kind: str, max_length: int | None) -> TokenizedEx
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     rank, world = dist.get_rank(), dist.get_world_size()
-    message = [None]
+    key = directory = lock = None
     if rank == 0:
         key = cache_key(path, tokenizer, kind, max_length)
         directory = os.path.join(f"{path}.tokenized", key)
-        message = [("ready", directory, check(directory, key))]
-    dist.broadcast_object_list(message, src=0)
-    _, directory, problem = message[0]
-    if problem is not None:
-        build(path, tokenizer, kind, max_length, directory, problem, rank, world)
+    since, noted = time.monotonic(), False
+    try:
+        while True:
+            # rank 0 decides for the job, one collective a round, so a long wait never times out
+            message = [None]
+            if rank == 0:
+                step, problem, lock, work = _decide(directory, key, time.monotonic() - since)
+                if step == "wait" and not noted:
+                    print(f"tokenized cache {directory}: {problem}; another job is building it, waiting", flush=True)
+                    noted = True
+                message = [(step, directory, problem, work)]
+            dist.broadcast_object_list(message, src=0)
+            step, directory, problem, work = message[0]
+            if step != "wait":
+                break
+            time.sleep(POLL_S)
+        if step == "error":
+            raise InputError(problem)
+        if step == "build":
+            build(path, tokenizer, kind, max_length, directory, key, problem, work, rank, world)
+    finally:
+        if lock:
+            lock.close()    # releases the flock
     return TokenizedExamples(directory, kind)
 
 
-def build(path, tokenizer, kind, max_length, directory, problem, rank, world) -> None:
-    """Every rank tokenizes its share into a part; rank 0 merges; a failure anywhere stops all."""
-    parts_dir = f"{directory}.parts"
+def _decide(directory, key, waited) -> tuple:
+    """Rank 0: (step, why, lock, work dir), step "read" | "wait" | "build" | "error". A job builds, in a
+    new temp dir of its own, when the cache is missing or bad and it holds the lock, or no lock works
+    here, or it has waited WAIT_S for another job's build."""
+    problem = check(directory, key)
+    if problem is None:
+        return "read", None, None, None
+    lock = _try_lock(directory)
+    if lock is False and waited < WAIT_S:
+        return "wait", problem, None, None
+    lock = lock or None
+    problem = check(directory, key)      # the last holder may have published just before letting go
+    if problem is None:
+        if lock:
+            lock.close()
+        return "read", None, None, None
+    work = os.path.join(os.path.dirname(directory), f".{key}.tmp-{secrets.token_hex(6)}")
+    try:
+        os.makedirs(work)
+    except OSError as e:
+        return "error", f"{directory}: could not write the tokenized cache: {e}", lock, None
+    return "build", problem, lock, work
+
+
+def _try_lock(directory):
+    """An exclusive flock on DATA.tokenized/.KEY.lock; False while another job holds it; None where
+    locks do not work (some NFS mounts): then every job builds, which is correct, only slower."""
+    try:
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        f = open(os.path.join(os.path.dirname(directory), f".{os.path.basename(directory)}.lock"), "a")
+    except OSError:
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return f
+    except BlockingIOError:
+        f.close()
+        return False
+    except OSError:
+        f.close()
+        return None
+
+
+def build(path, tokenizer, kind, max_length, directory, key, problem, work, rank, world) -> None:
+    """Every rank tokenizes its share into a part in this job's own `work` dir; rank 0 merges and
+    publishes; a failure anywhere stops all. The work dir is removed however it ends."""
     if rank == 0:
         print(f"tokenized cache {directory}: {problem}; building it with {world} rank(s)", flush=True)
-        shutil.rmtree(parts_dir, ignore_errors=True)
-        os.makedirs(parts_dir)
-    dist.barrier()
     error = None
     try:
-        records = load_pairs(path) if kind == "pairs" else load_sft_examples(path)
-        write_part(os.path.join(parts_dir, f"part-{rank}"), records[rank::world], tokenizer, kind, max_length)
-    except InputError as e:
-        error = str(e)
-    _raise_if_any(error, InputError)
-    if rank == 0:
         try:
-            merge_parts(parts_dir, world, directory, cache_key(path, tokenizer, kind, max_length),
-                        {"data": os.path.abspath(path), "kind": kind, "max_length": max_length})
+            records = load_pairs(path) if kind == "pairs" else load_sft_examples(path)
+            write_part(os.path.join(work, f"part-{rank}"), records[rank::world], tokenizer, kind, max_length)
+        except InputError as e:
+            error = str(e)
         except OSError as e:
             error = f"{directory}: could not write the tokenized cache: {e}"
-        shutil.rmtree(parts_dir, ignore_errors=True)
-    _raise_if_any(error, InputError)
+        _raise_if_any(error, InputError)
+        if rank == 0:
+            try:
+                built = os.path.join(work, "cache")
+                merge_parts(work, world, built, key,
+                            {"data": os.path.abspath(path), "kind": kind, "max_length": max_length})
+                note = publish(built, directory, key)
+                if note:
+                    print(f"tokenized cache {directory}: {note}", flush=True)
+            except OSError as e:
+                error = f"{directory}: could not write the tokenized cache: {e}"
+        _raise_if_any(error, InputError)
+    finally:
+        if rank == 0:
+            shutil.rmtree(work, ignore_errors=True)
+            sweep_stale(os.path.dirname(directory))
 
 
 def _raise_if_any(error, kind):
@@ -127,6 +204,47 @@ def _raise_if_any(error, kind):
     problems = [e for e in found if e is not None]
     if problems:
         raise kind(problems[0] if len(set(problems)) == 1 else "; ".join(sorted(set(problems))))
+
+
+def publish(built, directory, key) -> str | None:
+    """Rename the complete cache `built` to `directory`: None, or a note when another job's is read instead.
+
+    Builds of one key are byte-identical (bar meta.json's data path), so when jobs race the first
+    rename wins and the others verify it and read it. A published cache is never deleted in place,
+    since another job may be reading it: a corrupt one is renamed aside first, and an aside that
+    verifies after all (a racing job had just replaced it) is left to the stale sweep."""
+    for _ in range(3):
+        try:
+            os.rename(built, directory)
+            return None
+        except OSError:
+            if not os.path.isdir(directory):
+                raise
+        if check(directory, key) is None:
+            return "another job published it first; reading that one (equal content)"
+        aside = os.path.join(os.path.dirname(directory), f".{key}.old-{secrets.token_hex(6)}")
+        try:
+            os.rename(directory, aside)
+        except FileNotFoundError:
+            continue                    # another job moved it aside first
+        if check(aside, key) is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    raise OSError(f"{directory} kept changing while this job published its build")
+
+
+def sweep_stale(parent) -> None:
+    """Remove killed jobs' temp dirs: any untouched for STALE_S (a live build writes all the time)."""
+    for name in os.listdir(parent):
+        top = os.path.join(parent, name)
+        if not (name.startswith(".") and (".tmp-" in name or ".old-" in name)):
+            continue
+        try:
+            touched = max(os.stat(os.path.join(d, n)).st_mtime for d, _, files in os.walk(top) for n in [".", *files])
+        except (OSError, ValueError):
+            continue                    # its owner removed it meanwhile
+        if time.time() - touched > STALE_S:
+            print(f"tokenized cache: removing {top}, a temp dir untouched for {STALE_S / 3600:g} h", flush=True)
+            shutil.rmtree(top, ignore_errors=True)
 
 
 # -----------------------------------------------------------------------------
@@ -161,8 +279,8 @@ def write_part(prefix, records, tokenizer, kind, max_length) -> None:
         json.dump([r["id"] for r in records], f)
 
 
-def merge_parts(parts_dir, world, directory, key, inputs) -> None:
-    """Parts (records r, r+W, ...) -> one cache in file order; temp dir, then an atomic rename."""
+def merge_parts(parts_dir, world, out, key, inputs) -> None:
+    """Parts (records r, r+W, ...) -> one complete cache in file order, in the new directory `out`."""
     per = 2 if inputs["kind"] == "pairs" else 1
     parts = []
     for r in range(world):
@@ -171,29 +289,25 @@ def merge_parts(parts_dir, world, directory, key, inputs) -> None:
             parts.append((np.memmap(prefix + ".bin", dtype=np.int32, mode="r") if os.path.getsize(prefix + ".bin")
                           else np.zeros(0, np.int32), np.load(prefix + ".npy"), json.load(f)))
     starts = [np.concatenate([[0], np.cumsum(rows[:, 0])]) for _, rows, _ in parts]
-    tmp = f"{directory}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    os.makedirs(out)
     index, ids, offset = [], [], 0
-    with open(os.path.join(tmp, "tokens.bin"), "wb") as out:
+    with open(os.path.join(out, "tokens.bin"), "wb") as tokens_out:
         for i in range(sum(len(p[2]) for p in parts)):
             tokens, rows, names = parts[i % world]
             j = i // world
             ids.append(names[j])
             for s in range(per * j, per * j + per):
                 length, prompt = (int(v) for v in rows[s])
-                out.write(tokens[starts[i % world][s]:starts[i % world][s] + length].tobytes())
+                tokens_out.write(tokens[starts[i % world][s]:starts[i % world][s] + length].tobytes())
                 index.append((offset, length, prompt))
                 offset += length
-    np.save(os.path.join(tmp, "index.npy"), np.asarray(index, dtype=np.int64).reshape(-1, 3))
-    with open(os.path.join(tmp, "ids.json"), "w", encoding="utf-8") as f:
+    np.save(os.path.join(out, "index.npy"), np.asarray(index, dtype=np.int64).reshape(-1, 3))
+    with open(os.path.join(out, "ids.json"), "w", encoding="utf-8") as f:
         json.dump(ids, f)
     meta = {"key": key, "format_version": FORMAT_VERSION, **inputs, "examples": len(ids), "tokens": offset,
-            "files": {name: _file_digest(os.path.join(tmp, name)) for name in ("tokens.bin", "index.npy", "ids.json")}}
-    with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+            "files": {name: _file_digest(os.path.join(out, name)) for name in ("tokens.bin", "index.npy", "ids.json")}}
+    with open(os.path.join(out, "meta.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
 
 
 def _file_digest(path) -> dict:
