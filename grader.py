@@ -54,9 +54,11 @@ How sympy is sandboxed
     against a question's limit (it is summed in GRADER_STATS["sympy_boot_seconds"]). Past the
     deadline the child is killed (a fresh one starts booting at once) and the verdict is "not
     equivalent", timed_out=True, counted in GRADER_STATS["timeouts"]. Numbers of more than 10,000
-    digits are never evaluated. Plain subprocess + select, no signals and no multiprocessing
-    children: the limit holds off the main thread, under fork or spawn, and inside daemonic pool
-    workers. `grade_many` grades in a spawn-context process pool, each worker with its own child.
+    digits are never evaluated. sympy reads the text as mathematics only: its expressions, no Python
+    builtins, no attribute access, no keywords (`_sympy_globals`). Plain subprocess + select, no
+    signals and no multiprocessing children: the limit holds off the main thread, under fork or spawn,
+    and inside daemonic pool workers. `grade_many` grades in a spawn-context process pool, each
+    worker with its own child.
 
 Errors are reported, not folded into "not equivalent"
     Text sympy cannot read (`1/()`, `x**`) is simply not equivalent. Anything else that goes wrong
@@ -799,6 +801,38 @@ class _Unreadable(Exception):
     """sympy could not read a text (parse_expr evaluates as it parses: junk raises anything)."""
 
 
+@lru_cache(maxsize=1)
+def _sympy_globals():
+    """parse_expr's global namespace: sympy's expressions (its Basic classes and constants), sqrt, cbrt,
+    and abs/max/min as Abs/Max/Min; nothing of Python's builtins.
+
+    parse_expr evaluates its text as Python. Its default namespace holds every builtin function (a boxed
+    `exec(chr(49))` ran in the child, `input()` read the request pipe) and all of `from sympy import *`,
+    where `test()` runs sympy's test suite, `doctest()` writes into the answer pipe and `sympify`
+    evaluates any string. An empty `__builtins__` keeps eval from adding the real ones.
+    """
+    import sympy
+
+    names = {name: getattr(sympy, name) for name in sympy.__all__}
+    names = {name: obj for name, obj in names.items()
+             if isinstance(obj, sympy.Basic) or (isinstance(obj, type) and issubclass(obj, sympy.Basic))}
+    names.update(sqrt=sympy.sqrt, cbrt=sympy.cbrt, abs=sympy.Abs, max=sympy.Max, min=sympy.Min)
+    names["__builtins__"] = {}
+    return names
+
+
+def _only_mathematics(tokens, local_dict, global_dict):
+    """parse_expr transformation, run first: refuse attribute access (`x.name` is a str, and from an
+    object its methods reach anything) and Python keywords (`lambda`, `for`, `if`, `None`)."""
+    import keyword
+    from tokenize import NAME, OP
+
+    for kind, value in tokens:
+        if (kind == OP and value == ".") or (kind == NAME and keyword.iskeyword(value)):
+            raise ValueError(f"{value!r} is Python, not mathematics")
+    return tokens
+
+
 def _sympy_locals():
     import sympy
 
@@ -830,17 +864,21 @@ def _log10_size(node):
 
 def _sympy_parse(text):
     """(evaluated expression, or None when it holds a number too large to ever evaluate)."""
-    from sympy import preorder_traversal
+    from sympy import Basic, preorder_traversal
     from sympy.parsing.sympy_parser import (implicit_multiplication, parse_expr, split_symbols,
                                             standard_transformations)
 
-    transformations = standard_transformations + (split_symbols, implicit_multiplication)
+    transformations = (_only_mathematics,) + standard_transformations + (split_symbols, implicit_multiplication)
 
     def parse(evaluate):
         try:
-            return parse_expr(text, local_dict=_sympy_locals(), transformations=transformations, evaluate=evaluate)
+            expr = parse_expr(text, local_dict=_sympy_locals(), global_dict=dict(_sympy_globals()),
+                              transformations=transformations, evaluate=evaluate)
         except Exception as e:  # `1/()` raises TypeError, `x**` SyntaxError: text sympy cannot read
             raise _Unreadable(f"{type(e).__name__}: {e}") from None
+        if not isinstance(expr, Basic):  # a Python tuple or bool is no expression
+            raise _Unreadable(f"not an expression: {type(expr).__name__}")
+        return expr
 
     for node in preorder_traversal(parse(False)):
         if not node.free_symbols and (node.is_Pow or node.is_Function) and _log10_size(node) > _MAX_DIGITS:
