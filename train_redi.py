@@ -324,6 +324,7 @@ def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, referen
     pair_loss, normalise_by = OBJECTIVES[args.loss]
     cost = [1.0] * len(pairs) if normalise_by == "pairs" else pairs.supervised      # chosen tokens [N]
     save = train_sft.checkpoint_saver(args, model, lm, optimizer, tokenizer, clock)
+    stop_signals = train_sft.StopSignals()
     print0(f"training: {total_steps} steps of {args.global_batch_size} pairs = {dist.get_world_size()} ranks x "
            f"{sampler.per_rank}, {len(sampler.micro_batches(0, 0))} micro-batches per step")
     try:
@@ -351,7 +352,7 @@ def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, referen
                 loss.backward()
                 local_sums += pair_stats(loss, lp, weights, batch_pairs, args)
             # One all-reduce: every rank sees the same sums, so the finite check is agreed across ranks.
-            sums = train_sft.clip_and_reduce(model, args.max_grad_norm, local_sums, PAIR_STATS)
+            sums = train_sft.clip_and_reduce(model, args.max_grad_norm, local_sums, PAIR_STATS, stop_signals)
             if train_sft.is_finite(sums):
                 fields = {"optim/update_norm": train_sft.apply_update(model, optimizer), **pair_metrics(sums, args)}
                 fields["logps/collapse_warning"] = collapse.check(step + 1, fields["logps/chosen"],
@@ -363,6 +364,7 @@ def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, referen
             step += 1
             if train_sft.is_save_step(args, step, total_steps):
                 save(step, {})
+            train_sft.save_and_stop_if_signalled(args, step, total_steps, sums, save)
     finally:
         metrics.close()
     print0(f"done: {step} steps of {args.loss} in {clock.elapsed():.1f}s; final model: {args.output_dir}/final")
@@ -387,7 +389,7 @@ def main(argv=None):
             if state:
                 print0(f"resumed from {resume_from} at step {state['step']}")
         train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, reference, state)
-    except (train_sft.NonFiniteError, train_sft.CheckpointError) as e:
+    except (train_sft.NonFiniteError, train_sft.CheckpointError, train_sft.Preempted) as e:
         train_sft.exit_stopped(e)
     finally:
         train_sft.cleanup()

@@ -43,7 +43,11 @@ Exit codes (every rank agrees, none waits for the process-group timeout): 0 done
 arguments; 2 bad input found before any compute (data file, --model, --output-dir, disk space;
 one line "PROG [rank R]: error: ..." per rank, no traceback); 3 a non-finite loss or gradient with
 --on-nonfinite stop (the last finite state is saved first); 4 a checkpoint could not be written
-(the previous checkpoint and `latest` are untouched). Any other exit is a bug: it has a traceback.
+(the previous checkpoint and `latest` are untouched); 75 stopped by SIGTERM or SIGUSR1 (preemption:
+every rank finishes the step, the step is saved, `--resume` continues bitwise; torchrun forwards
+SIGTERM to its workers and gives them 30 s before SIGKILL, SIGUSR1 must reach the workers, e.g.
+SLURM's `--signal=USR1@120` on an srun step); 76 the worker's torchrun launcher died (each worker
+exits within a second, writing nothing more). Any other exit is a bug: it has a traceback.
 
 Departures from the paper's setup (TRL + DeepSpeed): micro-batches may be formed by a token budget
 (--max-tokens-per-micro-batch); the last, smaller global batch of an epoch is kept (zero-weight
@@ -65,7 +69,9 @@ import platform
 import random
 import resource
 import shutil
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -203,6 +209,7 @@ def setup_distributed(device: str = "auto", timeout_minutes: float = 30.0):
     so the same collectives run everywhere. `device`: "auto" (cuda when available), "cuda", "cpu".
     Used by train_sft.py, train_redi.py and evaluate.py alike.
     """
+    exit_if_launcher_dies()
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
@@ -214,6 +221,46 @@ def setup_distributed(device: str = "auto", timeout_minutes: float = 30.0):
     else:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+def exit_if_launcher_dies(poll_seconds: float = 0.5) -> None:
+    """Under torchrun, end this worker within a second of its launcher's death.
+
+    torchrun starts each worker in a session of its own, so when torchrun itself is killed (kill -9,
+    the OOM killer) nothing stops the workers: they would train on, orphaned, and write checkpoints
+    into an output dir a user may already be resuming into. A daemon thread watches the parent pid
+    and ends the process at once (no save, no further write); checkpoints are atomic, so the output
+    dir stays consistent. Linux reparents an orphan, which changes getppid()."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    launcher = os.getppid()
+
+    def watch():
+        while os.getppid() == launcher:
+            time.sleep(poll_seconds)
+        os.write(2, f"[rank {os.environ.get('RANK', '?')}] launcher (pid {launcher}) is gone; exiting\n".encode())
+        os._exit(EXIT_LAUNCHER_GONE)
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
+class StopSignals:
+    """SIGTERM and SIGUSR1 (schedulers' "you will be killed soon": SLURM --signal, spot instances)
+    only raise a flag; the step loop all-reduces it with the step's statistics, so every rank learns
+    of a signal that reached any rank at the same step, finishes that step, saves and exits
+    EXIT_PREEMPTED. A second signal while saving is ignored: the save is what it asks for."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received = None
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+            print(f"[rank {os.environ.get('RANK', 0)}] {self.received}: will save after this step and exit",
+                  file=sys.stderr, flush=True)
 
 
 def is_main() -> bool:
@@ -568,18 +615,33 @@ def maybe_inject_fault(args, step: int, loss):
     return loss
 
 
-def clip_and_reduce(model, max_grad_norm, local_sums, names) -> dict:
+def clip_and_reduce(model, max_grad_norm, local_sums, names, stop_signals) -> dict:
     """Clip gradients, sum this rank's step statistics over ranks: ONE host sync for the step.
 
-    Returns {name: global sum} plus "grad_norm". Every rank gets the same numbers, so a
-    non-finite check on them is agreed across ranks without another collective: a NaN or inf in
-    any rank's loss is in the summed loss, and one in any gradient is in the (global) grad norm.
+    Returns {name: global sum} plus "grad_norm" and "stop_requests" (ranks that received a stop
+    signal). Every rank gets the same numbers, so checks on them are agreed across ranks without
+    another collective: a NaN or inf in any rank's loss is in the summed loss, one in any gradient
+    is in the (global) grad norm, and a signal to any rank is in stop_requests.
     """
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-    dist.all_reduce(local_sums)
-    values = torch.cat([local_sums, grad_norm.reshape(1).to(local_sums)]).tolist()
-    return dict(zip([*names, "grad_norm"], values))
+    stop = local_sums.new_tensor([float(stop_signals.received is not None)])
+    reduced = torch.cat([local_sums, stop])
+    dist.all_reduce(reduced)
+    values = torch.cat([reduced, grad_norm.reshape(1).to(local_sums)]).tolist()
+    return dict(zip([*names, "stop_requests", "grad_norm"], values))
+
+
+def save_and_stop_if_signalled(args, step, total_steps, sums, save) -> None:
+    """After the step a stop signal reached (any rank): save it unless it was just saved, raise Preempted.
+    Nothing is lost: the checkpoint holds the state after this step, and --resume continues with the next."""
+    if not sums["stop_requests"] or step == total_steps:
+        return
+    if args.no_save:
+        raise Preempted(f"stop signal after step {step}; --no-save: nothing saved")
+    if not is_save_step(args, step, total_steps):
+        save(step, {})
+    raise Preempted(f"stop signal after step {step}; saved checkpoint step-{step:07d}; continue with --resume")
 
 
 def is_finite(sums: dict) -> bool:
@@ -617,6 +679,14 @@ def skip_or_stop(args, step, epoch, sums, optimizer, save) -> dict:
 
 class NonFiniteError(RuntimeError):
     pass
+
+
+class Preempted(RuntimeError):
+    """SIGTERM/SIGUSR1 reached a rank: the run saved its state and stops (exit EXIT_PREEMPTED)."""
+
+
+EXIT_PREEMPTED = 75       # sysexits' EX_TEMPFAIL: "try again later", i.e. requeue with --resume
+EXIT_LAUNCHER_GONE = 76
 
 
 class StepClock:
@@ -954,6 +1024,7 @@ def train(args, model, lm, tokenizer, optimizer, examples, sampler, device, stat
     clock = StepClock(state)
     response_tokens = examples.supervised                     # [N] supervised tokens of each example
     save = checkpoint_saver(args, model, lm, optimizer, tokenizer, clock)
+    stop_signals = StopSignals()
     print0(f"training: {total_steps} steps ({sampler.steps_per_epoch} per epoch), global batch "
            f"{args.global_batch_size} = {dist.get_world_size()} ranks x {sampler.per_rank} examples; "
            f"micro-batches per step: {len(sampler.micro_batches(0, 0))}")
@@ -978,7 +1049,7 @@ def train(args, model, lm, tokenizer, optimizer, examples, sampler, device, stat
                 local_sums += torch.stack([loss.detach().double(), torch.tensor(tokens, device=device).double(),
                                            (num_tokens * weights).sum().double(),
                                            (sum_logps.detach() * weights).sum().double()])
-            sums = clip_and_reduce(model, args.max_grad_norm, local_sums, SFT_STATS)
+            sums = clip_and_reduce(model, args.max_grad_norm, local_sums, SFT_STATS, stop_signals)
             if is_finite(sums):
                 fields = {"optim/update_norm": apply_update(model, optimizer),
                           "data/response_tokens": int(sums["data/response_tokens"]),
@@ -991,6 +1062,7 @@ def train(args, model, lm, tokenizer, optimizer, examples, sampler, device, stat
             step += 1
             if is_save_step(args, step, total_steps):
                 save(step, {})
+            save_and_stop_if_signalled(args, step, total_steps, sums, save)
     finally:
         metrics.close()
     print0(f"done: {step} steps in {clock.elapsed():.1f}s; model in {os.path.join(args.output_dir, 'final')}")
@@ -1020,16 +1092,17 @@ def main(argv=None):
             if state:
                 print0(f"resumed from {resume_from} at step {state['step']}")
         train(args, model, lm, tokenizer, optimizer, examples, sampler, device, state)
-    except (NonFiniteError, CheckpointError) as e:
+    except (NonFiniteError, CheckpointError, Preempted) as e:
         exit_stopped(e)
     finally:
         cleanup()
 
 
 def exit_stopped(e) -> None:
-    """A run stopped by a non-finite step (exit 3) or a failed save (exit 4): one line per rank."""
+    """A run stopped by a non-finite step (exit 3), a failed save (exit 4) or a stop signal
+    (exit EXIT_PREEMPTED, after saving): one line per rank."""
     print(f"[rank {os.environ.get('RANK', 0)}] stopped: {e}", file=sys.stderr, flush=True)
-    sys.exit(3 if isinstance(e, NonFiniteError) else 4)
+    sys.exit({NonFiniteError: 3, CheckpointError: 4, Preempted: EXIT_PREEMPTED}[type(e)])
 
 
 if __name__ == "__main__":
