@@ -9,7 +9,7 @@ The code is laid out in the order a user meets it:
 
     python data.py curate --raw OpenR1-Math-Raw/data --id-prefix openr1-math-raw \\
         --sft-out runs/data/sft.jsonl --pairs-out runs/data/pairs.jsonl --tokenizer Qwen/Qwen2.5-Math-1.5B \\
-        --benchmarks ../shared/benchmarks/{math500,aime24,amc23,minerva,olympiadbench}.jsonl \\
+        --benchmarks benchmarks/{math500,aime24,amc23,minerva,olympiadbench}.jsonl \\
         --expect-counts 77629 53175
     python data.py check --data runs/data/sft.jsonl my_pairs.jsonl   # validate curated / own files
 
@@ -60,7 +60,7 @@ paper (arXiv 2505.24850, Appendix C.2) and of its code (`clean_base_shuffled.py`
 `--raw` is a .jsonl or .parquet file (Parquet needs `pip install pyarrow`, an optional
 dependency) or a directory whose *.jsonl / *.parquet shards are read in name order.
 
-## Curation rules (columns: ../shared/benchmarks/OPENR1_SCHEMA.md)
+## Curation rules (columns: the schema notes of OpenR1-Math-Raw, summarised below)
 1. Every raw row gets `original_index`, its 0-based position across all input files.
 2. Row filters, in REDI's order; a row is dropped by the first it fails and counted there:
    `invalid_problem` (`problem_is_valid` is not a string equal to "yes" after strip/lower:
@@ -95,7 +95,7 @@ dependency) or a directory whose *.jsonl / *.parquet shards are read in name ord
 The paper reports **77,629 SFT examples and 53,175 pairs** on the full Raw train split. Those
 figures come from the paper and were NOT reproduced here (these machines cannot reach the hub);
 `--expect-counts 77629 53175` makes a run on the real data fail loudly if it disagrees. On
-`../shared/benchmarks/openr1_raw_synthetic_fixture.jsonl` the rules give 4 SFT examples
+`tests/data/openr1_raw_synthetic_fixture.jsonl` the rules give 4 SFT examples
 (rows A, D, E, H) and 3 pairs (A, D, H), as OPENR1_SCHEMA.md states (tests/test_curation.py).
 
 ## Where curation departs from REDI's scripts, and why

@@ -26,23 +26,23 @@ What it does
     `--engine-chunk` samples per call, each chunk appended as it returns; resume and grading unchanged.
 
 Launch
-    # one GPU or CPU, a local benchmark file (schema: ../shared/benchmarks/README.md)
+    # one GPU or CPU, a local benchmark file (schema: benchmarks/README.md)
     # (under torchrun spell --n as --num-samples: torchrun's own parser rejects --n as ambiguous)
-    python evaluate.py --model runs/redi --data ../shared/benchmarks/math500.jsonl --n 16 \\
+    python evaluate.py --model runs/redi --data benchmarks/math500.jsonl --n 16 \\
         --temperature 0.6 --top-p 0.95 --max-new-tokens 32768 --output-dir out/redi_math500
     # 8 GPUs, all five benchmarks of the paper (rank r takes problems r, r+8, ...)
     torchrun --standalone --nproc_per_node 8 evaluate.py --model runs/redi --num-samples 16 \\
-        --data ../shared/benchmarks/{math500,aime24,amc23,minerva,olympiadbench}.jsonl --output-dir out/redi
+        --data benchmarks/{math500,aime24,amc23,minerva,olympiadbench}.jsonl --output-dir out/redi
     # tiny CPU smoke run (the toy task's model was trained on bare problems)
-    python evaluate.py --model runs/tiny --data ../shared/benchmarks/math500_sample20.jsonl --n 2 \\
+    python evaluate.py --model runs/tiny --data benchmarks/math500_sample20.jsonl --n 2 \\
         --max-new-tokens 16 --prompt-template raw --output-dir out/smoke
     # vLLM (pip install vllm): one process over K GPUs, or one model per rank (N x K GPUs per node)
     python evaluate.py --engine vllm --tensor-parallel-size 2 --model runs/redi --n 16 \\
-        --data ../shared/benchmarks/aime24.jsonl --output-dir out/redi_aime24_vllm
+        --data benchmarks/aime24.jsonl --output-dir out/redi_aime24_vllm
     torchrun --standalone --nproc_per_node 8 evaluate.py --engine vllm --model runs/redi --num-samples 16 \\
-        --data ../shared/benchmarks/{math500,aime24,amc23,minerva,olympiadbench}.jsonl --output-dir out/redi_vllm
+        --data benchmarks/{math500,aime24,amc23,minerva,olympiadbench}.jsonl --output-dir out/redi_vllm
     # grade responses produced by another engine (vLLM, ...), no model loaded
-    python evaluate.py --responses gens.jsonl --data ../shared/benchmarks/aime24.jsonl --output-dir out/vllm
+    python evaluate.py --responses gens.jsonl --data benchmarks/aime24.jsonl --output-dir out/vllm
 
 Outputs (stable: the demo and the plotting script read them)
     OUT/generations.jsonl, one line per (benchmark, problem id, sample index), fields:
@@ -87,7 +87,7 @@ Outputs (stable: the demo and the plotting script read them)
 
 Errors
     Bad input (a benchmark or responses file, a resumed OUT/generations.jsonl, --model, an
-    option, an unwritable --output-dir, an offline --benchmark download) stops the run before any
+    option, an unwritable --output-dir) stops the run before any
     work with one line on stderr naming the file, line and field or the option, and exit code 2
     (argparse's usage errors also exit 2). Any other exception is a bug and keeps its traceback.
 
@@ -121,9 +121,6 @@ import re
 import statistics
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from importlib import metadata
 
 # The grader is its own module; its names stay importable from here for scripts and users.
@@ -283,8 +280,8 @@ def parse_args(argv=None):
                    help="benchmark file (JSON Lines: id, problem, answer or answers); repeatable; "
                         "the file's stem names the benchmark")
     g.add_argument("--benchmark", action="append", default=[], choices=BENCHMARK_NAMES,
-                   help="download a public copy from the Hugging Face hub (cached in OUT/benchmarks/); "
-                        "repeatable. For the paper's exact sets use --data ../shared/benchmarks/*.jsonl")
+                   help="one of the paper's five test sets, read from this repository's benchmarks/NAME.jsonl "
+                        "(provenance and sha256: benchmarks/README.md); repeatable")
     g.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
     g = p.add_argument_group("model and sampling")
     g.add_argument("--model", help="model directory (or hub id) loadable by transformers")
@@ -371,16 +368,9 @@ def _validate(parser, args):
 # Data
 # ------------------------------------------------------------------------------------------------
 
-# Public copies on the hub: (dataset, config, problem field, answer field, id field). Not the exact
-# files the paper used (those are in ../shared/benchmarks/, see its README): minerva's golds differ.
-HUB_SOURCES = {
-    "math500": ("HuggingFaceH4/MATH-500", "default", "problem", "answer", "unique_id"),
-    "aime24": ("HuggingFaceH4/aime_2024", "default", "problem", "answer", "id"),
-    "amc23": ("AI-MO/aimo-validation-amc", "default", "problem", "answer", "id"),
-    "minerva": ("math-ai/minervamath", "default", "question", "answer", None),
-    "olympiadbench": ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "question", "final_answer", "id"),
-}
-_DATASETS_SERVER = "https://datasets-server.huggingface.co"
+# The paper's five test sets ship with this repository (benchmarks/README.md: provenance, sha256):
+# --benchmark NAME reads benchmarks/NAME.jsonl, offline; nothing is downloaded.
+BENCHMARK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks")
 
 
 def _gold_string(value):
@@ -440,54 +430,10 @@ def read_benchmark(path, name, limit=None):
     return problems
 
 
-def _get_json(url):
-    with urllib.request.urlopen(url, timeout=60) as response:
-        return json.loads(response.read().decode())
-
-
-def fetch_benchmark(name, cache_dir):
-    """Download benchmark `name` from the Hugging Face hub (datasets-server JSON API, no extra
-    dependencies) into cache_dir/NAME.jsonl, in our schema; reused when already there."""
-    path = os.path.join(cache_dir, f"{name}.jsonl")
-    if os.path.isfile(path):
-        return path
-    repo, config, problem_field, answer_field, id_field = HUB_SOURCES[name]
-    hint = f"pass --data with a local copy instead, e.g. --data ../shared/benchmarks/{name}.jsonl"
-    from data import InputError
-
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        raise InputError(f"--benchmark {name}: HF_HUB_OFFLINE is set, cannot download {repo}; {hint}")
-    query = urllib.parse.urlencode({"dataset": repo})
-    try:
-        splits = [s["split"] for s in _get_json(f"{_DATASETS_SERVER}/splits?{query}")["splits"]
-                  if s["config"] == config]
-        rows, total = [], None
-        while total is None or len(rows) < total:
-            page = _get_json(f"{_DATASETS_SERVER}/rows?{query}&config={config}&split={splits[0]}"
-                             f"&offset={len(rows)}&length=100")
-            rows += [r["row"] for r in page["rows"]]
-            total = page["num_rows_total"] if page["rows"] else len(rows)
-    except (urllib.error.URLError, OSError, KeyError, IndexError, ValueError) as e:
-        raise InputError(f"--benchmark {name}: could not download {repo} ({config}) from the Hugging Face hub: "
-                         f"{e}. Offline? {hint}") from None
-    os.makedirs(cache_dir, exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        for i, row in enumerate(rows):
-            answers = row[answer_field] if isinstance(row[answer_field], list) else [row[answer_field]]
-            answers = [_gold_string(a) for a in answers]
-            rid = row.get(id_field, i) if id_field else i
-            f.write(json.dumps({"id": f"{name}/{rid}", "problem": row[problem_field], "answer": answers[0],
-                                "answers": answers, "source": repo}, ensure_ascii=False) + "\n")
-    os.replace(path + ".tmp", path)
-    return path
-
-
-def load_benchmarks(args, fetch=True):
-    """[(name, problems)] in command-line order: --data files, then --benchmark names."""
+def load_benchmarks(args):
+    """[(name, problems)] in command-line order: --data files, then --benchmark names (the repo's copies)."""
     named = [(os.path.splitext(os.path.basename(p))[0], p) for p in args.data]
-    cache = os.path.join(args.output_dir, "benchmarks")
-    named += [(name, fetch_benchmark(name, cache) if fetch else os.path.join(cache, f"{name}.jsonl"))
-              for name in args.benchmark]
+    named += [(name, os.path.join(BENCHMARK_DIR, f"{name}.jsonl")) for name in args.benchmark]
     return [(name, read_benchmark(path, name, args.limit)) for name, path in named]
 
 
@@ -795,10 +741,10 @@ def grade_responses_file(args):
 
 def run_generation(args):
     first = int(os.environ.get("RANK", "0")) == 0
-    if args.engine == "vllm":  # every rank, before any download: vllm installed, enough GPUs for the ranks
+    if args.engine == "vllm":  # every rank, before any work: vllm installed, enough GPUs for the ranks
         vllm_engine.check_ready(args.tensor_parallel_size)
-    if first:  # before the process group and the model, so a bad file or an offline hub fails fast
-        benchmarks = load_benchmarks(args)  # rank 0 downloads; the others read its cache
+    if first:  # before the process group and the model, so a bad file fails fast
+        benchmarks = load_benchmarks(args)
         consolidate(args.output_dir, benchmarks)  # drops a kill's truncated line, merges rank parts
     check_model(args.model)  # every rank: the same local check, so no rank waits for a failed one
     from train_sft import barrier, cleanup, print0, setup_distributed
@@ -808,7 +754,7 @@ def run_generation(args):
     rank, world, device = setup_distributed("cpu" if args.engine == "vllm" else args.device, args.dist_timeout_min)
     try:
         barrier()
-        benchmarks = benchmarks if first else load_benchmarks(args, fetch=False)
+        benchmarks = benchmarks if first else load_benchmarks(args)
         done = {_record_key(r) for r in read_generations(os.path.join(args.output_dir, GENERATIONS))}
         work = missing_work(benchmarks, done, args.n, rank, world)
         missing = len(missing_work(benchmarks, done, args.n, 0, 1))

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Copies of ../shared/benchmarks (provenance and checksums: tests/data/benchmarks/SOURCE.md), so the
-# suite is whole on any clone.
-BENCHMARKS = ROOT / "tests" / "data" / "benchmarks"
+# The paper's five test sets, shipped in the repo (provenance and checksums: benchmarks/README.md).
+BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(ROOT))
 
 # Keep every test offline and quiet, single-threaded per process (CI has 2 cores).

@@ -1,7 +1,7 @@
 """Curation (data.py curate / check): REDI's rules on hand-made raw rows, with exact expected outputs.
 
 Fixtures:
-* `BENCHMARKS / openr1_raw_synthetic_fixture.jsonl`: the shared 8-row fixture whose expected
+* `tests/data/openr1_raw_synthetic_fixture.jsonl`: the shared 8-row fixture whose expected
   outputs OPENR1_SCHEMA.md states (SFT A, D, E, H; pairs A, D, H).
 * `tests/data/curation_raw.jsonl`: 19 rows, one per case; row i's problem starts "CASE i":
    0 mixed (gen0 Llama-only)      -> SFT gen1, pair (1, 0)
@@ -36,7 +36,7 @@ import data
 DATA = Path(__file__).resolve().parent / "data"
 RAW = DATA / "curation_raw.jsonl"
 BENCH = DATA / "curation_benchmark.jsonl"
-SHARED_FIXTURE = BENCHMARKS / "openr1_raw_synthetic_fixture.jsonl"
+SHARED_FIXTURE = ROOT / "tests" / "data" / "openr1_raw_synthetic_fixture.jsonl"
 LIMITS = ["--max-prompt-tokens", "200", "--max-response-tokens", "200"]
 
 

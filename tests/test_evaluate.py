@@ -423,26 +423,33 @@ def test_read_benchmark_validates_fields(tmp_path):
         evaluate.read_benchmark(str(path), "b")
 
 
-def test_fetch_benchmark_converts_hub_rows(tmp_path, monkeypatch):
-    """Hub rows (datasets-server JSON) become our schema; list golds are kept; cached afterwards."""
-    pages = {"splits": {"splits": [{"config": "OE_TO_maths_en_COMP", "split": "train"}]},
-             "rows": {"rows": [{"row": {"id": 7, "question": "Q?", "final_answer": ["$1$", "$2$"]}}],
-                      "num_rows_total": 1}}
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(evaluate, "_get_json", lambda url: pages["splits" if "/splits?" in url else "rows"])
-    path = evaluate.fetch_benchmark("olympiadbench", str(tmp_path))
-    [problem] = evaluate.read_benchmark(path, "olympiadbench")
-    assert problem["id"] == "olympiadbench/7" and problem["golds"] == ["$1$", "$2$"] and problem["problem"] == "Q?"
-    monkeypatch.setattr(evaluate, "_get_json", None)  # a second call must not download again
-    assert evaluate.fetch_benchmark("olympiadbench", str(tmp_path)) == path
+def test_benchmark_files_match_the_checksums_in_their_readme():
+    """Every file in benchmarks/ is listed in benchmarks/README.md with its row count and sha256, and matches."""
+    import hashlib
+    import re
+
+    table = dict(re.findall(r"^\| `(\w+\.jsonl)` \| .*\| `([0-9a-f]{64})` \|$",
+                            (BENCHMARKS / "README.md").read_text(), re.M))
+    files = sorted(p.name for p in BENCHMARKS.glob("*.jsonl"))
+    assert files == sorted(table) and {f"{n}.jsonl" for n in evaluate.BENCHMARK_NAMES} <= set(files)
+    for name in files:
+        assert hashlib.sha256((BENCHMARKS / name).read_bytes()).hexdigest() == table[name], name
 
 
-def test_benchmark_download_offline_fails_clearly(tmp_path):
-    """--benchmark without network (HF_HUB_OFFLINE) exits with a message pointing to --data."""
-    proc = run_script([sys.executable, str(ROOT / "evaluate.py"), "--model", "unused", "--benchmark", "aime24",
-                       "--output-dir", str(tmp_path)], env={"HF_HUB_OFFLINE": "1"}, check=False)
-    assert_input_error(proc, "--benchmark aime24: HF_HUB_OFFLINE is set, cannot download HuggingFaceH4/aime_2024")
-    assert "--data ../shared/benchmarks/aime24.jsonl" in proc.stderr
+def test_benchmark_by_name_reads_the_repos_copy_offline(tmp_path, monkeypatch):
+    """--benchmark NAME loads benchmarks/NAME.jsonl (the paper's file), the same problems as --data; no network."""
+    import socket
+
+    def no_network(*a, **k):
+        raise AssertionError("--benchmark must not touch the network")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    for name, rows in [("aime24", 30), ("minerva", 272)]:
+        by_name = evaluate.load_benchmarks(evaluate.parse_args(
+            ["--model", "m", "--benchmark", name, "--output-dir", str(tmp_path)]))
+        by_file = evaluate.load_benchmarks(evaluate.parse_args(
+            ["--model", "m", "--data", str(BENCHMARKS / f"{name}.jsonl"), "--output-dir", str(tmp_path)]))
+        assert by_name == by_file and len(by_name[0][1]) == rows
 
 
 BAD_OPTIONS = [  # (options after --responses FILE --output-dir o, the message argparse prints)
