@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BENCHMARKS, run_script
+from conftest import ROOT, run_script
 
 import data
 
