@@ -556,8 +556,9 @@ def collate(sequences: list[dict], pad_id: int, packed: bool = False) -> dict:
         input_ids, labels, attention_mask [S, T_max] (right padding, labels IGNORE_INDEX on pads)
     packed (padding-free: all sequences in one row, positions restart per sequence):
         input_ids, labels, position_ids [1, sum T]; seq_index [sum T] (which sequence owns each
-        token). Attention must not cross sequences: the forward turns seq_index into a
-        block-diagonal mask, or flash-attention reads the boundaries from position_ids.
+        token); cu_seqlens [S + 1] (int32 offsets) and max_length (int), flash-attn varlen's
+        sequence boundaries. Attention must not cross sequences: flash-attn reads the boundaries,
+        otherwise the forward runs each sequence alone.
     Both carry num_sequences = S; per-sequence log-probs are identical in the two layouts.
     An SFT micro-batch is `collate(examples)`: sequence i is examples[i].
     """
@@ -568,8 +569,13 @@ def collate(sequences: list[dict], pad_id: int, packed: bool = False) -> dict:
         seq_index = torch.cat([torch.full((len(s["input_ids"]),), i) for i, s in enumerate(sequences)])
         # The first token of a sequence would be "predicted" by the previous sequence's last token.
         labels[0, position_ids[0] == 0] = IGNORE_INDEX
+        # flash-attn varlen's boundaries, built here once: from position_ids alone transformers would
+        # rebuild them, with a device sync, in every layer's forward and recompute.
+        lengths = [len(s["input_ids"]) for s in sequences]
+        cu_seqlens = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)  # [S + 1]
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-                "seq_index": seq_index, "num_sequences": len(sequences)}
+                "seq_index": seq_index, "num_sequences": len(sequences),
+                "cu_seqlens": cu_seqlens, "max_length": max(lengths)}
     longest = max(len(s["input_ids"]) for s in sequences)
     input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     labels = torch.full((len(sequences), longest), IGNORE_INDEX, dtype=torch.long)

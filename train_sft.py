@@ -310,7 +310,8 @@ class LogpsModel(torch.nn.Module):
     Attention never gets a [T, T] mask (it would be 3.2 GB in bf16 at T = 40k):
       padded rows (data.collate pads on the RIGHT): under causal attention a real token never
         sees the pads after it, so no mask is passed and SDPA runs its causal (flash) kernel;
-      packed row + flash-attn: the varlen kernel reads sequence boundaries from position_ids;
+      packed row + flash-attn: the varlen kernel gets the boundaries (cu_seqlens, max length) that
+        data.collate built once per micro-batch;
       packed row otherwise: each sequence goes through the decoder alone (causal, no mask), and
         every rank makes as many decoder calls per micro-batch (FSDP's collectives must pair up).
     """
@@ -320,12 +321,15 @@ class LogpsModel(torch.nn.Module):
         self.lm, self.chunk_size = lm, chunk_size
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None, seq_index=None,
-                num_sequences=None):
+                num_sequences=None, cu_seqlens=None, max_length=None):
         decoder = self.lm.get_decoder()
         if seq_index is None:
             hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state              # [S, T, H]
         elif self.lm.config._attn_implementation.startswith("flash_attention"):
-            hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+            # The boundaries go down to every layer as they are: no per-layer rebuild from position_ids.
+            hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                             cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens,
+                             max_length_q=max_length, max_length_k=max_length).last_hidden_state
         else:
             # FSDP all-gathers every layer in each decoder call (and again in its backward), so every
             # rank must make as many calls as the rank with the most sequences in this micro-batch, or
