@@ -13,8 +13,8 @@ activation checkpointing, one pair per step, --no-save) for each case:
     DPO   --precompute-ref (reference log-probs cached first, not timed), default layout, same L
     SFT   the chosen traces, default layout, same L
 The first step of each case is warm-up; figures are medians of the others, read from metrics.jsonl.
-Peak memory is torch.cuda.max_memory_allocated, reset between cases (CPU: the process's peak RSS,
-which only grows). Work files go to a temp dir that is removed.
+Peak memory is torch.cuda.max_memory_allocated, reset between cases after the previous case is
+garbage-collected (CPU: the process's peak RSS, which only grows). Work files go to a temp dir that is removed.
 
 MFU = tokens/s x FLOPs per token / 989e12 (H100/H200 bf16 dense peak), with FLOPs per token
     6 N_non-embedding  +  6 V H (supervised fraction)  +  6 layers hidden L_seq
@@ -85,15 +85,30 @@ def write_pairs(work, model_dir, length: int) -> tuple[str, str]:
     return pairs, sft
 
 
+def models_alive() -> int:
+    """Training models (policy or reference) still reachable: each holds its weights and more."""
+    return sum(isinstance(o, train_sft.LogpsModel) for o in gc.get_objects())
+
+
+def free_previous_case() -> None:
+    """Before a case: the previous case's model, optimizer and activations freed, then the peak reset.
+    FSDP modules sit in reference cycles, so only the cycle collector frees them; without it the
+    next case's peak would include the last one's model and optimizer."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
 def run_case(work, model_dir, loss, data, layout, attn, steps, info, tiny) -> dict:
     """One case through the real training script; its figures from metrics.jsonl."""
     out = tempfile.mkdtemp(dir=work)
     argv = ["--model", model_dir, "--data", data, "--output-dir", out, "--max-steps", str(steps), "--epochs", str(steps),
             "--global-batch-size", "1", "--layout", layout, "--attn-implementation", attn, "--lr", "1e-6",
             "--no-save", "--no-progress", "--activation-checkpointing", "--logps-chunk-size", "1024"]
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    free_previous_case()
+    alive_at_start = models_alive()
     started = time.time()
     try:
         if loss == "sft":
@@ -111,14 +126,14 @@ def run_case(work, model_dir, loss, data, layout, attn, steps, info, tiny) -> di
     flops = (6 * info["params_non_embedding"] + 6 * info["vocab"] * info["hidden"] * 0.98
              + 6 * info["layers"] * info["hidden"] * seq_len)
     shutil.rmtree(out, ignore_errors=True)
-    return {"tokens_per_step": tokens, "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops / PEAK_FLOPS,
+    return {"models_alive_at_start": alive_at_start, "tokens_per_step": tokens, "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops / PEAK_FLOPS,
             "peak_mem_gb": records[-1]["perf/peak_mem_gb"], "wall_s": time.time() - started}
 
 
 def layouts() -> list[tuple[str, str, str]]:
     """(name, --layout, --attn-implementation) for every layout this machine can run."""
     found = [("padded", "padded", "sdpa"), ("packed-split", "packed", "sdpa")]
-    if torch.cuda.is_available() and __import__("importlib.util").util.find_spec("flash_attn"):
+    if torch.cuda.is_available() and train_sft.flash_attn_import_error() is None:
         found.append(("packed-varlen", "packed", "flash_attention_2"))
     return found
 

@@ -20,3 +20,4 @@ def test_gpu_bench_tiny_runs_every_case_and_writes_its_json(tmp_path):
         assert "error" not in row, row
         assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1 and row["peak_mem_gb"] > 0
         assert row["tokens_per_step"] >= (32 if row["loss"] == "sft" else 64)
+        assert row["models_alive_at_start"] == 0          # the previous case freed before the peak is reset
