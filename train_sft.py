@@ -228,12 +228,20 @@ def exit_if_launcher_dies(poll_seconds: float = 0.5) -> None:
 
     torchrun starts each worker in a session of its own, so when torchrun itself is killed (kill -9,
     the OOM killer) nothing stops the workers: they would train on, orphaned, and write checkpoints
-    into an output dir a user may already be resuming into. A daemon thread watches the parent pid
-    and ends the process at once (no save, no further write); checkpoints are atomic, so the output
-    dir stays consistent. Linux reparents an orphan, which changes getppid()."""
+    into an output dir a user may already be resuming into. On Linux the kernel sends this process
+    SIGKILL when its parent exits (prctl PR_SET_PDEATHSIG; torchrun starts workers from its main
+    thread, the thread the kernel watches); that works even while a collective blocks the
+    interpreter. A daemon thread also watches the parent pid (other systems; a launcher gone before
+    the prctl). Either way nothing more is
+    written; checkpoints are atomic, so the output dir stays consistent."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:
         return
     launcher = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
 
     def watch():
         while os.getppid() == launcher:

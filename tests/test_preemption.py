@@ -135,13 +135,18 @@ def test_a_stop_signal_saves_the_step_exits_75_and_resume_is_bitwise(how, tmp_pa
 
 
 @pytest.mark.slow
-def test_workers_stop_within_seconds_when_torchrun_is_killed(tmp_path, tiny_model_dir, pairs_file):
-    """kill -9 of torchrun at step >= 5: both workers are gone within 5 s and write nothing more."""
+@pytest.mark.parametrize("state", ["training", "rank 0 blocked in a collective"])
+def test_workers_stop_within_seconds_when_torchrun_is_killed(state, tmp_path, tiny_model_dir, pairs_file):
+    """kill -9 of torchrun at step >= 5: both workers are gone within 5 s and write nothing more,
+    even when rank 0 waits in a collective (rank 1 stopped) and so cannot run Python."""
     out = tmp_path / "run"
     proc = _start(out, tiny_model_dir, pairs_file, "--max-steps", "100000", "--save-every", "50")
     _wait_for_step(proc, out, 5)
     workers = _workers(proc.pid)
     assert sorted(workers) == [0, 1]
+    if state != "training":
+        os.kill(workers[1], signal.SIGSTOP)
+        time.sleep(1.5)                                  # rank 0 reaches the next collective and waits there
     os.kill(proc.pid, signal.SIGKILL)
     killed_at = time.time()
     try:
