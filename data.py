@@ -176,7 +176,6 @@ traceback (`InputError`, `exit_on_input_error`); anything else is a bug and keep
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -188,6 +187,7 @@ from collections import Counter
 import numpy as np
 import torch
 
+from cli import InputError, data_error, describe, exit_on_input_error, make_output_dir, read_jsonl, run_then_exit  # noqa: F401
 from redi_loss import IGNORE_INDEX   # one value for data and losses: labels the loss skips
 
 
@@ -219,104 +219,6 @@ def load_tokenizer(name_or_path):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-# -----------------------------------------------------------------------------
-# reading JSON Lines, and errors that name file, line and field
-
-
-def describe(value) -> str:
-    """A short, JSON-flavoured description of a found value for error messages."""
-    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number",
-             float: "number", type(None): "null"}
-    text = json.dumps(value, ensure_ascii=False, default=repr)
-    text = text if len(text) <= 60 else text[:57] + "..."
-    return f"{names.get(type(value), type(value).__name__)} {text}"
-
-
-class InputError(ValueError):
-    """Bad input from the user: a file, line, field or option that is not what was expected.
-
-    Every CLI (data.py, train_*.py, evaluate.py, plot.py, demo.py) runs under `exit_on_input_error`,
-    which prints it as one line and exits non-zero without a traceback. Any other exception is a
-    bug and keeps its traceback."""
-
-
-@contextlib.contextmanager
-def exit_on_input_error(prog: str):
-    """`with exit_on_input_error("data.py curate"):` -> 'PROG: error: MESSAGE' on stderr, exit 2."""
-    try:
-        yield
-    except InputError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
-def run_then_exit(main) -> None:
-    """Run a distributed entry point's main(), then end the process without interpreter teardown.
-
-    Gloo's worker threads can still be releasing a finished collective's tensors while Python
-    finalises; the release needs the GIL, the thread is killed, and the process aborts
-    ("terminate called without an active exception", SIGABRT) after the work is done and saved.
-    It happened in about 1 of 8 two-rank runs on a loaded 2-core machine (core dump: the gloo
-    runLoop thread in ~AsyncAllgatherWork; pytorch/pytorch#179291). Once main() has returned or
-    exited (its files closed, the process group destroyed), output is flushed and os._exit ends
-    the process with main's status. An uncaught exception is not caught here: its traceback
-    prints as usual."""
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            code = e.code or 0
-        else:                                   # sys.exit("message"): print it, as Python would
-            print(e.code, file=sys.stderr)
-            code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def data_error(path, line, field, expected, found) -> InputError:
-    """InputError 'PATH:LINE: field 'F': expected E, found X' (LINE: 1-based row for Parquet; None for
-    a whole-file JSON document)."""
-    where = str(path) + (f":{line}" if line is not None else "") + (f": field '{field}'" if field else "")
-    return InputError(f"{where}: expected {expected}, found {found}")
-
-
-def make_output_dir(path, what) -> str:
-    """os.makedirs(path, exist_ok=True), or InputError 'WHAT: ...' saying why it cannot hold outputs
-    (WHAT names the option, e.g. "--out-dir runs/x")."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise InputError(f"{what}: {path} exists and is not a directory")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"{what}: cannot create the directory {path} ({e.strerror})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise InputError(f"{what}: cannot write into {path} (permission denied)")
-    return path
-
-
-def read_jsonl(path):
-    """Yield (line_number, record) for every non-blank line of a JSON Lines file (lines are 1-based)."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:   # missing, a directory, no permission
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    with f:
-        for line_number, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"{path}:{line_number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if not text.strip():
-                continue  # blank lines hold no record (a trailing newline, say)
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{line_number}: invalid JSON: {e.msg} at column {e.colno}") from None
-            yield line_number, record
 
 
 # -----------------------------------------------------------------------------
@@ -549,7 +451,13 @@ def num_tokens(example: dict) -> int:
 # collation: padded or packed micro-batches
 
 
-def collate(sequences: list[dict], pad_id: int, packed: bool = False) -> dict:
+def collate(sequences: list[dict], pad_id: int, packed: bool = False, device=None) -> dict:
+    """`_collate` on `device`: tensors moved there, ints left as they are."""
+    batch = _collate(sequences, pad_id, packed)
+    return batch if device is None else {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def _collate(sequences: list[dict], pad_id: int, packed: bool = False) -> dict:
     """Stack tokenized sequences into one micro-batch of tensors.
 
     padded (default; works with every attention implementation):
@@ -589,9 +497,9 @@ def collate(sequences: list[dict], pad_id: int, packed: bool = False) -> dict:
             "num_sequences": len(sequences)}
 
 
-def collate_pairs(pairs: list[dict], pad_id: int, packed: bool = False) -> dict:
+def collate_pairs(pairs: list[dict], pad_id: int, packed: bool = False, device=None) -> dict:
     """One pair micro-batch in ONE forward: sequences [chosen_0..chosen_{n-1}, rejected_0..rejected_{n-1}]."""
-    return collate([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id, packed)
+    return collate([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id, packed, device)
 
 
 # -----------------------------------------------------------------------------
@@ -679,6 +587,11 @@ class StepSampler:
             used += n
         packs.append(current)
         return packs
+
+    def global_count(self, epoch: int, step: int, cost) -> float:
+        """sum of cost[i] * weight over the step's examples on ALL ranks: the loss's denominator.
+        Every rank computes every rank's share, so this needs no collective; padding weighs 0."""
+        return float(sum(cost[i] * w for r in range(self.world_size) for i, w in self.rank_slice(epoch, step, r)))
 
     def micro_batches(self, epoch: int, step: int) -> list[list[tuple[int, float]]]:
         """This rank's micro-batches for the step; as many on every rank (see the class docstring)."""

@@ -747,7 +747,7 @@ def run_generation(args):
         benchmarks = load_benchmarks(args)
         consolidate(args.output_dir, benchmarks)  # drops a kill's truncated line, merges rank parts
     check_model(args.model)  # every rank: the same local check, so no rank waits for a failed one
-    from train_sft import barrier, cleanup, print0, setup_distributed
+    from training import barrier, cleanup, print0, setup_distributed
 
     # With vLLM the rank process stays off CUDA (gloo barriers): vLLM's processes must see only this
     # rank's GPUs, and CUDA_VISIBLE_DEVICES is read once per process.

@@ -340,7 +340,7 @@ def main(argv=None):
     """Build (or check) the cache before a long run: python token_cache.py --data F --model DIR --kind pairs."""
     import argparse
 
-    import train_sft
+    import training
     from data import exit_on_input_error, load_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -349,13 +349,13 @@ def main(argv=None):
     p.add_argument("--kind", required=True, choices=KINDS, help="sft examples or preference pairs")
     p.add_argument("--max-seq-len", type=int, default=None, help="as the training script's --max-seq-len")
     args = p.parse_args(argv)
-    train_sft.setup_distributed("cpu")
+    training.setup_distributed("cpu")
     try:
         with exit_on_input_error("token_cache.py"):
             examples = load(args.data, load_tokenizer(args.model), args.kind, args.max_seq_len)
         print(f"{len(examples)} {args.kind} examples, {len(examples.tokens)} tokens in {examples.directory}")
     finally:
-        train_sft.cleanup()
+        training.cleanup()
 
 
 if __name__ == "__main__":

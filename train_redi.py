@@ -8,9 +8,10 @@ with no reference model. The same script trains the paper's baselines on the sam
     --loss dpo     Eq. (2), against a frozen reference (the starting model, or --ref-model)
     --loss simpo   Eq. (3), length-normalised, margin gamma, no reference
     --loss sft     the "just more SFT" control: token-mean NLL (Eq. 1) of the chosen traces only
-The losses live in redi_loss.py (copy it into your project); the shared machinery (distributed
-setup, FSDP2 model loading, schedule, checkpoints, metrics) is imported from train_sft.py. The
-whole optimizer step is `train()` below: read it top to bottom.
+The losses live in redi_loss.py (copy it into your project) and the loop calls them directly
+(OBJECTIVES); the shared machinery (distributed setup, FSDP2 model loading, schedule, checkpoints,
+metrics, exit codes) is in training.py, DPO's reference model in dpo_reference.py. The whole
+optimizer step is `train()` below: read it top to bottom.
 
 Launch:
     # REDI from the stage-1 checkpoint, 8 GPUs (paper: lr 1e-6, alpha 0.8, 32 pairs/step, 1 epoch)
@@ -30,7 +31,7 @@ Names: `chosen_logps` / `rejected_logps` are SUMMED log-probs log p(y|x) of each
 redi_loss.py; `chosen_lengths` / `rejected_lengths` their token counts [B]. The paper's "LogPS" is
 the per-token mean, logps / lengths; the metrics below always log that mean.
 
-Per-step metrics in metrics.jsonl, beyond train_sft's (means over the step's real pairs, all ranks):
+Per-step metrics in metrics.jsonl, beyond training.py's (means over the step's real pairs, all ranks):
     logps/chosen, logps/rejected   LogPS = log p(y|x) / |y| of the chosen and rejected traces
     logps/margin                   logps/chosen - logps/rejected
     logps/accuracy                 fraction of pairs with logps/chosen > logps/rejected
@@ -55,19 +56,19 @@ Where this departs from the paper's code (TRL DPOTrainer-based):
 """
 from __future__ import annotations
 
-import gc
-import hashlib
-import json
+import math
 import os
 
 import torch
 import torch.distributed as dist
 
 import token_cache
-import train_sft
-from data import collate_pairs, exit_on_input_error, num_tokens, read_jsonl, run_then_exit
-from redi_loss import LOSSES
-from train_sft import print0, to_device
+import training
+from cli import exit_on_input_error, read_jsonl, run_then_exit
+from data import collate_pairs, num_tokens
+from dpo_reference import build_reference
+from redi_loss import dpo_loss, redi_loss, simpo_loss
+from training import print0
 
 # The paper's tuned settings for Qwen2.5-Math-1.5B, per --loss; a flag left unset takes these.
 PAPER_DEFAULTS = {
@@ -88,7 +89,7 @@ def _paper_default(key: str) -> str:
 
 
 def parse_args(argv=None):
-    parser = train_sft.build_parser(__doc__, lr=None, global_batch=32, epochs=1,
+    parser = training.build_parser(__doc__, lr=None, global_batch=32, epochs=1,
                                     lr_help=f"peak learning rate; {_paper_default('lr')}")
     g = parser.add_argument_group("stage-2 loss")
     g.add_argument("--loss", default="redi", choices=list(OBJECTIVES), help="objective (default redi)")
@@ -109,7 +110,7 @@ def parse_args(argv=None):
         parser.error(f"--ref-model/--precompute-ref only apply to --loss dpo, not {args.loss}")
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
-    train_sft.validate_args(args)
+    training.validate_args(args)
     return args
 
 
@@ -119,127 +120,20 @@ def loss_hyperparameters(args) -> dict:
 
 
 # -----------------------------------------------------------------------------
-# the stage-2 objectives: per-pair losses [B] from one micro-batch's log-probs
+# the stage-2 objectives: --loss -> (per-pair loss [n] from a micro-batch's log-probs `lp`, and what
+# the step's summed loss is divided by: "pairs", or "chosen_tokens" for the SFT control)
 
 
-def _redi(lp, args):
-    return LOSSES["redi"](chosen_logps=lp["chosen_logps"], chosen_lengths=lp["chosen_lengths"],
-                          rejected_logps=lp["rejected_logps"], rejected_lengths=lp["rejected_lengths"],
-                          alpha=args.alpha)
-
-
-def _dpo(lp, args):
-    return LOSSES["dpo"](chosen_logps=lp["chosen_logps"], rejected_logps=lp["rejected_logps"],
-                         ref_chosen_logps=lp["ref_chosen_logps"], ref_rejected_logps=lp["ref_rejected_logps"],
-                         beta=args.beta)
-
-
-def _simpo(lp, args):
-    return LOSSES["simpo"](chosen_logps=lp["chosen_logps"], chosen_lengths=lp["chosen_lengths"],
-                           rejected_logps=lp["rejected_logps"], rejected_lengths=lp["rejected_lengths"],
-                           beta=args.beta, gamma=args.gamma)
-
-
-def _more_sft(lp, args):
-    # Eq. (1) on the chosen traces: the summed NLL; the step divides by its chosen-token count.
-    return -lp["chosen_logps"]
-
-
-# name: (per-pair loss, what the step's summed loss is divided by: "pairs" or "chosen_tokens")
 OBJECTIVES = {
-    "redi": (_redi, "pairs"),
-    "dpo": (_dpo, "pairs"),
-    "simpo": (_simpo, "pairs"),
-    "sft": (_more_sft, "chosen_tokens"),
+    "redi": (lambda lp, args: redi_loss(lp["chosen_logps"], lp["chosen_lengths"], lp["rejected_logps"],
+                                        lp["rejected_lengths"], alpha=args.alpha), "pairs"),
+    "dpo": (lambda lp, args: dpo_loss(lp["chosen_logps"], lp["rejected_logps"], lp["ref_chosen_logps"],
+                                      lp["ref_rejected_logps"], beta=args.beta), "pairs"),
+    "simpo": (lambda lp, args: simpo_loss(lp["chosen_logps"], lp["chosen_lengths"], lp["rejected_logps"],
+                                          lp["rejected_lengths"], beta=args.beta, gamma=args.gamma), "pairs"),
+    # Eq. (1) on the chosen traces: the summed NLL; the step divides by its chosen-token count.
+    "sft": (lambda lp, args: -lp["chosen_logps"], "chosen_tokens"),
 }
-
-
-# -----------------------------------------------------------------------------
-# reference log-probs (DPO only)
-
-
-def reference_cache_path(args) -> str:
-    """Cache file beside the data, keyed by the reference model's identity and numerics."""
-    ref = os.path.abspath(args.ref_model or args.model)
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(ref)) if os.path.isdir(ref) else []:
-        if name.endswith((".json", ".safetensors", ".bin")):
-            st = os.stat(os.path.join(ref, name))
-            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    h.update(f"{ref}|{args.mixed_precision}|{args.max_position_embeddings}|{args.rope_theta}|"
-             f"{args.attn_implementation}".encode())
-    return f"{args.data}.ref-logps.{h.hexdigest()[:16]}.jsonl"
-
-
-def compute_reference_logps(ref_model, pairs, pad_id, args, device) -> dict:
-    """{pair id: (chosen, rejected) summed logps} for every pair, each rank doing a shard.
-
-    FSDP forwards are collective, so every rank runs the same number of micro-batches (the last
-    ones padded with repeats that are discarded).
-    """
-    rank, world = dist.get_rank(), dist.get_world_size()
-    mb = args.micro_batch_size
-    per_rank = -(-len(pairs) // world)
-    mine = [(rank + k * world) % len(pairs) for k in range(per_rank)]
-    real = [rank + k * world < len(pairs) for k in range(per_rank)]
-    found = {}
-    with torch.no_grad():
-        for start in range(0, per_rank, mb):
-            idx = mine[start:start + mb]
-            batch = to_device(collate_pairs([pairs[i] for i in idx], pad_id, args.packed), device)
-            sums, _ = ref_model(**batch)                                     # [2n]: chosen, then rejected
-            for j, i in enumerate(idx):
-                if real[start + j]:
-                    found[pairs[i]["id"]] = (sums[j].item(), sums[len(idx) + j].item())
-    gathered = [None] * world
-    dist.all_gather_object(gathered, found)
-    return {k: v for part in gathered for k, v in part.items()}
-
-
-def load_or_compute_reference(args, pairs, pad_id, device) -> dict:
-    """--precompute-ref: read the cache if it covers every pair, else compute, write, and read it."""
-    # The cache is keyed by pair id; data.load_pairs has already refused a file with a repeated id.
-    path = reference_cache_path(args)
-    if os.path.exists(path):
-        cache = {r["id"]: (r["chosen"], r["rejected"]) for _, r in read_jsonl(path)}
-        if all(p["id"] in cache for p in pairs):
-            print0(f"reference log-probs: read {len(cache)} from {path}")
-            return cache
-    print0(f"reference log-probs: computing for {len(pairs)} pairs with {args.ref_model or args.model}")
-    ref_model, _ = train_sft.load_model(args.ref_model or args.model, args, device, trainable=False)
-    cache = compute_reference_logps(ref_model, pairs, pad_id, args, device)
-    del ref_model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if train_sft.is_main():
-        with open(path + ".tmp", "w") as f:
-            for pid, (c, r) in cache.items():
-                f.write(json.dumps({"id": pid, "chosen": c, "rejected": r}) + "\n")
-        os.replace(path + ".tmp", path)
-        print0(f"reference log-probs: wrote {path}")
-    dist.barrier()
-    return cache
-
-
-def build_reference(args, pairs, pad_id, device):
-    """DPO's reference log-probs as a function (batch, batch_pairs) -> (ref_chosen [B], ref_rejected [B]).
-
-    From the --precompute-ref cache, or a frozen copy of the model forwarded on the same batch."""
-    if args.precompute_ref:
-        cache = load_or_compute_reference(args, pairs, pad_id, device)
-
-        def cached(batch, batch_pairs):
-            ref = torch.tensor([cache[p["id"]] for p in batch_pairs], dtype=torch.float32, device=device)
-            return ref[:, 0], ref[:, 1]
-        return cached
-    ref_model, _ = train_sft.load_model(args.ref_model or args.model, args, device, trainable=False)
-
-    def live(batch, batch_pairs):
-        with torch.no_grad():
-            sums, _ = ref_model(**batch)
-        return sums[:len(batch_pairs)], sums[len(batch_pairs):]
-    return live
 
 
 # -----------------------------------------------------------------------------
@@ -316,55 +210,60 @@ def first_logged_logps(args):
 
 def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, reference=None, state=None):
     """Optimizer steps over the pairs until the end of training."""
-    total_steps = train_sft.total_training_steps(args, sampler.steps_per_epoch)
+    total_steps = training.total_training_steps(args, sampler.steps_per_epoch)
     step = state["step"] if state else 0
-    metrics = train_sft.Metrics(args, total_steps, step, dist.get_world_size())   # repairs metrics.jsonl first
+    clock = training.StepClock(state)
+    metrics = training.Metrics(args, total_steps, step, clock, device)   # repairs metrics.jsonl first
+    checkpoints = training.Checkpoints(args, model, lm, optimizer, tokenizer, total_steps, clock)
+    stop_signals = training.StopSignals()
     collapse = CollapseMonitor(args.collapse_threshold, args.collapse_window, first_logged_logps(args) if step else None)
-    clock = train_sft.StepClock(state)
     pair_loss, normalise_by = OBJECTIVES[args.loss]
     cost = [1.0] * len(pairs) if normalise_by == "pairs" else pairs.supervised      # chosen tokens [N]
-    save = train_sft.checkpoint_saver(args, model, lm, optimizer, tokenizer, clock)
-    stop_signals = train_sft.StopSignals()
     print0(f"training: {total_steps} steps of {args.global_batch_size} pairs = {dist.get_world_size()} ranks x "
            f"{sampler.per_rank}, {len(sampler.micro_batches(0, 0))} micro-batches per step")
     try:
         while step < total_steps:
             clock.start_step()
             epoch, step_in_epoch = divmod(step, sampler.steps_per_epoch)
-            train_sft.set_lr(optimizer, train_sft.lr_at(step, total_steps, args.lr, args.warmup_ratio))
+            lr = training.lr_at(step, total_steps, args.lr, args.warmup_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             # The loss is a mean over the step's pairs on ALL ranks (chosen tokens for the SFT control):
             # each rank divides its sum by that global count and FSDP SUMS the gradients (load_model), so
             # a step is the same for any world size and accumulation (tests/test_train.py checks it).
-            denominator = train_sft.global_count(sampler, epoch, step_in_epoch, cost)
-            local_sums = torch.zeros(len(PAIR_STATS), dtype=torch.float64, device=device)
+            denominator = sampler.global_count(epoch, step_in_epoch, cost)
+            local_stats = torch.zeros(len(PAIR_STATS) + 1, dtype=torch.float64, device=device)
             for items in sampler.micro_batches(epoch, step_in_epoch):
                 batch_pairs = [pairs[i] for i, _ in items]
                 n = len(batch_pairs)
                 weights = torch.tensor([w for _, w in items], device=device)          # [n]; 0 = padding item
-                batch = to_device(collate_pairs(batch_pairs, tokenizer.pad_token_id, args.packed), device)
-                sums, lengths = model(**batch)                       # [2n]: chosen rows, then rejected rows
-                lp = {"chosen_logps": sums[:n], "chosen_lengths": lengths[:n],
-                      "rejected_logps": sums[n:], "rejected_lengths": lengths[n:]}
+                batch = collate_pairs(batch_pairs, tokenizer.pad_token_id, args.packed, device)
+                logps, lengths = model(**batch)                 # [2n] summed log-probs, tokens: chosen, rejected
+                lp = {"chosen_logps": logps[:n], "chosen_lengths": lengths[:n],
+                      "rejected_logps": logps[n:], "rejected_lengths": lengths[n:]}
                 if reference is not None:
                     lp["ref_chosen_logps"], lp["ref_rejected_logps"] = reference(batch, batch_pairs)
                 loss = (pair_loss(lp, args) * weights).sum() / denominator
-                loss = train_sft.maybe_inject_fault(args, step, loss)
                 loss.backward()
-                local_sums += pair_stats(loss, lp, weights, batch_pairs, args)
-            # One all-reduce: every rank sees the same sums, so the finite check is agreed across ranks.
-            sums = train_sft.clip_and_reduce(model, args.max_grad_norm, local_sums, PAIR_STATS, stop_signals)
-            if train_sft.is_finite(sums):
-                fields = {"optim/update_norm": train_sft.apply_update(model, optimizer), **pair_metrics(sums, args)}
+                local_stats[:-1] += pair_stats(loss, lp, weights, batch_pairs, args)
+            # Clip, then ONE all-reduce, the step's only host sync: every rank gets the same sums, so a
+            # NaN/inf on any rank (in the loss or the global grad norm) and a stop signal that reached
+            # any rank (the last slot) are agreed without another collective.
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+            local_stats[-1] = float(stop_signals.received is not None)
+            dist.all_reduce(local_stats)
+            values = torch.cat([local_stats, grad_norm.reshape(1).to(local_stats)]).tolist()
+            stats = dict(zip([*PAIR_STATS, "stop_requests", "grad_norm"], values))
+            if math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"]):
+                fields = {"optim/update_norm": training.apply_update(model, optimizer), **pair_metrics(stats, args)}
                 fields["logps/collapse_warning"] = collapse.check(step + 1, fields["logps/chosen"],
                                                                   fields["logps/rejected"])
-                epoch_progress = epoch + (step_in_epoch + 1) / sampler.steps_per_epoch
-                metrics.log(train_sft.step_record(step + 1, epoch_progress, optimizer, clock, device, sums, **fields))
+                metrics.log_step(step + 1, epoch + (step_in_epoch + 1) / sampler.steps_per_epoch, lr, stats, fields)
             else:
-                metrics.log(train_sft.skip_or_stop(args, step, epoch, sums, optimizer, save))
+                metrics.log(checkpoints.skip_or_stop(step, epoch, stats))
             step += 1
-            if train_sft.is_save_step(args, step, total_steps):
-                save(step, {})
-            train_sft.save_and_stop_if_signalled(args, step, total_steps, sums, save)
+            checkpoints.end_of_step(step, stats["stop_requests"])
     finally:
         metrics.close()
     print0(f"done: {step} steps of {args.loss} in {clock.elapsed():.1f}s; final model: {args.output_dir}/final")
@@ -378,21 +277,18 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         with exit_on_input_error(f"train_redi.py [rank {os.environ.get('RANK', 0)}]"):
-            rank, world_size, device, tokenizer, model, lm, optimizer = train_sft.prepare(args)
+            rank, world_size, device, tokenizer, model, lm, optimizer = training.prepare(args)
             pairs = token_cache.load(args.data, tokenizer, "pairs", args.max_seq_len)
             print0(f"{len(pairs)} pairs from {args.data} ({pairs.directory}); loss {args.loss} "
                    f"{loss_hyperparameters(args)}, lr {args.lr:g}")
-            sampler = train_sft.build_sampler(args, pairs.lengths.tolist(), world_size, rank)
+            sampler = training.build_sampler(args, pairs.lengths.tolist(), world_size, rank)
             reference = build_reference(args, pairs, tokenizer.pad_token_id, device) if args.loss == "dpo" else None
-            resume_from = train_sft.resolve_resume(args)
-            state = train_sft.load_checkpoint(resume_from, model, optimizer) if resume_from else None
-            if state:
-                print0(f"resumed from {resume_from} at step {state['step']}")
+            state = training.resume(args, model, optimizer)
         train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, reference, state)
-    except (train_sft.NonFiniteError, train_sft.CheckpointError, train_sft.Preempted) as e:
-        train_sft.exit_stopped(e)
+    except training.STOPS as e:
+        training.exit_stopped(e)
     finally:
-        train_sft.cleanup()
+        training.cleanup()
 
 
 if __name__ == "__main__":

@@ -140,15 +140,15 @@ def run_rss(args) -> dict:
     from bench_data_memory import rss
 
     import train_redi
-    import train_sft
+    import training
 
     at_start = {}
-    start_step = train_sft.StepClock.start_step
+    start_step = training.StepClock.start_step
 
     def recording_start_step(clock):
         at_start.setdefault("rss", rss()["VmRSS"])
         return start_step(clock)
-    train_sft.StepClock.start_step = recording_start_step
+    training.StepClock.start_step = recording_start_step
     started = time.time()
     train_redi.main(step_argv(args.model_dir, args.data, args.out, args.chunk))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 import tiny_model  # noqa: E402
 import train_redi  # noqa: E402
 import train_sft  # noqa: E402
+import training  # noqa: E402
 
 PEAK_FLOPS = 989e12
 QWEN25_15B = dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960)
@@ -69,7 +70,7 @@ def build_model_dir(work, tiny: bool) -> tuple[str, dict]:
 
 def write_pairs(work, model_dir, length: int) -> tuple[str, str]:
     """One pair (and its SFT twin) whose responses tokenize to about `length` tokens each."""
-    tok = train_sft.load_tokenizer(model_dir)
+    tok = training.load_tokenizer(model_dir)
     unit = " 7 3"
     per_unit = len(tok(unit * 100, add_special_tokens=False)["input_ids"]) / 100
     body = unit * int(length / per_unit)
@@ -87,7 +88,7 @@ def write_pairs(work, model_dir, length: int) -> tuple[str, str]:
 
 def models_alive() -> int:
     """Training models (policy or reference) still reachable: each holds its weights and more."""
-    return sum(isinstance(o, train_sft.LogpsModel) for o in gc.get_objects())
+    return sum(isinstance(o, training.LogpsModel) for o in gc.get_objects())
 
 
 def free_previous_case() -> None:
@@ -133,7 +134,7 @@ def run_case(work, model_dir, loss, data, layout, attn, steps, info, tiny) -> di
 def layouts() -> list[tuple[str, str, str]]:
     """(name, --layout, --attn-implementation) for every layout this machine can run."""
     found = [("padded", "padded", "sdpa"), ("packed-split", "packed", "sdpa")]
-    if torch.cuda.is_available() and train_sft.flash_attn_import_error() is None:
+    if torch.cuda.is_available() and training.flash_attn_import_error() is None:
         found.append(("packed-varlen", "packed", "flash_attention_2"))
     return found
 

@@ -98,14 +98,14 @@ def test_packed_and_padded_give_identical_per_sequence_logps(tiny_model_dir, tin
     """On the tiny Qwen2 (sdpa and eager), both layouts equal each sequence scored on its own."""
     from transformers import AutoModelForCausalLM
 
-    import train_sft
+    import training
     from redi_loss import sequence_logps
 
     pairs = _pairs(tiny_tokenizer, 3)
     sequences = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
     for impl in ("sdpa", "eager"):
         lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=impl).eval()
-        model = train_sft.LogpsModel(lm, chunk_size=4)
+        model = training.LogpsModel(lm, chunk_size=4)
         with torch.no_grad():
             padded, padded_n = model(**collate(sequences, tiny_tokenizer.pad_token_id))
             packed, packed_n = model(**collate(sequences, tiny_tokenizer.pad_token_id, packed=True))
@@ -192,10 +192,10 @@ def _long_sequences(tokenizer, lengths, seed=0):
 
 
 def _logps_and_grads(lm, batch):
-    import train_sft
+    import training
 
     lm.zero_grad(set_to_none=True)
-    sums, counts = train_sft.LogpsModel(lm, chunk_size=64)(**batch)
+    sums, counts = training.LogpsModel(lm, chunk_size=64)(**batch)
     (sums.sum() / counts.sum()).backward()
     return sums.detach(), {n: p.grad.clone() for n, p in lm.named_parameters()}
 

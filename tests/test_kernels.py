@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-import train_sft
+import training
 
 
 def _fake_flash_attn(tmp_path, monkeypatch, body):
@@ -23,7 +23,7 @@ def test_broken_flash_attn_falls_back_to_sdpa_with_one_warning(tmp_path, monkeyp
     """A flash_attn that is installed but fails to import (wheel for another torch) means SDPA, one warning line."""
     _fake_flash_attn(tmp_path, monkeypatch, f"raise {error}\n")
     args = argparse.Namespace(attn_implementation="auto", layout="auto")
-    train_sft.choose_kernels(args, torch.device("cuda"))
+    training.choose_kernels(args, torch.device("cuda"))
     assert (args.attn_implementation, args.layout) == ("sdpa", "padded")
     warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
     assert len(warnings) == 1 and error.split("(")[0] in warnings[0] and "flash_attn" in warnings[0]
@@ -33,10 +33,10 @@ def test_importable_flash_attn_is_chosen_on_cuda_only(tmp_path, monkeypatch, cap
     """flash_attn that imports: flash_attention_2 + packed on CUDA, SDPA on CPU; no warning either way."""
     _fake_flash_attn(tmp_path, monkeypatch, "__version__ = '2.8.3'\n")
     args = argparse.Namespace(attn_implementation="auto", layout="auto")
-    train_sft.choose_kernels(args, torch.device("cuda"))
+    training.choose_kernels(args, torch.device("cuda"))
     assert (args.attn_implementation, args.layout) == ("flash_attention_2", "packed")
     args = argparse.Namespace(attn_implementation="auto", layout="auto")
-    train_sft.choose_kernels(args, torch.device("cpu"))
+    training.choose_kernels(args, torch.device("cpu"))
     assert (args.attn_implementation, args.layout) == ("sdpa", "padded")
     assert "warning" not in capsys.readouterr().out
 
@@ -73,7 +73,7 @@ def test_packed_varlen_gets_boundaries_built_once_and_equals_padded(tiny_model_d
          "response": f"<think>\n{i}+{i}={2 * i}." + " Check." * i + f"\n</think>\n\n$\\boxed{{{2 * i}}}$"}
         for i in (1, 7, 3)])
     lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
-    model = train_sft.LogpsModel(lm, chunk_size=16)
+    model = training.LogpsModel(lm, chunk_size=16)
     with torch.no_grad():
         padded_sums, padded_counts = model(**collate(examples, tokenizer.pad_token_id, packed=False))
         calls = []

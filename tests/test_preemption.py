@@ -15,7 +15,7 @@ import torch
 
 from conftest import ROOT
 
-import train_sft
+import training
 
 ARGS = ["--no-progress", "--seed", "3", "--loss", "redi", "--global-batch-size", "2", "--micro-batch-size", "1",
         "--lr", "1e-3", "--epochs", "100"]
@@ -125,7 +125,7 @@ def test_a_stop_signal_saves_the_step_exits_75_and_resume_is_bitwise(how, tmp_pa
     assert len(stopped) == 2, err[-3000:]                           # both ranks, the same step
     step = int(stopped[0].split("after step ")[1].split(";")[0])
     assert all(f"after step {step};" in line for line in stopped) and 3 <= step < 30
-    assert f"exitcode  : {train_sft.EXIT_PREEMPTED}" in err or how == "SIGTERM to torchrun"
+    assert f"exitcode  : {training.EXIT_PREEMPTED}" in err or how == "SIGTERM to torchrun"
     assert [r["step"] for r in _steps(out)] == list(range(1, step + 1))
     assert (out / "checkpoints" / "latest").read_text() == f"step-{step:07d}"
     assert sorted(p for p in os.listdir(out / "checkpoints") if p.startswith("step-")) == [f"step-{step:07d}"]

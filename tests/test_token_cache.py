@@ -82,8 +82,8 @@ def test_an_over_long_example_stops_every_rank_with_its_name(tmp_path, tiny_mode
 
     data = tmp_path / "pairs.jsonl"
     shutil.copy(pairs_file, data)
-    code = ("import sys; sys.path.insert(0, %r); import token_cache, train_sft; from data import load_tokenizer, "
-            "exit_on_input_error\nr, w, _ = train_sft.setup_distributed('cpu')\n"
+    code = ("import sys; sys.path.insert(0, %r); import token_cache, training; from data import load_tokenizer, "
+            "exit_on_input_error\nr, w, _ = training.setup_distributed('cpu')\n"
             "with exit_on_input_error(f'rank {r}'):\n    token_cache.load(%r, load_tokenizer(%r), 'pairs', 20)\n"
             % (str(ROOT), str(data), str(tiny_model_dir)))
     script = tmp_path / "over_long.py"
@@ -219,9 +219,9 @@ def test_a_killed_jobs_temp_dir_is_swept_once_stale_and_a_live_jobs_is_left_alon
 def single_rank(monkeypatch):
     import torch.distributed as dist
 
-    import train_sft
+    import training
 
     for k in ("RANK", "MASTER_ADDR"):
         monkeypatch.delenv(k, raising=False)
-    yield train_sft.setup_distributed("cpu")
+    yield training.setup_distributed("cpu")
     dist.destroy_process_group()

@@ -11,6 +11,7 @@ import torch
 from conftest import torchrun
 
 import train_sft
+import training
 
 COMMON = ["--no-progress", "--seed", "3"]
 
@@ -39,11 +40,11 @@ def load_state_dict(model_dir):
 
 def test_lr_schedule_warmup_then_linear_decay_to_zero():
     """10 steps, warmup 0.2: 0.5, 1.0 x peak, then peak * (10 - s) / 8 down to 1/8 at the last step."""
-    lrs = [train_sft.lr_at(s, 10, 1.0, 0.2) for s in range(10)]
+    lrs = [training.lr_at(s, 10, 1.0, 0.2) for s in range(10)]
     assert lrs[:2] == [0.5, 1.0]
     assert lrs[2:] == pytest.approx([(10 - s) / 8 for s in range(2, 10)])
-    assert train_sft.lr_at(10, 10, 1.0, 0.2) == 0.0
-    assert train_sft.lr_at(0, 10, 3e-4, 0.0) == 3e-4 * 10 / 10
+    assert training.lr_at(10, 10, 1.0, 0.2) == 0.0
+    assert training.lr_at(0, 10, 3e-4, 0.0) == 3e-4 * 10 / 10
 
 
 def test_accumulation_must_divide_with_a_message_naming_the_numbers():
@@ -251,13 +252,21 @@ def test_resume_continues_bitwise_identically(tmp_path, tiny_model_dir, pairs_fi
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def _faulty(tmp_path, fault, name, model, data, *extra, check=True):
+    """2-rank train_sft.py with one fault injected by tests/helpers/fault_run.py (monkeypatching)."""
+    out = tmp_path / name
+    proc = torchrun(2, "tests/helpers/fault_run.py", fault, "train_sft", "--model", model, "--data", data,
+                    "--output-dir", out, *COMMON, *extra, check=check)
+    return out, proc
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nan", "inf", "nan-grad"])
 def test_nonfinite_on_rank1_stops_both_ranks_cleanly_after_saving(kind, tmp_path, tiny_model_dir, sft_file):
     """A NaN/inf loss, or NaN only in the gradients, on rank 1 at step 2: both ranks exit 3 naming step 2,
     no update is applied, and the saved state (the last finite one) is finite."""
-    out, proc = _train(tmp_path, 2, "train_sft.py", kind, tiny_model_dir, sft_file, "--global-batch-size", "4",
-                       "--max-steps", "5", "--lr", "1e-3", "--inject-fault", f"{kind}:2:1", check=False)
+    out, proc = _faulty(tmp_path, f"{kind}:2:1", kind, tiny_model_dir, sft_file, "--global-batch-size", "4",
+                        "--max-steps", "5", "--lr", "1e-3", check=False)
     assert proc.returncode != 0
     assert proc.stderr.count("stopped: non-finite") == 2 and "at step 2" in proc.stderr
     if kind == "nan-grad":
@@ -276,9 +285,8 @@ def test_skip_mode_on_two_ranks_applies_no_update_anywhere_and_still_exports(kin
                                                                              sft_file):
     """--on-nonfinite skip, fault on rank 1: that step is logged as skipped, the weights saved before and after
     it are identical (no rank stepped), the other steps train, and a skip at the LAST step still exports."""
-    out, _ = _train(tmp_path, 2, "train_sft.py", "skip", tiny_model_dir, sft_file, "--global-batch-size", "4",
-                    "--max-steps", "3", "--lr", "1e-3", "--save-every", "1", "--inject-fault", f"{kind}:{at_step}:1",
-                    "--on-nonfinite", "skip")
+    out, _ = _faulty(tmp_path, f"{kind}:{at_step}:1", "skip", tiny_model_dir, sft_file, "--global-batch-size", "4",
+                     "--max-steps", "3", "--lr", "1e-3", "--save-every", "1", "--on-nonfinite", "skip")
     _, steps = read_metrics(out)
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert [bool(r.get("optim/skipped")) for r in steps] == [s == at_step for s in range(3)]
@@ -297,8 +305,7 @@ def test_a_failed_save_on_rank0_stops_both_ranks_and_keeps_the_previous_checkpoi
     """Disk full while rank 0 writes step 2's checkpoint: both ranks stop with one clear line (exit 4, no
     waiting for the process-group timeout), `latest` stays step 1, which still resumes."""
     args = ["--global-batch-size", "4", "--max-steps", "3", "--lr", "1e-3", "--save-every", "1"]
-    out, proc = _train(tmp_path, 2, "train_sft.py", "full", tiny_model_dir, sft_file, *args,
-                       "--inject-fault", "save-error:2:0", check=False)
+    out, proc = _faulty(tmp_path, "save-error:2:0", "full", tiny_model_dir, sft_file, *args, check=False)
     assert proc.returncode != 0
     assert proc.stderr.count("saving checkpoint step-0000002 (model export) failed") == 2
     assert "No space left on device" in proc.stderr and "Traceback" not in worker_stderr(proc.stderr)
@@ -383,7 +390,7 @@ def single_rank_group(monkeypatch):
     for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                  "MASTER_PORT": str(port)}.items():
         monkeypatch.setenv(k, v)
-    yield train_sft.setup_distributed()
+    yield training.setup_distributed()
     dist.destroy_process_group()
 
 
@@ -391,8 +398,8 @@ def _in_process_model(tiny_model_dir, tmp_path, extra=()):
     args = train_sft.parse_args(["--model", str(tiny_model_dir), "--data", "unused", "--output-dir",
                                  str(tmp_path / "out"), "--no-progress", *extra])
     device = torch.device("cpu")
-    model, lm = train_sft.load_model(args.model, args, device)
-    return args, model, lm, train_sft.build_optimizer(model, args), train_sft.load_tokenizer(args.model)
+    model, lm = training.load_model(args.model, args, device)
+    return args, model, lm, training.build_optimizer(model, args), training.load_tokenizer(args.model)
 
 
 def _one_step(model, optimizer, batch):
@@ -416,19 +423,19 @@ def test_crash_mid_save_keeps_the_last_good_checkpoint(single_rank_group, tiny_m
     args, model, lm, optimizer, tok = _in_process_model(tiny_model_dir, tmp_path)
     batch = _batch(tok)
     _one_step(model, optimizer, batch)
-    good = train_sft.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
+    good = training.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
     _one_step(model, optimizer, batch)
 
     def crash(*a, **k):
         raise OSError("disk full (simulated)")
     monkeypatch.setattr(tok, "save_pretrained", crash)
-    with pytest.raises(train_sft.CheckpointError, match=r"rank 0: OSError: disk full \(simulated\)"):
-        train_sft.save_checkpoint(args.output_dir, 2, model, lm, optimizer, tok, args)
+    with pytest.raises(training.CheckpointError, match=r"rank 0: OSError: disk full \(simulated\)"):
+        training.save_checkpoint(args.output_dir, 2, model, lm, optimizer, tok, args)
     ckpts = tmp_path / "out" / "checkpoints"
     assert (ckpts / "latest").read_text() == "step-0000001"
     assert not (ckpts / "step-0000002").exists()
     assert os.path.realpath(tmp_path / "out" / "final") == os.path.realpath(good)
-    state = train_sft.load_checkpoint(good, model, optimizer)
+    state = training.load_checkpoint(good, model, optimizer)
     assert state["step"] == 1
 
 
@@ -438,16 +445,16 @@ def test_resaving_a_step_keeps_latest_on_a_complete_checkpoint_at_every_moment(s
     a crash between moving the old copy aside and installing the new one leaves `latest` resumable."""
     args, model, lm, optimizer, tok = _in_process_model(tiny_model_dir, tmp_path)
     _one_step(model, optimizer, _batch(tok))
-    train_sft.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
+    training.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
     ckpts = tmp_path / "out" / "checkpoints"
-    named, write = [], train_sft._atomic_write
+    named, write = [], training._atomic_write
 
     def checked_write(path, text):
         write(path, text)
         if os.path.basename(path) == "latest":
             named.append((text, (ckpts / text / "trainer_state.json").is_file()))
-    monkeypatch.setattr(train_sft, "_atomic_write", checked_write)
-    train_sft.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
+    monkeypatch.setattr(training, "_atomic_write", checked_write)
+    training.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
     assert named == [(".replaced-step-0000001", True), ("step-0000001", True)]
     replace = os.replace
 
@@ -456,11 +463,11 @@ def test_resaving_a_step_keeps_latest_on_a_complete_checkpoint_at_every_moment(s
             raise OSError(28, "No space left on device (simulated)")
         replace(src, dst)
     monkeypatch.setattr(os, "replace", crash_on_install)
-    with pytest.raises(train_sft.CheckpointError, match="finalising"):
-        train_sft.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
+    with pytest.raises(training.CheckpointError, match="finalising"):
+        training.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
     monkeypatch.setattr(os, "replace", replace)
     args.resume = "latest"
-    assert train_sft.load_checkpoint(train_sft.resolve_resume(args), model, optimizer)["step"] == 1
+    assert training.load_checkpoint(training.resolve_resume(args), model, optimizer)["step"] == 1
 
 
 def _preflight_args(tmp_path, model, *extra):
@@ -494,12 +501,12 @@ def test_preflight_names_each_problem_before_any_compute(single_rank_group, tiny
     cases.append((args, r"--output-dir .*a-file/out: not writable"))
     for args, message in cases:
         with pytest.raises(InputError, match=message):
-            train_sft.preflight(args)
-    train_sft.preflight(_preflight_args(tmp_path, tiny_model_dir))                 # all fine: no error
-    need = train_sft.checkpoint_bytes(train_sft.load_config(str(tiny_model_dir), _preflight_args(tmp_path, tiny_model_dir)))
+            training.preflight(args)
+    training.preflight(_preflight_args(tmp_path, tiny_model_dir))                 # all fine: no error
+    need = training.checkpoint_bytes(training.load_config(str(tiny_model_dir), _preflight_args(tmp_path, tiny_model_dir)))
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 * need, 10 * need, need - 1))
     with pytest.raises(InputError, match=r"GiB free, one checkpoint needs about"):
-        train_sft.preflight(_preflight_args(tmp_path, tiny_model_dir))
+        training.preflight(_preflight_args(tmp_path, tiny_model_dir))
 
 
 @pytest.mark.slow
@@ -511,7 +518,7 @@ def test_exported_model_reloads_with_the_same_log_probs(single_rank_group, tiny_
     args, model, lm, optimizer, tok = _in_process_model(tiny_model_dir, tmp_path)
     batch = _batch(tok)
     _one_step(model, optimizer, batch)
-    path = train_sft.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args, with_state=False)
+    path = training.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args, with_state=False)
     with torch.no_grad():
         fsdp_sums, fsdp_counts = model(**batch)
         reloaded = AutoModelForCausalLM.from_pretrained(path).eval()
@@ -531,7 +538,7 @@ def test_bf16_export_is_written_and_reloads_as_bf16_with_close_log_probs(single_
     args, model, lm, optimizer, tok = _in_process_model(tiny_model_dir, tmp_path, ["--save-dtype", "bf16"])
     batch = _batch(tok)
     _one_step(model, optimizer, batch)
-    path = train_sft.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
+    path = training.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
     with safe_open(os.path.join(path, "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
     assert str(AutoConfig.from_pretrained(path).dtype).endswith("bfloat16")
@@ -539,9 +546,9 @@ def test_bf16_export_is_written_and_reloads_as_bf16_with_close_log_probs(single_
     assert next(reloaded.parameters()).dtype == torch.bfloat16
     with torch.no_grad():
         fsdp_sums, _ = model(**batch)
-        bf16_sums, _ = train_sft.LogpsModel(reloaded, 64)(**batch)
+        bf16_sums, _ = training.LogpsModel(reloaded, 64)(**batch)
     torch.testing.assert_close(bf16_sums.float(), fsdp_sums, rtol=0.05, atol=0.5)
-    assert train_sft.load_checkpoint(path, model, optimizer)["step"] == 1
+    assert training.load_checkpoint(path, model, optimizer)["step"] == 1
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 

@@ -9,13 +9,14 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import token_cache  # noqa: E402
-import train_sft  # noqa: E402
+import cli  # noqa: E402
+import training  # noqa: E402
 from data import exit_on_input_error, load_tokenizer  # noqa: E402
 
 
 def main():
     data, kind, model, out = sys.argv[1:5]
-    rank, world, _ = train_sft.setup_distributed("cpu")
+    rank, world, _ = training.setup_distributed("cpu")
     try:
         with exit_on_input_error(f"cache_probe [rank {rank}]"):
             examples = token_cache.load(data, load_tokenizer(model), kind, None)
@@ -23,8 +24,8 @@ def main():
             json.dump({"directory": examples.directory, "items": [examples[i] for i in range(len(examples))],
                        "lengths": examples.lengths.tolist(), "supervised": examples.supervised.tolist()}, f)
     finally:
-        train_sft.cleanup()
+        training.cleanup()
 
 
 if __name__ == "__main__":
-    train_sft.run_then_exit(main)   # as the training scripts exit (data.run_then_exit)
+    cli.run_then_exit(main)   # as the training scripts exit

@@ -15,13 +15,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import torch  # noqa: E402
 
+import cli  # noqa: E402
 import train_redi  # noqa: E402
 import train_sft  # noqa: E402
+import training  # noqa: E402
 
 captured = {}
 
 
-def build_optimizer_with_probe(model, args, build=train_sft.build_optimizer):
+def build_optimizer_with_probe(model, args, build=training.build_optimizer):
     optimizer = build(model, args)
     step = optimizer.step
 
@@ -32,7 +34,7 @@ def build_optimizer_with_probe(model, args, build=train_sft.build_optimizer):
     return optimizer
 
 
-def count_micro_batches(build=train_sft.build_sampler):
+def count_micro_batches(build=training.build_sampler):
     def build_sampler(*a, **k):
         sampler = build(*a, **k)
         captured["micro_batches"] = len(sampler.micro_batches(0, 0))
@@ -42,8 +44,8 @@ def count_micro_batches(build=train_sft.build_sampler):
 
 def main():
     out, stage, argv = sys.argv[1], sys.argv[2], sys.argv[3:] + ["--max-steps", "1"]
-    train_sft.build_optimizer = build_optimizer_with_probe
-    train_sft.build_sampler = count_micro_batches()
+    training.build_optimizer = build_optimizer_with_probe
+    training.build_sampler = count_micro_batches()
     if stage == "sft":
         train_sft.main(argv)
     else:
@@ -56,4 +58,4 @@ def main():
 
 
 if __name__ == "__main__":
-    train_sft.run_then_exit(main)   # as the training scripts exit (data.run_then_exit)
+    cli.run_then_exit(main)   # as the training scripts exit

@@ -18,7 +18,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import token_cache  # noqa: E402
-import train_sft  # noqa: E402
+import cli  # noqa: E402
+import training  # noqa: E402
 from data import exit_on_input_error, load_tokenizer  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def main():
     token_cache.POLL_S = 0.2
     if args.no_lock:
         token_cache._try_lock = lambda directory: None
-    rank, world, _ = train_sft.setup_distributed("cpu")
+    rank, world, _ = training.setup_distributed("cpu")
     try:
         tokenizer = load_tokenizer(args.model)
         open(f"{args.go}.ready-{socket.gethostname()}-{os.getpid()}", "w").close()
@@ -50,8 +51,8 @@ def main():
         with open(f"{args.out}.rank{rank}.json", "w") as f:
             json.dump({"directory": examples.directory, "items": [examples[i] for i in range(len(examples))]}, f)
     finally:
-        train_sft.cleanup()
+        training.cleanup()
 
 
 if __name__ == "__main__":
-    train_sft.run_then_exit(main)
+    cli.run_then_exit(main)
