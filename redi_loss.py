@@ -154,8 +154,8 @@ def token_logps_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, 
     targets = labels[:, 1:].reshape(-1)                                  # [B*(T-1)]
     positions = (targets != ignore_index).nonzero().squeeze(1)           # supervised positions [N]
     rows = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, positions)   # [N, H]
-    chosen = targets.index_select(0, positions)
-    pieces = [_ChunkLogpsFromHidden.apply(rows[s:s + chunk_size], lm_head_weight, chosen[s:s + chunk_size])
+    kept_targets = targets.index_select(0, positions)                     # [N]
+    pieces = [_ChunkLogpsFromHidden.apply(rows[s:s + chunk_size], lm_head_weight, kept_targets[s:s + chunk_size])
               for s in range(0, positions.numel(), chunk_size)]
     values = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
     flat = hidden.new_zeros(targets.numel(), dtype=torch.float32).index_copy(0, positions, values)

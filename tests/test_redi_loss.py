@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from redi_loss import (IGNORE_INDEX, LOSSES, dpo_loss, redi_loss as redi, sequence_logps,
                        sequence_logps_from_hidden, sft_loss, simpo_loss, token_logps, token_logps_from_hidden)
@@ -158,19 +157,19 @@ def test_zero_length_response_is_an_error(fn):
         fn(torch.tensor([3, 0]), torch.tensor([2, 2]))
 
 
-def test_match_trl_formulas():
-    """Same values as TRL's sigmoid DPO and SimPO as written in its trainers (re-derived here)."""
-    g = torch.Generator().manual_seed(2)
-    c, r, rc, rr = (-30 * torch.rand(6, generator=g) for _ in range(4))
-    beta = 0.1
-    # trl DPOTrainer, loss_type="sigmoid", label_smoothing=0
-    logits = (c - r) - (rc - rr)
-    torch.testing.assert_close(dpo_loss(c, r, rc, rr, beta=beta), -F.logsigmoid(beta * logits))
-    # trl CPOTrainer, loss_type="simpo": logits = avg_c - avg_r - gamma/beta; loss = -logsigmoid(beta*logits)
-    lw, ll = torch.randint(1, 40, (6,), generator=g), torch.randint(1, 40, (6,), generator=g)
-    beta, gamma = 2.0, 1.0
-    trl_logits = c / lw - r / ll - gamma / beta
-    torch.testing.assert_close(simpo_loss(c, lw, r, ll, beta=beta, gamma=gamma), -F.logsigmoid(beta * trl_logits))
+def test_dpo_and_simpo_at_hand_derived_margins():
+    """DPO margin (c - c_ref) - (r - r_ref) = 2 at beta 0.5, and SimPO LogPS margin 1 at beta 2, gamma 1:
+    both are -log sigmoid(1) = log(1 + e^-1) = 0.3132616875; halving beta or adding gamma moves them as derived."""
+    t = torch.tensor
+    expected = math.log1p(math.exp(-1.0))                                  # 0.31326168751822286
+    # c - c_ref = -10 - (-11) = 1, r - r_ref = -12 - (-11) = -1: margin 2, beta * margin = 1
+    assert dpo_loss(t([-10.0]), t([-12.0]), t([-11.0]), t([-11.0]), beta=0.5).item() == pytest.approx(expected)
+    assert dpo_loss(t([-10.0]), t([-12.0]), t([-11.0]), t([-11.0]), beta=0.25).item() == \
+        pytest.approx(math.log1p(math.exp(-0.5)))
+    # LogPS: -6 / 3 = -2 and -12 / 4 = -3: margin 1, beta * margin - gamma = 2 - 1 = 1
+    assert simpo_loss(t([-6.0]), t([3]), t([-12.0]), t([4]), beta=2.0, gamma=1.0).item() == pytest.approx(expected)
+    assert simpo_loss(t([-6.0]), t([3]), t([-12.0]), t([4]), beta=2.0, gamma=3.0).item() == \
+        pytest.approx(math.log1p(math.exp(1.0)))
 
 
 # ----------------------------------------------------------------------------- log-probabilities
