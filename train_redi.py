@@ -259,9 +259,9 @@ def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, referen
                 fields = {"optim/update_norm": training.apply_update(model, optimizer), **pair_metrics(stats, args)}
                 fields["logps/collapse_warning"] = collapse.check(step + 1, fields["logps/chosen"],
                                                                   fields["logps/rejected"])
-                metrics.log_step(step + 1, epoch + (step_in_epoch + 1) / sampler.steps_per_epoch, lr, stats, fields)
-            else:
-                metrics.log(checkpoints.skip_or_stop(step, epoch, stats))
+            else:   # no update; --on-nonfinite stop saves and raises here, skip logs the step as skipped
+                fields = checkpoints.skip_or_stop(step, stats)
+            metrics.log_step(step + 1, epoch + (step_in_epoch + 1) / sampler.steps_per_epoch, lr, stats, fields)
             step += 1
             checkpoints.end_of_step(step, stats["stop_requests"])
     finally:

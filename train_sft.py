@@ -99,9 +99,9 @@ def train(args, model, lm, tokenizer, optimizer, examples, sampler, device, stat
                 fields = {"optim/update_norm": training.apply_update(model, optimizer),
                           "data/response_tokens": int(stats["data/response_tokens"]),
                           "logps/response": stats["logps/response_sum"] / max(stats["data/response_tokens"], 1.0)}
-                metrics.log_step(step + 1, epoch + (step_in_epoch + 1) / sampler.steps_per_epoch, lr, stats, fields)
-            else:
-                metrics.log(checkpoints.skip_or_stop(step, epoch, stats))
+            else:   # no update; --on-nonfinite stop saves and raises here, skip logs the step as skipped
+                fields = checkpoints.skip_or_stop(step, stats)
+            metrics.log_step(step + 1, epoch + (step_in_epoch + 1) / sampler.steps_per_epoch, lr, stats, fields)
             step += 1
             checkpoints.end_of_step(step, stats["stop_requests"])
     finally:

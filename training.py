@@ -8,8 +8,8 @@ Outputs in --output-dir:
                                optimizer step, all-reduced over ranks: step, epoch, lr, loss,
                                optim/grad_norm, optim/update_norm, data/tokens, perf/tokens_per_s,
                                perf/step_time_s, perf/peak_mem_gb, perf/elapsed_s, and each stage's
-                               own metrics. A skipped step (--on-nonfinite skip) logs {step, epoch,
-                               optim/skipped, loss, optim/grad_norm}.
+                               own metrics. A skipped step (--on-nonfinite skip) has optim/skipped
+                               true and the common and perf fields only.
     checkpoints/step-NNNNNNN/  a Hugging Face model dir (safetensors, config, tokenizer, generation
                                config) + train_state/ (DCP shards of model and optimizer) +
                                trainer_state.json + rng-rank*.pt; written to a temp dir and renamed
@@ -685,7 +685,7 @@ def _install_checkpoint(out_dir, ckpt_root, name, tmp):
 class Checkpoints:
     """This run's checkpoints: save(step) on demand; end_of_step(step, stop_requests) saves every
     --save-every steps and the last one, and after a stop signal saves and raises Preempted;
-    skip_or_stop(step, epoch, stats) handles a non-finite step per --on-nonfinite."""
+    skip_or_stop(step, stats) handles a non-finite step per --on-nonfinite."""
 
     def __init__(self, args, model, lm, optimizer, tokenizer, total_steps, clock):
         self.args, self.model, self.lm, self.optimizer, self.tokenizer = args, model, lm, optimizer, tokenizer
@@ -714,9 +714,9 @@ class Checkpoints:
             self.save(step)
         raise Preempted(f"stop signal after step {step}; saved checkpoint step-{step:07d}; continue with --resume")
 
-    def skip_or_stop(self, step, epoch, stats) -> dict:
+    def skip_or_stop(self, step, stats) -> dict:
         """After a non-finite loss or gradient (no update applied): zero the gradients, then
-        --on-nonfinite stop: save the last finite state and raise; skip: return the step's record."""
+        --on-nonfinite stop: save the last finite state and raise; skip: the step's fields to log."""
         self.optimizer.zero_grad(set_to_none=True)
         message = (f"non-finite loss ({stats['loss']}) or gradient norm ({stats['grad_norm']}) at step {step}; "
                    f"no optimizer step was taken")
@@ -726,8 +726,7 @@ class Checkpoints:
             self.save(step, {"stopped": message})
             raise NonFiniteError(message + f"; saved the last finite state as checkpoint step-{step:07d}")
         print0(message + "; skipping this step (--on-nonfinite skip)")
-        return {"step": step + 1, "epoch": epoch, "optim/skipped": True, "loss": stats["loss"],
-                "optim/grad_norm": stats["grad_norm"]}
+        return {"optim/skipped": True}
 
 
 def resume(args, model, optimizer) -> dict | None:
