@@ -19,7 +19,7 @@ here), its output streamed as it goes; everything lands in one run directory (--
 
     1. python toy_task.py            data/raw.jsonl (OpenR1-Math-Raw schema), data/test.jsonl
     2. python tiny_model.py          init/: a tokenizer trained on the raw data + a random tiny Qwen2
-    3. python data.py curate         data/sft.jsonl, data/pairs.jsonl, data/sft.summary.json
+    3. python curate.py              data/sft.jsonl, data/pairs.jsonl, data/sft.summary.json
     4. torchrun train_sft.py         sft/        stage 1 on the correct traces
     5. torchrun train_redi.py        redi/       stage 2, --loss redi, from sft/final
        torchrun train_redi.py        sft_control/  stage 2's control, --loss sft on the same pairs
@@ -91,7 +91,7 @@ def parse_args(argv=None):
     if args.nproc < 1:
         p.error(f"--nproc must be >= 1, got {args.nproc}")
     if args.seed < 0:
-        p.error(f"--seed must be >= 0 (data.py curate's shuffle needs it), got {args.seed}")
+        p.error(f"--seed must be >= 0 (curate.py's shuffle needs it), got {args.seed}")
     return args
 
 
@@ -163,7 +163,7 @@ def prepare_data_and_model(stages, out, cfg, seed):
                       "--num-heads", cfg["heads"], "--num-kv-heads", cfg["kv_heads"], "--seed", seed,
                       "--system-prompt", SYSTEM_PROMPT))
     stages.run("3. curation (REDI's rules)",
-               python("data.py", "curate", "--raw", os.path.join(data, "raw.jsonl"),
+               python("curate.py", "--raw", os.path.join(data, "raw.jsonl"),
                       "--sft-out", os.path.join(data, "sft.jsonl"), "--pairs-out", os.path.join(data, "pairs.jsonl"),
                       "--tokenizer", init, "--seed", seed))
     return data, init

@@ -239,7 +239,7 @@ def seed_jobs(out, variant, seed, cfg, extras, rank=None):
                                       cfg["layers"], "--num-heads", cfg["heads"], "--num-kv-heads", cfg["kv_heads"],
                                       "--seed", seed, "--system-prompt", SYSTEM_PROMPT),
                 os.path.join(data, "init.log"), [gen], priority=base_priority + 1, done_if=os.path.join(init, "model.safetensors"))
-    curate = Job(f"{tag} curate", python("data.py", "curate", "--raw", os.path.join(data, "heldout", "raw.jsonl"),
+    curate = Job(f"{tag} curate", python("curate.py", "--raw", os.path.join(data, "heldout", "raw.jsonl"),
                                          "--sft-out", os.path.join(data, "sft.jsonl"), "--pairs-out",
                                          os.path.join(data, "pairs.jsonl"), "--tokenizer", init, "--seed", seed),
                  os.path.join(data, "curate.log"), [model], priority=base_priority + 1,

@@ -12,7 +12,7 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is
 python toy_task.py --out-dir "$OUT/data" --num-problems 4000 --num-test 200 --seed 0 >/dev/null
 python tiny_model.py --out "$OUT/init" --corpus "$OUT/data/raw.jsonl" --hidden-size 512 --num-layers 8 \
     --num-heads 8 --num-kv-heads 4 --system-prompt "Box the answer." >/dev/null
-python data.py curate --raw "$OUT/data/raw.jsonl" --sft-out "$OUT/data/sft.jsonl" \
+python curate.py --raw "$OUT/data/raw.jsonl" --sft-out "$OUT/data/sft.jsonl" \
     --pairs-out "$OUT/data/pairs.jsonl" --tokenizer "$OUT/init" >/dev/null
 
 # 2. bf16 FSDP2 SFT on one GPU, then REDI and DPO from it: tokens/s, peak memory, finite losses

@@ -1,4 +1,5 @@
-"""Curation (data.py curate / check): REDI's rules on hand-made raw rows, with exact expected outputs.
+"""Curation (curate.py; its outputs through data.py's loaders and `data.py check`): REDI's rules on
+hand-made raw rows, with exact expected outputs.
 
 Fixtures:
 * `tests/data/openr1_raw_synthetic_fixture.jsonl`: the shared 8-row fixture whose expected
@@ -31,7 +32,9 @@ import pytest
 
 from conftest import ROOT, run_script
 
+import curate
 import data
+from cli import InputError
 
 DATA = Path(__file__).resolve().parent / "data"
 RAW = DATA / "curation_raw.jsonl"
@@ -40,15 +43,15 @@ SHARED_FIXTURE = ROOT / "tests" / "data" / "openr1_raw_synthetic_fixture.jsonl"
 LIMITS = ["--max-prompt-tokens", "200", "--max-response-tokens", "200"]
 
 
-def curate(tmp_path, raw, *extra, name="out"):
-    """Run `data.py curate` in-process; returns (summary, SFT rows, pair rows) as written."""
+def curate_raw(tmp_path, raw, *extra, name="out"):
+    """Run `curate.py` in-process; returns (summary, SFT rows, pair rows) as written."""
     out = tmp_path / name
-    argv = ["curate", "--raw", str(raw), "--sft-out", str(out / "sft.jsonl"),
+    argv = ["--raw", str(raw), "--sft-out", str(out / "sft.jsonl"),
             "--pairs-out", str(out / "pairs.jsonl"), *map(str, extra)]
-    parser = data.build_parser()
+    parser = curate.build_parser()
     args = parser.parse_args(argv)
-    data.validate_curate_args(parser, args)
-    summary = data.curate(args)
+    curate.validate_args(parser, args)
+    summary = curate.curate(args)
     read = lambda p: [json.loads(line) for line in open(p, encoding="utf-8")]
     return summary, read(out / "sft.jsonl"), read(out / "pairs.jsonl")
 
@@ -65,7 +68,7 @@ def by_case(rows):
 def test_shared_fixture_gives_the_schema_notes_expected_outputs(tmp_path, tiny_model_dir, with_tokenizer):
     """SFT = A gen0, D gen1, E gen0, H gen3; pairs = A (0, 1), D (1, 0), H (3, 0); nothing length-filtered."""
     extra = ["--tokenizer", tiny_model_dir] if with_tokenizer else []
-    summary, sft, pairs = curate(tmp_path, SHARED_FIXTURE, *extra)
+    summary, sft, pairs = curate_raw(tmp_path, SHARED_FIXTURE, *extra)
     letter = lambda r: (r["messages"][0] if "messages" in r else r["prompt"][0])["content"].split()[1][0]
     assert sorted((letter(r), r["chosen_gen_idx"]) for r in sft) == [("A", 0), ("D", 1), ("E", 0), ("H", 3)]
     assert sorted((letter(r), r["chosen_gen_idx"], r["rejected_gen_idx"]) for r in pairs) == [
@@ -77,7 +80,7 @@ def test_shared_fixture_gives_the_schema_notes_expected_outputs(tmp_path, tiny_m
 
 def test_drop_identical_pairs_refuses_the_shared_fixtures_d_and_h(tmp_path):
     """--drop-identical-pairs: D's and H's chosen text equals their rejected, so only A's pair is written."""
-    summary, sft, pairs = curate(tmp_path, SHARED_FIXTURE, "--drop-identical-pairs")
+    summary, sft, pairs = curate_raw(tmp_path, SHARED_FIXTURE, "--drop-identical-pairs")
     assert [p["chosen"] != p["rejected"] for p in pairs] == [True] and len(sft) == 4
     refused = {r["name"]: r["dropped"] for r in summary["refused"]["pairs"]}
     assert refused == {"empty_chosen": 0, "empty_rejected": 0, "chosen_equals_rejected": 2}
@@ -89,7 +92,7 @@ def test_drop_identical_pairs_refuses_the_shared_fixtures_d_and_h(tmp_path):
 
 def test_own_fixture_outputs_follow_redi_rules(tmp_path, tiny_model_dir):
     """Each case yields exactly the SFT pick and pair stated in the module docstring."""
-    summary, sft, pairs = curate(tmp_path, RAW, "--tokenizer", tiny_model_dir, *LIMITS)
+    summary, sft, pairs = curate_raw(tmp_path, RAW, "--tokenizer", tiny_model_dir, *LIMITS)
     assert {i: r["chosen_gen_idx"] for i, r in by_case(sft).items()} == {
         0: 1, 1: 0, 14: 1, 15: 0, 16: 0, 17: 0, 18: 1}
     assert {i: (r["chosen_gen_idx"], r["rejected_gen_idx"]) for i, r in by_case(pairs).items()} == {
@@ -100,7 +103,7 @@ def test_own_fixture_outputs_follow_redi_rules(tmp_path, tiny_model_dir):
 def test_output_rows_match_the_training_contract(tmp_path):
     """Rows carry the raw problem as the only user turn (no system, no instruction) and the raw generations."""
     raw = [json.loads(line) for line in open(RAW, encoding="utf-8")]
-    _, sft, pairs = curate(tmp_path, RAW)
+    _, sft, pairs = curate_raw(tmp_path, RAW)
     s, p = by_case(sft)[0], by_case(pairs)[0]
     assert s == {"id": "curation_raw/0", "source": "olympiads", "original_index": 0, "chosen_gen_idx": 1,
                  "messages": [{"role": "user", "content": raw[0]["problem"]},
@@ -115,7 +118,7 @@ def test_output_rows_match_the_training_contract(tmp_path):
 
 def test_summary_counts_every_row_and_every_reason(tmp_path, tiny_model_dir):
     """Exact per-filter drops with per-field detail, selection counts and length-filter counts."""
-    summary, _, _ = curate(tmp_path, RAW, "--tokenizer", tiny_model_dir, *LIMITS)
+    summary, _, _ = curate_raw(tmp_path, RAW, "--tokenizer", tiny_model_dir, *LIMITS)
     filters = {f["name"]: (f["dropped"], f["detail"]) for f in summary["row_filters"]}
     assert list(filters) == ["invalid_problem", "excluded_source", "empty_problem", "empty_generations",
                              "bad_correctness"]
@@ -143,7 +146,7 @@ def test_summary_counts_every_row_and_every_reason(tmp_path, tiny_model_dir):
 
 def test_without_tokenizer_the_length_filter_is_skipped_and_says_so(tmp_path):
     """No --tokenizer: all 6 pairs are written, and the summary states that they were not length-filtered."""
-    summary, _, pairs = curate(tmp_path, RAW)
+    summary, _, pairs = curate_raw(tmp_path, RAW)
     assert len(pairs) == 6 and summary["length_filter"]["applied"] is False
     assert "NOT length-filtered" in summary["length_filter"]["note"]
     assert summary["length_stats"] is None
@@ -151,9 +154,9 @@ def test_without_tokenizer_the_length_filter_is_skipped_and_says_so(tmp_path):
 
 def test_length_counts_are_redis_counting(tiny_tokenizer):
     """prompt = templated [user] + 1; response = templated lone [assistant] + 1 (REDI's length study)."""
-    c = data.Candidate(id="x", original_index=0, source=None, problem="What is 12+35?", chosen_gen_idx=0,
+    c = curate.Candidate(id="x", original_index=0, source=None, problem="What is 12+35?", chosen_gen_idx=0,
                        chosen="<think>\n12+35=47\n</think>\n\n$\\boxed{47}$", rejected_gen_idx=1, rejected="48")
-    data.measure_lengths(tiny_tokenizer, [c], data.CurationStats())
+    curate.measure_lengths(tiny_tokenizer, [c], curate.CurationStats())
 
     def templated(message):
         text = tiny_tokenizer.apply_chat_template([message], tokenize=False, add_generation_prompt=False)
@@ -162,12 +165,12 @@ def test_length_counts_are_redis_counting(tiny_tokenizer):
     assert c.prompt_tokens == templated({"role": "user", "content": c.problem}) + 1
     assert c.chosen_tokens == templated({"role": "assistant", "content": c.chosen}) + 1
     assert c.rejected_tokens == templated({"role": "assistant", "content": "48"}) + 1
-    assert data.over_limits(c, c.prompt_tokens, c.rejected_tokens) == ["chosen"]
+    assert curate.over_limits(c, c.prompt_tokens, c.rejected_tokens) == ["chosen"]
 
 
 def test_excluded_sources_are_configurable(tmp_path):
     """`--exclude-source` alone keeps cn_k12 (row 5 then yields an SFT example and a pair)."""
-    summary, sft, pairs = curate(tmp_path, RAW, "--exclude-source")
+    summary, sft, pairs = curate_raw(tmp_path, RAW, "--exclude-source")
     assert summary["row_filters"][1]["dropped"] == 0
     assert 5 in by_case(sft) and 5 in by_case(pairs)
 
@@ -212,7 +215,7 @@ def test_refused_candidates_are_counted_by_reason_and_every_written_row_loads(tm
     counted by name; the files written load entirely; rows in = rows out + counted drops."""
     raw = write_rows(tmp_path / "raw.jsonl", refusal_rows())
     extra = ["--drop-identical-pairs"] if drop_identical else []
-    summary, sft, pairs = curate(tmp_path, raw, *extra)
+    summary, sft, pairs = curate_raw(tmp_path, raw, *extra)
     refused = {kind: {r["name"]: r["dropped"] for r in summary["refused"][kind]} for kind in ("sft", "pairs")}
     assert refused == {"sft": {"empty_response": 3},                     # cases 1, 2, 5
                        "pairs": {"empty_chosen": 2, "empty_rejected": 1,  # cases 1, 5; case 3
@@ -226,7 +229,7 @@ def test_refused_candidates_are_counted_by_reason_and_every_written_row_loads(tm
     assert summary["rows_read"] == len(sft) + sum(refused["sft"].values())
     with_negative = summary["selection"]["problems_with_positive"] - summary["selection"]["no_negative"]
     assert with_negative == len(pairs) + sum(refused["pairs"].values())
-    table = data.format_summary(summary)
+    table = curate.format_summary(summary)
     for name in ("empty_response", "empty_chosen", "empty_rejected", "chosen_equals_rejected"):
         assert f"refused: {name}" in table
     assert "pairs with chosen == rejected" in table
@@ -237,16 +240,16 @@ def test_a_lone_surrogate_in_a_text_to_write_is_an_error_naming_its_field(tmp_pa
     row = good_row()
     raw = tmp_path / "raw.jsonl"
     raw.write_text(json.dumps(good_row()) + "\n" + json.dumps(row).replace("0-1\\n", "0-1\\ud800\\n", 1) + "\n")
-    with pytest.raises(data.InputError, match=re.escape(f"{raw}:2: field 'generations[1]': expected text "
+    with pytest.raises(InputError, match=re.escape(f"{raw}:2: field 'generations[1]': expected text "
                                                         f"that UTF-8 can encode, found a lone surrogate")):
-        curate(tmp_path, raw)
+        curate_raw(tmp_path, raw)
 
 
 def test_an_empty_raw_file_is_an_error_and_writes_nothing(tmp_path):
     """Zero rows: InputError naming --raw; no output and no spool file is left behind."""
     raw = write_rows(tmp_path / "raw.jsonl", [])
-    with pytest.raises(data.InputError, match=re.escape(f"--raw {raw}: no rows to curate")):
-        curate(tmp_path, raw)
+    with pytest.raises(InputError, match=re.escape(f"--raw {raw}: no rows to curate")):
+        curate_raw(tmp_path, raw)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
 
 
@@ -268,14 +271,14 @@ def test_wrong_types_are_errors_naming_file_line_and_field(tmp_path, field, valu
     """A value of the wrong JSON type means another schema: InputError 'FILE:LINE: field ...', not a skip."""
     bad = value if field is None else dict(good_row(), **{field: value})
     path = write_rows(tmp_path / "raw.jsonl", [good_row(), bad])
-    with pytest.raises(data.InputError, match=f"^{re.escape(str(path))}:2: .*{re.escape(expected)}"):
-        curate(tmp_path, path)
+    with pytest.raises(InputError, match=f"^{re.escape(str(path))}:2: .*{re.escape(expected)}"):
+        curate_raw(tmp_path, path)
 
 
 def test_malformed_json_line_is_an_error_with_file_and_line(tmp_path):
     """The CLI exits non-zero with 'FILE:3: invalid JSON' and leaves no output or spool file behind."""
     path = write_rows(tmp_path / "raw.jsonl", [good_row(), "", '{"problem": "x", ', good_row()])
-    proc = run_script([sys.executable, "data.py", "curate", "--raw", path, "--sft-out", tmp_path / "s.jsonl",
+    proc = run_script([sys.executable, "curate.py", "--raw", path, "--sft-out", tmp_path / "s.jsonl",
                        "--pairs-out", tmp_path / "p.jsonl"], check=False)
     assert proc.returncode != 0
     assert f"{path}:3: invalid JSON" in proc.stderr
@@ -288,8 +291,8 @@ def test_parquet_without_pyarrow_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     path = tmp_path / "train-00000.parquet"
     path.write_bytes(b"PAR1")
-    with pytest.raises(data.InputError, match=r"00000\.parquet: reading Parquet needs pyarrow: pip install pyarrow"):
-        list(data.read_records(str(path)))
+    with pytest.raises(InputError, match=r"00000\.parquet: reading Parquet needs pyarrow: pip install pyarrow"):
+        list(curate.read_records(str(path)))
 
 
 # ---- order, shards, CLI ---------------------------------------------------------------------
@@ -298,9 +301,9 @@ def test_parquet_without_pyarrow_says_how_to_install_it(tmp_path, monkeypatch):
 def test_shuffle_is_deterministic_by_seed(tmp_path):
     """Same seed: identical bytes; another seed: same rows in another order."""
     read = lambda name, f: (tmp_path / name / f).read_bytes()
-    curate(tmp_path, RAW, "--seed", "42", name="a")
-    curate(tmp_path, RAW, "--seed", "42", name="b")
-    curate(tmp_path, RAW, "--seed", "7", name="c")
+    curate_raw(tmp_path, RAW, "--seed", "42", name="a")
+    curate_raw(tmp_path, RAW, "--seed", "42", name="b")
+    curate_raw(tmp_path, RAW, "--seed", "7", name="c")
     for f in ("sft.jsonl", "pairs.jsonl"):
         assert read("a", f) == read("b", f)
         assert read("a", f) != read("c", f)
@@ -309,7 +312,7 @@ def test_shuffle_is_deterministic_by_seed(tmp_path):
 
 def test_output_order_is_the_datasets_shuffle_of_the_raw_rows(tmp_path):
     """Outputs appear in the order of np.random.default_rng(seed).permutation(rows), as REDI's loop saw them."""
-    _, sft, _ = curate(tmp_path, RAW, "--seed", "42")
+    _, sft, _ = curate_raw(tmp_path, RAW, "--seed", "42")
     shuffled_rows = np.random.default_rng(42).permutation(19).tolist()
     assert [r["original_index"] for r in sft] == [i for i in shuffled_rows if i in {0, 1, 14, 15, 16, 17, 18}]
 
@@ -322,16 +325,16 @@ def test_directory_of_shards_equals_the_single_file(tmp_path):
     (shards / "train-00001.jsonl").write_text("".join(lines[7:]), encoding="utf-8")
     (shards / "train-00000.jsonl").write_text("".join(lines[:7]), encoding="utf-8")
     (shards / "README.md").write_text("not data", encoding="utf-8")
-    summary, _, _ = curate(tmp_path, shards, name="shards")
-    curate(tmp_path, RAW, name="single")
+    summary, _, _ = curate_raw(tmp_path, shards, name="shards")
+    curate_raw(tmp_path, RAW, name="single")
     assert [f["rows"] for f in summary["inputs"]] == [7, 12]
     for f in ("sft.jsonl", "pairs.jsonl"):
         assert (tmp_path / "shards" / f).read_bytes() == (tmp_path / "single" / f).read_bytes()
 
 
 def test_cli_writes_outputs_summary_and_table(tmp_path, tiny_model_dir):
-    """`python data.py curate` writes both outputs, <sft stem>.summary.json, and prints the table."""
-    proc = run_script([sys.executable, "data.py", "curate", "--raw", RAW, "--sft-out", tmp_path / "sft.jsonl",
+    """`python curate.py` writes both outputs, <sft stem>.summary.json, and prints the table."""
+    proc = run_script([sys.executable, "curate.py", "--raw", RAW, "--sft-out", tmp_path / "sft.jsonl",
                        "--pairs-out", tmp_path / "pairs.jsonl", "--tokenizer", tiny_model_dir, *LIMITS])
     summary = json.loads((tmp_path / "sft.summary.json").read_text(encoding="utf-8"))
     assert (summary["outputs"]["sft"]["rows"], summary["outputs"]["pairs"]["rows"]) == (7, 3)
@@ -342,7 +345,7 @@ def test_cli_writes_outputs_summary_and_table(tmp_path, tiny_model_dir):
 
 def test_expect_counts_fails_loudly_when_counts_differ(tmp_path):
     """--expect-counts 7 6 passes (no length filter); 77629 53175 on this fixture exits 1 naming both counts."""
-    base = [sys.executable, "data.py", "curate", "--raw", RAW, "--sft-out", tmp_path / "sft.jsonl",
+    base = [sys.executable, "curate.py", "--raw", RAW, "--sft-out", tmp_path / "sft.jsonl",
             "--pairs-out", tmp_path / "pairs.jsonl", "--expect-counts"]
     run_script(base + ["7", "6"])
     proc = run_script(base + ["77629", "53175"], check=False)
@@ -351,11 +354,11 @@ def test_expect_counts_fails_loudly_when_counts_differ(tmp_path):
     assert json.loads((tmp_path / "sft.summary.json").read_text())["expected_counts"]["ok"] is False
 
 
-def test_help_works_for_every_subcommand():
-    """`data.py --help`, `curate --help` and `check --help` run without a tokenizer, torch or data."""
-    for args in ([], ["curate"], ["check"]):
-        proc = run_script([sys.executable, "data.py", *args, "--help"])
-        assert "usage: data.py" in proc.stdout
+def test_help_works_for_every_command():
+    """`curate.py --help`, `data.py --help` and `data.py check --help` run without a tokenizer or data."""
+    for script, args in (("curate.py", []), ("data.py", []), ("data.py", ["check"])):
+        proc = run_script([sys.executable, script, *args, "--help"])
+        assert f"usage: {script}" in proc.stdout
 
 
 # ---- decontamination --------------------------------------------------------------------------
@@ -363,7 +366,7 @@ def test_help_works_for_every_subcommand():
 
 def test_decontamination_reports_the_planted_overlap_only(tmp_path):
     """Row 18 hits bench/planted by the shared 13-gram; nothing hits bench/unrelated; bench/short is counted."""
-    summary, sft, _ = curate(tmp_path, RAW, "--benchmarks", BENCH)
+    summary, sft, _ = curate_raw(tmp_path, RAW, "--benchmarks", BENCH)
     d = summary["decontamination"]
     assert d["hits"] == [{"curated_id": "curation_raw/18", "benchmark": "curation_benchmark",
                           "benchmark_id": "bench/planted", "shared_ngrams": 1,
@@ -375,7 +378,7 @@ def test_decontamination_reports_the_planted_overlap_only(tmp_path):
 
 def test_drop_contaminated_removes_the_problem_from_both_outputs(tmp_path):
     """--drop-contaminated removes row 18 from SFT and pairs and counts it."""
-    summary, sft, pairs = curate(tmp_path, RAW, "--benchmarks", BENCH, "--drop-contaminated")
+    summary, sft, pairs = curate_raw(tmp_path, RAW, "--benchmarks", BENCH, "--drop-contaminated")
     assert 18 not in by_case(sft) and 18 not in by_case(pairs)
     assert summary["decontamination"]["dropped"] == {"sft": 1, "pairs": 1}
     assert (len(sft), len(pairs)) == (6, 5)
@@ -383,8 +386,8 @@ def test_drop_contaminated_removes_the_problem_from_both_outputs(tmp_path):
 
 def test_decontamination_normalises_case_and_punctuation():
     """Case, LaTeX punctuation and whitespace do not hide a shared n-gram; --decontam-ngram sets n."""
-    assert data.ngram_words("Find $\\frac{1}{2}$,  THEN x!") == ["find", "frac", "1", "2", "then", "x"]
-    index = data.BenchmarkIndex([str(BENCH)], n=4)
+    assert curate.ngram_words("Find $\\frac{1}{2}$,  THEN x!") == ["find", "frac", "1", "2", "then", "x"]
+    index = curate.BenchmarkIndex([str(BENCH)], n=4)
     hits = index.hits("HOW many Positive   divisors, does 196 have?")
     assert set(hits) == {("curation_benchmark", "bench/unrelated")}
     assert index.hits("a completely different question about primes") == {}
@@ -440,13 +443,13 @@ def test_normalize_record_accepts_each_documented_format(record, expected):
 ])
 def test_normalize_record_rejects_bad_rows_naming_file_line_and_field(record, message):
     """Each malformed row raises InputError starting 'FILE:LINE' and naming what was expected."""
-    with pytest.raises(data.InputError, match=f"^dir/f\\.jsonl:7: .*{re.escape(message)}"):
+    with pytest.raises(InputError, match=f"^dir/f\\.jsonl:7: .*{re.escape(message)}"):
         data.normalize_record(record, "dir/f.jsonl", 7)
 
 
 def test_loaders_read_curate_outputs_as_canonical_records(tmp_path):
     """load_sft_examples / load_pairs read curate's outputs; a problem's SFT example and pair share the id."""
-    curate(tmp_path, RAW)
+    curate_raw(tmp_path, RAW)
     sft = data.load_sft_examples(tmp_path / "out" / "sft.jsonl")
     pairs = data.load_pairs(tmp_path / "out" / "pairs.jsonl")
     raw = [json.loads(line) for line in open(RAW, encoding="utf-8")]
@@ -455,7 +458,7 @@ def test_loaders_read_curate_outputs_as_canonical_records(tmp_path):
                      "prompt_messages": [{"role": "user", "content": raw[0]["problem"]}],
                      "chosen": raw[0]["generations"][1], "rejected": raw[0]["generations"][0]}
     assert {p["id"] for p in pairs} <= {s["id"] for s in sft}
-    with pytest.raises(data.InputError, match="expected preference pairs .* found SFT examples"):
+    with pytest.raises(InputError, match="expected preference pairs .* found SFT examples"):
         data.load_pairs(tmp_path / "out" / "sft.jsonl")
 
 
@@ -463,12 +466,12 @@ def test_loaders_reject_mixed_kinds_duplicate_ids_and_empty_files(tmp_path):
     """One kind per file, unique ids, at least one record; each error names file and line."""
     pair, sft = {"prompt": "Q?", "chosen": "A.", "rejected": "B."}, {"prompt": "Q?", "completion": "A."}
     mixed = write_rows(tmp_path / "mixed.jsonl", [pair, pair, sft])
-    with pytest.raises(data.InputError, match=r"mixed\.jsonl:3: this row is sft but line 1 is pairs"):
+    with pytest.raises(InputError, match=r"mixed\.jsonl:3: this row is sft but line 1 is pairs"):
         data.load_pairs(mixed)
     dup = write_rows(tmp_path / "dup.jsonl", [dict(sft, id="a"), dict(sft, id="a")])
-    with pytest.raises(data.InputError, match=r"dup\.jsonl:2: field 'id': .*'a' again \(first on line 1\)"):
+    with pytest.raises(InputError, match=r"dup\.jsonl:2: field 'id': .*'a' again \(first on line 1\)"):
         data.load_sft_examples(dup)
-    with pytest.raises(data.InputError, match=r"empty\.jsonl: no records \(the file is empty\)"):
+    with pytest.raises(InputError, match=r"empty\.jsonl: no records \(the file is empty\)"):
         data.load_sft_examples(write_rows(tmp_path / "empty.jsonl", []))
 
 

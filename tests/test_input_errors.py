@@ -1,4 +1,4 @@
-"""Bad input to every CLI (data.py curate / check, plot.py, demo.py, toy_task.py, tiny_model.py) is
+"""Bad input to every CLI (curate.py, data.py check, plot.py, demo.py, toy_task.py, tiny_model.py) is
 one clear line on stderr and a non-zero exit, never a traceback; a real bug keeps its traceback.
 
 Each case runs the script in a subprocess, as a user would, and checks: exit status 2 (1 for a
@@ -37,11 +37,11 @@ def write(path, content):
     return path
 
 
-# ---- data.py curate --------------------------------------------------------------------------
+# ---- curate.py -------------------------------------------------------------------------------
 
 
 def curate_case(tmp_path, case):
-    """(extra args, the fragments stderr must hold) for one bad `data.py curate` input."""
+    """(extra args, the fragments stderr must hold) for one bad `curate.py` input."""
     raw, a_file = tmp_path / "raw.jsonl", write(tmp_path / "a_file", "not a directory")
     outputs = {"--sft-out": tmp_path / "out" / "sft.jsonl", "--pairs-out": tmp_path / "out" / "pairs.jsonl"}
     args, fragments = ["--raw", raw], []
@@ -95,11 +95,9 @@ CURATE_CASES = ["missing_raw", "raw_dir_without_shards", "not_utf8", "json_list_
 
 @pytest.mark.parametrize("case", CURATE_CASES)
 def test_curate_bad_input_is_one_clear_line(tmp_path, case):
-    """`data.py curate` on each bad input: one line naming file / line / field or option, exit 2, no traceback."""
+    """`curate.py` on each bad input: one line naming file / line / field or option, exit 2, no traceback."""
     args, fragments = curate_case(tmp_path, case)
-    proc = run_cli("data.py", "curate", *args)
-    prog = "data.py" if case in ("negative_seed", "output_is_a_directory") else "data.py curate"   # argparse's
-    assert_one_clear_error(proc, prog, *fragments)
+    assert_one_clear_error(run_cli("curate.py", *args), "curate.py", *fragments)
     assert not (tmp_path / "out" / "sft.jsonl").exists()
 
 

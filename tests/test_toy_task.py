@@ -311,7 +311,7 @@ def test_help_works_and_bad_knobs_exit_with_a_message(capsys):
 
 
 def test_curation_on_toy_raw_keeps_rows_and_pairs_by_redi_rules(tmp_path):
-    """`data.py curate` on the toy raw file: SFT = kept rows with a positive, pairs = those with
+    """`curate.py` on the toy raw file: SFT = kept rows with a positive, pairs = those with
     a negative too, chosen/rejected = lowest-index positive/negative (counted here independently)."""
     out = tmp_path / "toy"
     T.main(["--out-dir", str(out), "--num-problems", "400", "--num-test", "0", "--seed", "2"])
@@ -326,7 +326,7 @@ def test_curation_on_toy_raw_keeps_rows_and_pairs_by_redi_rules(tmp_path):
             if not all(pos):
                 expected_pairs[i] = (pos.index(True), pos.index(False))
     assert 0 < len(expected_pairs) < len(expected_sft) < len(raw)  # the filters and labels bite
-    run_script([sys.executable, str(ROOT / "data.py"), "curate", "--raw", str(out / "raw.jsonl"),
+    run_script([sys.executable, str(ROOT / "curate.py"), "--raw", str(out / "raw.jsonl"),
                 "--sft-out", str(tmp_path / "sft.jsonl"), "--pairs-out", str(tmp_path / "pairs.jsonl")])
     sft = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
     pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
