@@ -1,83 +1,25 @@
 """The grader of evaluate.py: a response's final answer, and whether it equals a gold answer.
 
-Standard library only (sympy runs in a child process, see below): no torch, no transformers, and the
-file can be copied into another project alone. evaluate.py re-exports its public names.
+Standard library only (sympy runs in a child process): no torch, no transformers, and the file can be
+copied into another project alone. evaluate.py re-exports its public names. The rules, with their
+examples, and where they depart from the paper's grader (rllm) and why: docs/grading.md; every
+convention is a row of tests/test_grading_table.py. In brief:
 
-The answer of a response (`extract_answer`, mode `extraction`: "strict", the default, or "lenient")
-    Only the text after the last `</think>` is searched when there is one (boxes inside the thinking
-    are drafts). The answer is the content of the last complete `\\boxed{...}` / `\\fbox{}` /
-    `\\framebox{}` (brace-balanced, escaped `\\{` `\\}` ignored, nested braces kept) or `\\boxed x`; an
-    unclosed box (a truncated response) does not count. Boxes joined to that last box by separators
-    only (spaces, `,` `;` `&` `\\\\`, "and", `\\text{ and }`, `\\quad`, `$`; not "or") belong to the same answer,
-    one box per part: `\\boxed{1}, \\boxed{2}` -> `1, 2`; `x=\\boxed{3}, \\quad y=\\boxed{4}` -> `x = 3, y = 4`
-    (each part keeps its `x =`); `\\boxed{5}. So the answer is \\boxed{7}` -> `7` (prose in between).
-    Without a box, both modes: the phrase after the last "answer is" / "answer:" (`Therefore, the
-    final answer is: $42$. I hope it is correct`). "lenient" then also takes the math the response
-    ENDS with, closing punctuation aside: its last `$..$` / `$$..$$` / `\\(..\\)` / `\\[..\\]` span
-    (`Therefore $x = 7$.` -> `x = 7`), or a plain number after a final `=` / "is" (`6 times 7 = 42.`);
-    math followed by more prose, or a response stopping inside an open `$`, gives None (wrong).
-    `grade_response` adds rllm's rule: a response without `</think>` is wrong, nothing extracted.
-
-When a prediction equals a gold answer (`judge`, `is_equivalent`; a list of golds: any match counts)
-    1. Both are normalised (`normalize_answer`): `$...$`, `\\[ \\]`, `\\left`/`\\right`, `\\dfrac`,
-       LaTeX spacing, `\\text{}` and trailing unit words (`15\\mbox{ cm}^2`, `125 miles`), degrees,
-       `\\%` -> `%`, thousands separators (`1,000`, `10,\\!080`), `\\le` -> `\\leq`, a leading
-       `x \\in`, a trailing period. Equal normalised strings match (`\\frac43` == `\\frac{4}{3}`).
-    2. Their structure is compared (`parse_answer`): tuples and intervals element-wise, in order,
-       with the same brackets (`(1,2)` != `[1,2]` != `(2,1)`); bare comma lists, `\\{...\\}` sets and
-       `\\cup` unions in any order (as multisets); matrices entry by entry (a one-row or one-column
-       matrix equals the same tuple); `x = 3` equals `3` when the left side is a plain name; two
-       equations are equal when one side-difference is a nonzero multiple of the other
-       (`2x+2y=2` == `x+y=1`); `a \\pm b` is the list {a+b, a-b}; inequalities as normalised strings.
-    3. Leaf by leaf: multiple-choice letters (gold `C`: `(C)` and `C` match), words
-       case-insensitively, then numbers, exactly, as Fractions (`025` == `25`, `0.5` == `\\frac12`,
-       `\\frac{2}{4}` == `\\frac{1}{2}`, `1\\frac{4}{5}` == `9/5`, `4.4e7` == `4.4 \\times 10^7`, `50\\%` ==
-       `0.5`); a decimal on either side compares within relative REL_TOL = 1e-6 (`0.3333333` ==
-       `\\frac{1}{3}`, `3.14` != `\\pi`; `343943886` != `343943885`, exact); the rest goes to sympy.
-    4. sympy sees text made in-process from the LaTeX (`latex_to_sympy_text`, pure string work that
-       refuses what it does not understand: `52_8` is base 8, not 52 times 8). It compares exactly,
-       then numerically at random points (symbols positive, relative REL_TOL); exact rationals are
-       equal exactly or not at all, infinities never equal anything else.
-    Answers over MAX_ANSWER_CHARS are compared as strings only, brackets nested deeper than
-    MAX_NESTING = 100 are never sent to sympy, and a call asks sympy at most MAX_SYMPY_QUESTIONS =
-    256 questions (the rest count as "no"). `is_equivalent` and `grade_response` never raise: odd
-    input types are read through str(); errors, below.
-
-How sympy is sandboxed
-    sympy can run for hours (`10^{10^{10^{10}}}`, `1000000!`) or print. All sympy work happens in a
-    persistent child process (`SympyWorker`), booted as `python -c "import grader; ..."` with this
-    file's folder on its path: the caller's own script (evaluate.py, a pool worker's main) is never
-    re-executed, and the caller never imports sympy. `judge` decides everything it can without
-    sympy first, then sends every open question of the call in one JSON-lines request under a hard
-    deadline (`timeout`, DEFAULT_TIMEOUT = 3 s). The clock starts once the child has imported sympy:
-    booting one (about a second; the first question of a process, or after a kill) never counts
-    against a question's limit (it is summed in GRADER_STATS["sympy_boot_seconds"]). Past the
-    deadline the child is killed (a fresh one starts booting at once) and the verdict is "not
-    equivalent", timed_out=True, counted in GRADER_STATS["timeouts"]. Numbers of more than 10,000
-    digits are never evaluated. sympy reads the text as mathematics only: its expressions, no Python
-    builtins, no attribute access, no keywords (`_sympy_globals`). Plain subprocess + select, no
-    signals and no multiprocessing children: the limit holds off the main thread, under fork or spawn,
-    and inside daemonic pool workers. `grade_many` grades in a spawn-context process pool, each
-    worker with its own child.
-
-Errors are reported, not folded into "not equivalent"
-    Text sympy cannot read (`1/()`, `x**`) is simply not equivalent. Anything else that goes wrong
-    is an error: sympy raising while comparing, the sympy child dying or failing to start
-    (`GradingError`), or a bug in this file. `judge` raises it; `is_equivalent` returns False and
-    counts it in GRADER_STATS["errors"]; `grade_response` (and so `grade_many`, and evaluate.py's
-    records and summary) returns it as "grading_error": "Type: message". The first error of a
-    process prints its traceback to stderr.
-
-What the paper used, and where this grader departs from it
-    The paper graded with rllm: MATH's string normaliser plus a sympy check, and a response without
-    `</think>` scored wrong (kept here, `require_think_close`). Math-Verify, the other common choice,
-    is a LaTeX parser. This grader accepts what both accept for the common cases and adds:
-    tuples/intervals compared element-wise with their brackets, unordered answer lists and sets,
-    `x=3` vs `3`, `\\pm` expanded, matrices/vectors, multiple-choice letters, units and percent signs
-    dropped. Unreduced fractions count as equal (rllm rejects "2/4" for "1/2"). rllm grades only the
-    last box; here boxes joined by separators are one answer (`\\boxed{2}, \\boxed{3}` is `2, 3`, so it is
-    wrong against a gold `3`: two answers given). A single box is graded as rllm grades it. The
-    "lenient" extraction is not the paper's. Every convention is a row of tests/test_grading_table.py.
+    extract_answer   only the text after the last `</think>`; the last complete `\\boxed{}` (boxes
+                     joined to it by separators only are parts of one answer: `\\boxed{1}, \\boxed{2}`
+                     -> `1, 2`), else the phrase after "the answer is"; "lenient" also takes the math
+                     the response ends with. A response without `</think>` is wrong (rllm's rule).
+    judge            normalise both sides (`normalize_answer`), compare their structure (tuples and
+                     intervals in order, lists and sets as multisets, equations up to a factor,
+                     matrices), decide numbers exactly as Fractions (a decimal within REL_TOL), and
+                     send only what is left to sympy
+    sympy            a persistent child process (`SympyWorker`) that reads answers as mathematics only
+                     (no Python builtins), under a hard deadline per call (DEFAULT_TIMEOUT = 3 s,
+                     counted once the child has booted); past it the child is killed and the answer
+                     is "not equivalent", timed_out=True
+    errors           sympy raising or its child dying is a GradingError: `judge` raises it,
+                     `is_equivalent` says False and counts it, `grade_response` reports it as
+                     "grading_error"; none of them is folded into a silent "no"
 
 Python API
     extract_answer(text, extraction) -> str | None; judge(pred, gold, timeout) -> (equivalent,

@@ -1,105 +1,27 @@
-"""A synthetic reasoning task in the OpenR1-Math-Raw schema, small enough to learn on 2 CPU cores.
+"""The built-in task: a synthetic reasoning task in the OpenR1-Math-Raw schema, small enough to learn on
+2 CPU cores, so the whole pipeline (curate -> SFT -> REDI -> evaluate) runs end to end on a laptop.
 
-Writes a raw file that REDI's curation (`data.py curate`) reads unchanged, plus a held-out test
-set in the benchmark JSONL format, so the whole pipeline (curate -> SFT -> REDI -> evaluate)
-can run end to end on a laptop:
+Writes raw.jsonl (one OpenR1-Math-Raw row per problem, which curate.py reads unchanged), test.jsonl
+(held-out problems in the benchmark format, none equal to a training problem) and task.json (the
+knobs, the counts curation should find, sha256s). A problem is a short integer expression such as
+"Compute 7*8-9*8."; a generation is an R1-shaped trace, a thinking block of steps ("7*8=56 and
+9*8=72, so 56-72=-16.") then "The answer is $\\boxed{-16}$.". The teacher's wrong traces are
+systematic slips, each a rule misapplied where it does not hold (sign, borrow, extra_borrow,
+precedence, ones), one knob each; two verifiers label every generation (one a noisy judge), and
+rows curation must drop are mixed in.
+Variants (`--variant`): `slips`, the default, every negative a slip in the work (the null case);
+`guess`, where the teacher often guesses without working and a lucky guess is a positive, so only
+the negatives show that guessing fails (the paper's premise). `classify_trace` and `path_stats`
+name what a trace did, for the teacher's traces and a student's alike.
+
+The task, the slips, why it has this shape, what a tiny student learns on it (measured), and
+the columns: docs/toy_task.md.
 
     python toy_task.py --out-dir runs/toy                      # 4000 problems, 300 test problems
     python toy_task.py --out-dir runs/toy --num-problems 200 --num-test 20 --seed 1
     python toy_task.py --out-dir runs/toy --p-sign 0 --p-extra-borrow 0 --p-precedence 0   # borrow slips only
-    python data.py curate --raw runs/toy/raw.jsonl --sft-out runs/toy/sft.jsonl --pairs-out runs/toy/pairs.jsonl
-
-Outputs in --out-dir:
-    raw.jsonl   one OpenR1-Math-Raw row per problem (every column of the schema, see
-                /work/shared/benchmarks/OPENR1_SCHEMA.md), generations aligned with `correctness`
-    test.jsonl  {"id": "toy/<i>", "problem", "answer"}; no test problem equals a training problem,
-                even up to swapping the factors of a product
-    task.json   the knobs, the counts (generations, positives, negatives, traces by slip type,
-                rows curation must drop, the SFT/pair counts curation should find), and sha256s
-With the defaults, 4000 problems give about 6,650 generations, 3,690 SFT examples and 1,390 pairs
-after curation (36% of problems have a positive and a negative).
-
-THE TASK. Evaluate a short integer expression with one subtraction and one or two products of
-digits 2..9 (c is 10..99), in three forms:
-
-    ab-cd   "Compute 7*8-9*8."    <think> 7*8=56 and 9*8=72, so 56-72=-16. </think> ... \\boxed{-16}
-    ab-c    "Compute 3*4-41."     <think> 3*4=12, so 12-41=-29. </think> ...
-    c-ab    "Compute 50-6*7."     <think> 6*7=42, so 50-42=8. </think> ...
-
-A generation is `<think>\\n<steps>\\n</think>\\n\\nThe answer is $\\boxed{N}$.`: the steps are
-`x op y=z` joined by "and" / ", so", about 20-35 characters, the R1 shape in miniature. The
-last step is always a subtraction of two numbers of up to two digits; there the decisions a
-tiny model finds hard meet: the sign (compare the operands) and the borrow (compare the ones
-digits); before it, which operation binds first.
-
-THE TEACHER'S MISTAKES. Each slip is a rule that is right in some contexts and misapplied in
-others, never random noise, and it happens at the one step where the rule is used:
-    sign          "subtract the smaller from the larger" and forget the minus when the first
-                  operand is the smaller one: 56-72=16 (the rule is right when the result >= 0)
-    borrow        the tens are not reduced after a borrow: 72-56 -> 26, so 56-72=-26
-                  (column subtraction without borrowing is right when no column borrows)
-    extra_borrow  the tens are reduced although nothing borrowed: 63-31=22 (the mirror image:
-                  reducing the tens is right exactly when the ones column borrows)
-    precedence    evaluate left to right: 50-6*7 -> 50-6=44, so 44*7=308 (right for ab-c,
-                  where the first operator binds tighter; wrong for c-ab and ab-cd)
-    ones          (off by default, --p-ones) the ones digit of the final difference is off by
-                  two (+2, or -2 when it is 8 or 9): 56-72=-18. Not a human rule: it is the
-                  error the tiny SFT student of the demo itself makes most (537 of its 797 wrong
-                  held-out samples had the ones digit off by an even amount), for the experiment
-                  of the prototype note's first suggestion (negatives that match the student).
-A slip can only fire where its rule is wrong (`eligible_slips`); given an eligible problem,
-each generation slips to type s with probability --p-<s>, independently per generation, at most
-one slip per trace. Correct and wrong traces share one surface format, so a pair (y_w, y_l)
-differs only from the decision on: for the sign and borrow slips that is the last step (what
-follows is the result's digits and the boxed copy), for precedence it is the step that picks
-the wrong operation (the middle step for ab-cd, the first for c-ab).
-
-WHY THIS SHAPE (lessons of /work/shared/notes/toy_task_prototype.md). The prototype added four
-2-digit numbers with slips that mostly dropped a carry; REDI there taught a global "+10" rather
-than "carry correctly", and did not beat SFT. Its note suggests what a fair task needs:
-    1. Negatives whose mistakes the SFT student itself makes, in contexts the positives also
-       cover. The borrow slips are the student's own tens-digit errors (measured below), and
-       every context where a rule is misapplied also appears, solved correctly, among the
-       positives, so the contrast is about WHEN a rule applies.
-    2. Little shared correct content after the mistake: sign and borrow slips sit in the last
-       step, so the push-down on y_l lands on the decision token and the boxed copy, not on a
-       tail of correct arithmetic (the prototype's slips were followed by more steps).
-    3. Systematic error types, not one global bias. borrow (+10) and extra_borrow (-10) are
-       mirror images in complementary contexts, so no context-free digit shift lowers the
-       likelihood of both kinds of negative: only telling the contexts apart does.
-Each type has its own knob, so a run can keep one type, mix them, or study an early slip
-(precedence). `classify_trace` names the first wrong step of any trace, the teacher's or a
-student's, with the same labels, so a run can compare the student's errors with the teacher's.
-
-MEASURED (2-core CPU, seed-0 data, 3,595 SFT examples, positives only; an earlier version of
-the knobs, which changes only which problems lack a positive): a Qwen2 student from
-`tiny_model.build_model` (hidden 128, 4 layers, 1.1M parameters, prompt = problem without
-chat template), AdamW lr 1e-3, batch 64, warmup + linear decay. Greedy accuracy on held-out
-problems: 0.04 after 4 epochs, 0.45 after 8, 0.79 after 12, 0.87 after 16 (300 test problems;
-0.873 on 600 fresh ones; ~15-20 s per epoch on an idle machine). Its 76 errors on those 600:
-ones digit off by one or two (39), a forgotten borrow (exactly the teacher's `borrow`, 14), tens
-one off where nothing borrows (13: 7 down = `extra_borrow`, 6 up), wrong sign 2, products 0,
-order 0, other 8.
-So the sign and precedence slips are mistakes this student rarely makes: they are on by default
-at low rates for variety; raise them to test principle 1 the other way round. Most of its errors
-(the ones digit) are fact slips that no teacher slip imitates. Then one epoch over the 1,393
-default pairs (batch 32, 44 steps, same schedule shape), one seed, 600 problems (standard error
-~1.4 points): SFT on chosen at lr 3e-5 0.883; REDI alpha=0.8 at lr 1e-5 0.870, 3e-5 0.787, 1e-4
-0.628, the extra errors mostly "arithmetic". So the task alone does not make REDI beat SFT at
-this scale; it is a testbed for finding the conditions under which it does, not a demonstration.
-
-THE DATA, LIKE OpenR1-Math-Raw. The teacher samples generations until one is judged correct by
-both verifiers, at most --max-generations, so most rows hold one generation and the others
-hold their failures first. Two verifiers label each generation:
-    math_verify_reparsed_answer  exact integer check of the final \\boxed{} (after </think>)
-    math_verify_answer           the same check against `answer` (identical here)
-    llama_verification           a noisy judge: the exact check, flipped with prob --judge-flip,
-                                 so a few generations are positive under one verifier only
-                                 (curation counts them as negative)
-Rows curation must drop are mixed in: --frac-invalid rows with problem_is_valid "No" and
---frac-cn-k12 rows with source "cn_k12" (disjoint); the other rows draw a NuminaMath source
-name. Everything is a deterministic function of --seed and the knobs (same arguments ->
-identical bytes).
+    python toy_task.py --out-dir runs/guess --variant guess
+    python curate.py --raw runs/toy/raw.jsonl --sft-out runs/toy/sft.jsonl --pairs-out runs/toy/pairs.jsonl
 """
 from __future__ import annotations
 
@@ -112,7 +34,7 @@ import re
 import sys
 from collections import Counter
 
-from data import InputError, exit_on_input_error, make_output_dir
+from cli import InputError, exit_on_input_error, make_output_dir
 
 # -----------------------------------------------------------------------------
 # problems
@@ -427,7 +349,7 @@ def make_row(problem, gens, source, problem_is_valid):
 # the raw training file and the held-out test set
 
 # p_* chosen so ~36% of problems give a pair (4000 problems -> ~1,390 pairs) with the tens-digit
-# slips, the student's own kind of error, as most negatives; see the module docstring.
+# slips, the student's own kind of error, as most negatives; see docs/toy_task.md.
 DEFAULT_KNOBS = dict(form_weights=(1.0, 1.0, 1.0), max_generations=4,
                      p_sign=0.15, p_borrow=0.3, p_extra_borrow=0.3, p_precedence=0.1, p_ones=0.0,
                      judge_flip=0.02, frac_invalid=0.02, frac_cn_k12=0.02, p_guess=0.0, guess_right=0.2)
@@ -435,7 +357,7 @@ DEFAULT_KNOBS = dict(form_weights=(1.0, 1.0, 1.0), max_generations=4,
 # Named task variants: knob presets on top of DEFAULT_KNOBS (explicit knobs override them).
 #   slips  the default task: slips only, every negative a mistake in the work (the null case)
 #   guess  the teacher often skips the work and guesses; a lucky guess is a positive, so SFT on
-#          positives teaches guessing and only the negatives show that it fails (see the docstring)
+#          positives teaches guessing and only the negatives show that it fails (docs/toy_task.md)
 VARIANTS = {
     "slips": {},
     "guess": dict(form_weights=(0.0, 1.0, 0.0), p_sign=0.0, p_borrow=0.0, p_extra_borrow=0.0,
@@ -497,7 +419,7 @@ def _distinct_problems(n, rng, form_weights, taken_keys, key_fn, max_misses=2000
 
 
 def generate_raw(num_problems, seed=0, **knobs):
-    """`num_problems` OpenR1-Math-Raw rows with distinct problem texts; see the module docstring."""
+    """`num_problems` OpenR1-Math-Raw rows with distinct problem texts; see docs/toy_task.md."""
     k = validate_knobs(knobs)
     slip_probs = {s: k[f"p_{s}"] for s in SLIP_TYPES}
     rng = random.Random(f"toy-train:{seed}")
@@ -596,7 +518,7 @@ def parse_args(argv=None):
                         f"(default {DEFAULT_KNOBS['p_precedence']})")
     g.add_argument("--p-ones", type=float, default=None,
                    help="P(ones digit of the final difference off by two) -- the tiny SFT student's own most "
-                        "common error, not a human rule; off by default (an experiment, see the docstring)")
+                        "common error, not a human rule; off by default (an experiment, see docs/toy_task.md)")
     g.add_argument("--p-guess", type=float, default=None,
                    help="P(a generation skips the work and guesses) (default 0; --variant guess: "
                         f"{VARIANTS['guess']['p_guess']})")
