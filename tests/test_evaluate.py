@@ -454,7 +454,7 @@ def test_benchmark_by_name_reads_the_repos_copy_offline(tmp_path, monkeypatch):
 
 BAD_OPTIONS = [  # (options after --responses FILE --output-dir o, the message argparse prints)
     (["--limit", "0"], "--limit must be >= 1, got 0"),
-    (["--n", "0"], "--n, --batch-size and --max-new-tokens must be >= 1, got 0, 16, 32768"),
+    (["--n", "0"], "--n, --batch-size and --max-new-tokens must be >= 1, got 0, auto, 32768"),
     (["--batch-size", "-1"], "--n, --batch-size and --max-new-tokens must be >= 1, got 16, -1, 32768"),
     (["--temperature", "nan"], "need --temperature >= 0 and 0 < --top-p <= 1, got nan, 0.95"),
     (["--top-p", "1.5"], "need --temperature >= 0 and 0 < --top-p <= 1, got 0.6, 1.5"),

