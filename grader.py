@@ -857,9 +857,6 @@ def _sympy_check(kind, a, b):
     """One question for the sympy worker: kind "expr" (a == b?) or "eq" (same equation?)."""
     import sympy
 
-    if kind == "sleep":  # test hook: a request that outlives any time limit
-        time.sleep(float(a))
-        return True
     if kind == "eq":
         (la, ra), (lb, rb) = a.split("=", 1), b.split("=", 1)
         fa, fb = _sympy_parse(f"({la})-({ra})"), _sympy_parse(f"({lb})-({rb})")

@@ -4,6 +4,7 @@ evaluate.py's pass@k, SEM and table.
 The pair-by-pair conventions of `is_equivalent` live in test_grading_table.py; this file checks the
 machinery around them and the grader's verdicts on every gold answer we ship.
 """
+import contextlib
 import itertools
 import json
 import math
@@ -151,18 +152,38 @@ def test_huge_response_with_unbalanced_braces_is_graded_quickly():
 # A request that sleeps 30 s, given 0.5 s: returning in under SLEEP_BOUND_S shows it was abandoned at
 # its deadline, not served to the end; the bound is loose so that a busy 2-core box cannot fail it.
 SLEEP_BOUND_S = 10.0
+SLEEP_30_S = [["sleep", "30", ""]]
+# Put before the sympy child's boot script: the child (and only it) answers one more kind of question,
+# ["sleep", SECONDS, ""], by sleeping; a request that outlives any time limit, which grader.py lacks.
+SLEEP_QUESTION = (
+    "import sys, time; sys.path.insert(0, sys.argv[1]); import grader; answer = grader._sympy_check; "
+    "grader._sympy_check = lambda kind, a, b: time.sleep(float(a)) or True if kind == 'sleep' else answer(kind, a, b); ")
+
+
+@contextlib.contextmanager
+def sympy_child_that_can_sleep():
+    """Grading, in this process, goes to a fresh sympy child booted with SLEEP_QUESTION (restored after)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grader, "_BOOT", SLEEP_QUESTION + grader._BOOT)
+        worker = grader.SympyWorker()
+        mp.setattr(grader, "_SYMPY", worker)
+        try:
+            yield worker
+        finally:
+            worker.kill()
 
 
 def test_sympy_overrun_is_killed_and_counted():
     """A sympy request past its deadline is abandoned at the deadline, the child killed, the time-out
     counted, and the next request gets a fresh child."""
-    answers, seconds = on_the_graders_clock(grader._SYMPY.ask, [["sleep", "30", ""]], 0.5)
-    assert answers is None and 0.5 <= seconds < SLEEP_BOUND_S
-    before = grader.GRADER_STATS["timeouts"]
-    # a zero limit has passed before the request is read back (1e-4 s raced a 2 ms sympy answer on a busy box)
-    assert judge("\\sqrt{4}", "2", timeout=0.0) == (False, True)
-    assert grader.GRADER_STATS["timeouts"] == before + 1
-    assert judge("\\sqrt{4}", "2", timeout=LIMIT_S) == (True, False)
+    with sympy_child_that_can_sleep() as worker:
+        answers, seconds = on_the_graders_clock(worker.ask, SLEEP_30_S, 0.5)
+        assert answers is None and 0.5 <= seconds < SLEEP_BOUND_S
+        before = grader.GRADER_STATS["timeouts"]
+        # a zero limit has passed before the request is read back (1e-4 s raced a 2 ms sympy answer on a busy box)
+        assert judge("\\sqrt{4}", "2", timeout=0.0) == (False, True)
+        assert grader.GRADER_STATS["timeouts"] == before + 1
+        assert judge("\\sqrt{4}", "2", timeout=LIMIT_S) == (True, False)
 
 
 def test_grading_works_off_the_main_thread():
@@ -170,12 +191,13 @@ def test_grading_works_off_the_main_thread():
     out = {}
 
     def work():
-        out["kill"] = on_the_graders_clock(grader._SYMPY.ask, [["sleep", "30", ""]], 0.5)
+        out["kill"] = on_the_graders_clock(grader._SYMPY.ask, SLEEP_30_S, 0.5)
         out["ok"] = judge("2\\sqrt{2}", "\\sqrt{8}", timeout=LIMIT_S)
 
-    thread = threading.Thread(target=work)
-    thread.start()
-    thread.join(30)
+    with sympy_child_that_can_sleep():
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join(30)
     assert out["kill"][0] is None and out["kill"][1] < SLEEP_BOUND_S
     assert out["ok"] == (True, False)
 
@@ -204,11 +226,12 @@ def test_a_sympy_child_that_cannot_start_is_an_error_not_a_timeout(monkeypatch):
 def test_a_sympy_child_that_dies_mid_question_is_an_error():
     """A child killed while it answers raises GradingError (not a silent "no", not a time-out), and
     the next request gets a fresh child."""
-    grader._SYMPY.start()
-    threading.Timer(0.3, grader._SYMPY._proc.kill).start()
-    with pytest.raises(grader.GradingError, match=r"exited with code -9 while answering \[\[\"sleep\""):
-        grader._SYMPY.ask([["sleep", "30", ""]], 20.0)
-    assert judge("\\sqrt{4}", "2", timeout=LIMIT_S) == (True, False)
+    with sympy_child_that_can_sleep() as worker:
+        worker.start()
+        threading.Timer(0.3, worker._proc.kill).start()
+        with pytest.raises(grader.GradingError, match=r"exited with code -9 while answering \[\[\"sleep\""):
+            worker.ask(SLEEP_30_S, 20.0)
+        assert judge("\\sqrt{4}", "2", timeout=LIMIT_S) == (True, False)
 
 
 def test_sympy_answers_no_for_unreadable_text_and_reports_its_own_errors():
@@ -249,8 +272,9 @@ def test_a_sympy_error_on_an_open_question_makes_judge_raise(monkeypatch):
 
 
 def _grade_in_worker(_):
-    killed = grader._SYMPY.ask([["sleep", "30", ""]], 0.5)
-    return killed, judge("\\frac{1}{\\sqrt{2}}", "\\frac{\\sqrt{2}}{2}", timeout=LIMIT_S)
+    with sympy_child_that_can_sleep() as worker:
+        killed = worker.ask(SLEEP_30_S, 0.5)
+        return killed, judge("\\frac{1}{\\sqrt{2}}", "\\frac{\\sqrt{2}}{2}", timeout=LIMIT_S)
 
 
 def test_grading_works_inside_daemonic_pool_workers():
