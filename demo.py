@@ -48,7 +48,7 @@ import subprocess
 import sys
 import time
 
-from data import exit_on_input_error, make_output_dir, read_jsonl
+from cli import exit_on_input_error, make_output_dir, read_jsonl
 from toy_task import path_stats
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -144,6 +144,7 @@ class Stages:
 
 
 def python(script, *args):
+    """The command that runs one of the project's scripts with this interpreter (replicate.py uses it too)."""
     return [sys.executable, os.path.join(ROOT, script), *args]
 
 
@@ -217,7 +218,8 @@ def evaluate_all(stages, out, cfg, seed, data, workers):
 
 
 def paths_of(eval_dir, test_file):
-    """toy_task.path_stats of one evaluation: the share of samples that guess, accuracy per path."""
+    """toy_task.path_stats of one evaluation: the share of samples that guess, accuracy per path
+    (replicate.py uses it too)."""
     problems = {r["id"]: r["problem"] for _, r in read_jsonl(test_file)}
     gens = [g for _, g in read_jsonl(os.path.join(eval_dir, "generations.jsonl"))]
     return path_stats((problems[g["id"]], g["text"], g["correct"]) for g in gens)

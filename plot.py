@@ -31,7 +31,7 @@ import json
 import os
 import sys
 
-from data import InputError, data_error, describe, exit_on_input_error, make_output_dir, read_jsonl
+from cli import InputError, data_error, describe, exit_on_input_error, make_output_dir, read_jsonl
 
 PANELS = [("accuracy", "held-out pass@1"), ("logps/chosen", "chosen LogPS"),
           ("logps/rejected", "rejected LogPS"), ("optim/update_norm", "update size ||Δθ||"), ("loss", "training loss")]

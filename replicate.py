@@ -46,8 +46,8 @@ import subprocess
 import sys
 import time
 
-from data import exit_on_input_error, make_output_dir
-from toy_task import path_stats
+from cli import exit_on_input_error, make_output_dir, read_jsonl
+from demo import paths_of, python
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SYSTEM_PROMPT = "Box the answer."
@@ -168,18 +168,9 @@ def _run(pending, running, done, jobs, workers, t0, env):
                   f"{len(done)}/{len(jobs)})", flush=True)
 
 
-def python(script, *args):
-    return [sys.executable, os.path.join(ROOT, script), *args]
-
-
 def read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def count_lines(path):
@@ -193,7 +184,7 @@ def count_lines(path):
 
 def split_heldout(data, num_val):
     """toy_task's held-out problems -> val.jsonl (the first num_val) and test.jsonl (the rest)."""
-    rows = read_jsonl(os.path.join(data, "heldout", "test.jsonl"))
+    rows = [r for _, r in read_jsonl(os.path.join(data, "heldout", "test.jsonl"))]
     for name, part in (("val", rows[:num_val]), ("test", rows[num_val:])):
         with open(os.path.join(data, f"{name}.jsonl"), "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in part)
@@ -366,9 +357,7 @@ def eval_metrics(eval_dir, bench_file):
     summary = read_json(os.path.join(eval_dir, "summary.json"))
     name = os.path.splitext(os.path.basename(bench_file))[0]
     m = summary["benchmarks"][name]
-    problems = {r["id"]: r["problem"] for r in read_jsonl(bench_file)}
-    gens = read_jsonl(os.path.join(eval_dir, "generations.jsonl"))
-    paths = path_stats((problems[g["id"]], g["text"], g["correct"]) for g in gens)
+    paths = paths_of(eval_dir, bench_file)
     return {"pass@1": m["pass@1"], "sem": m["sem"], "pass@k": m["pass@k"], "n_problems": m["n_problems"],
             "n_samples": m["n_samples"], **{k: paths[k] for k in ("guess_share", "guess_accuracy", "work_accuracy")},
             "labels": paths["labels"]}
@@ -491,7 +480,7 @@ def stability_table(plan):
     for name, run_dir in plan["stability"].items():
         if not os.path.exists(os.path.join(run_dir, "evals", "done")):
             continue
-        steps = [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "step" in r and "logps/chosen" in r]
+        steps = [r for _, r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "step" in r and "logps/chosen" in r]
         evals = sorted(d for d in os.listdir(os.path.join(run_dir, "evals")) if d.startswith("step-"))
         acc = [f"{int(d[5:])}: {100 * read_json(os.path.join(run_dir, 'evals', d, 'summary.json'))['benchmarks']['val']['pass@1']:.1f}"
                for d in evals]
@@ -606,8 +595,8 @@ def main(argv=None):
         stab = {k: v for k, v in per[args.seeds[0]]["stability"].items()
                 if os.path.exists(os.path.join(v, "evals", "done"))}
         if stab:
-            subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), *stab.values(), "--benchmark", "val",
-                            "--out", os.path.join(out, f"dynamics_{variant}")], cwd=ROOT, check=True,
+            subprocess.run(python("plot.py", *stab.values(), "--benchmark", "val",
+                                  "--out", os.path.join(out, f"dynamics_{variant}")), cwd=ROOT, check=True,
                            env=dict(os.environ, PYTHONPATH=ROOT))
     draw_figures(out, results, plans)
     wall = time.time() - t0

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-from data import InputError, exit_on_input_error, make_output_dir, read_jsonl
+from cli import InputError, exit_on_input_error, make_output_dir, read_jsonl
 
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

@@ -41,7 +41,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch.distributed as dist
 
-from data import IGNORE_INDEX, InputError, load_pairs, load_sft_examples, tokenize_example
+from cli import InputError
+from data import load_pairs, load_sft_examples, tokenize_example
+from redi_loss import IGNORE_INDEX
 
 FORMAT_VERSION = 1
 KINDS = ("sft", "pairs")
@@ -341,7 +343,8 @@ def main(argv=None):
     import argparse
 
     import training
-    from data import exit_on_input_error, load_tokenizer
+    from cli import exit_on_input_error
+    from data import load_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="curated or bring-your-own JSON Lines file")

@@ -6,7 +6,7 @@ import pytest
 
 import plot
 from conftest import ROOT, run_script, write_jsonl
-from data import InputError
+from cli import InputError
 
 
 def _fake_run(run_dir, steps, evals):
