@@ -35,7 +35,7 @@ class InputError(ValueError):
 
 @contextlib.contextmanager
 def exit_on_input_error(prog: str):
-    """`with exit_on_input_error("data.py curate"):` -> 'PROG: error: MESSAGE' on stderr, exit 2."""
+    """`with exit_on_input_error("curate.py"):` -> 'PROG: error: MESSAGE' on stderr, exit 2."""
     try:
         yield
     except InputError as e:

@@ -15,7 +15,7 @@ def run_snippet(body):
     script = textwrap.dedent(f"""
         import atexit, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from data import run_then_exit
+        from cli import run_then_exit
         atexit.register(lambda: print("teardown ran", flush=True))
         def main():
         {textwrap.indent(textwrap.dedent(body), '    ')}

@@ -478,7 +478,7 @@ def _preflight_args(tmp_path, model, *extra):
 def test_preflight_names_each_problem_before_any_compute(single_rank_group, tiny_model_dir, tmp_path, monkeypatch):
     """Missing model dir, no config, no chat template, --max-seq-len beyond the context, an output dir that
     cannot be created, too little disk for one checkpoint: each is an InputError naming the option."""
-    from data import InputError
+    from cli import InputError
 
     cases = []
     cases.append((_preflight_args(tmp_path, tmp_path / "missing"), r"--model .*missing: no such directory"))

@@ -11,7 +11,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 import token_cache  # noqa: E402
 import cli  # noqa: E402
 import training  # noqa: E402
-from data import exit_on_input_error, load_tokenizer  # noqa: E402
+from cli import exit_on_input_error  # noqa: E402
+from data import load_tokenizer  # noqa: E402
 
 
 def main():
