@@ -32,7 +32,7 @@ import sys
 
 import torch
 
-from cli import InputError, data_error, describe, exit_on_input_error, make_output_dir, read_jsonl, run_then_exit  # noqa: F401
+from cli import InputError, data_error, describe, exit_on_input_error, read_jsonl
 from redi_loss import IGNORE_INDEX   # one value for data and losses: labels the loss skips
 
 

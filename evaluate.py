@@ -13,7 +13,7 @@ What it does
        torchrun ranks (rank r takes problems r, r+W, ...). Every response is appended to
        OUT/generations.jsonl as soon as it finishes, so a killed run resumes where it stopped,
        without losing or duplicating samples.
-    3. Grades each response with grader.py (its docstring is the grader's spec): the last `\\boxed{}`
+    3. Grades each response with grader.py (docs/grading.md is the grader's spec): the last `\\boxed{}`
        after `</think>` (a response without `</think>` is wrong, as in rllm, unless
        `--no-require-think-close`; several boxes in the final answer are one answer, and
        `--answer-extraction lenient` also reads unboxed final math), compared with every gold
@@ -23,7 +23,7 @@ What it does
        +- the paper's SEM, pass@k (unbiased estimator) for k = 1, 2, 4, ..., n, mean response length,
        truncation rate, and the reflection statistic (occurrences of "Wait" per response).
     `--engine vllm` replaces step 2's sampler with vLLM (vllm_engine.py: settings, supported
-    parallelism; untested on a GPU here): the same prompts, per-sample seeds and record format, sent
+    parallelism; tested on the real vLLM's CPU build, not on a GPU): the same prompts, per-sample seeds and record format, sent
     `--engine-chunk` samples per call, each chunk appended as it returns; resume and grading unchanged.
 
 Launch
@@ -45,68 +45,8 @@ Launch
     # grade responses produced by another engine (vLLM, ...), no model loaded
     python evaluate.py --responses gens.jsonl --data benchmarks/aime24.jsonl --output-dir out/vllm
 
-Outputs (stable: the demo and the plotting script read them)
-    OUT/generations.jsonl, one line per (benchmark, problem id, sample index), fields:
-        benchmark, id, index (problem's row in its file), sample, seed (this sample's own seed),
-        text (the response; starts with the `<think>\\n` that the generation prompt already held, so the
-        `</think>` boundary is visible to the grader), answer (extracted, or null), gold (list of
-        gold strings), correct, timed_out (sympy hit the time limit: counted as wrong),
-        grading_error (null, or "Type: message" when the grader could not decide: counted as wrong,
-        see grader.py's "Errors are reported"), finish_reason ("stop" | "length"), num_tokens
-        (generated tokens, stop token included).
-        Lines are appended ungraded (answer/correct/timed_out null) while sampling, so grading never
-        stalls the accelerator; rank 0 grades them all in parallel at the end and rewrites the file.
-    OUT/summary.json = {"args": {...}, "versions": {...}, "benchmarks": {NAME: {
-        "n_problems", "n_samples", "pass@1", "sem", "pass@k": {"1": .., "2": .., ..., "n": ..},
-        "mean_length", "truncation_rate", "wait_per_response", "grading_timeouts", "grading_errors",
-        "unscored_samples" (records kept but not in the metrics: sample index >= n, or beyond the
-        smallest count per problem), "answers_per_second"}}}, plus, in --responses mode,
-        "responses": {"file", "rows", "graded", "problems_without_response", "skipped": [{"name",
-        "reason", "count", "lines" (the first 20)}]}. NAME is the --data file's stem or the
-        --benchmark name. Rates are fractions in [0, 1]; the printed table shows percentages.
-    Python API: pass_at_k, sem_over_samples, k_values, summarize(records, n) -> {NAME: metrics}
-        (the "benchmarks" part above), format_table(summary) -> str (takes that mapping or the whole
-        summary.json), read_benchmark, build_prompt, opened_think, read_generations; and, re-exported
-        from grader.py, extract_answer, normalize_answer, judge, is_equivalent, grade_response,
-        grade_many, GRADER_STATS, DEFAULT_TIMEOUT. Importing this module does not import torch.
-
-`--responses FILE` format (JSON Lines, one response per line)
-    {"id": "aime24/2024-I-1", "text": "<think>...</think> ... \\boxed{204}"} plus optional fields:
-    "benchmark" (needed when several benchmarks are loaded), "sample" (int; default: order of
-    appearance per problem), "gold" (str or list; default: looked up by id in --data/--benchmark),
-    "finish_reason" ("stop"/"length"), "num_tokens" (int). n is taken from the file, per benchmark
-    (the smallest count per problem); `--n` is ignored in this mode. Golds from --data/--benchmark
-    are matched on "id" (and "benchmark" = the file stem when several are loaded). A null optional
-    field counts as absent.
-    Errors (exit 2, one line `evaluate.py: error: FILE:LINE: field 'F': expected E, found X`, no
-    traceback): bytes that are not UTF-8, a line that is not JSON or not a JSON object, a missing,
-    null or empty "id", a "text" that is not a string, a field of the wrong type or range ("sample"
-    "1" or -1, "finish_reason" "eos", ...), a response with no gold, and a file without responses.
-    Skipped and counted (summary.json "responses", and a line of the printed report), never
-    graded: a later row for a (benchmark, id, sample) already seen (`duplicate_response`; the
-    first one is graded).
-
-Errors
-    Bad input (a benchmark or responses file, a resumed OUT/generations.jsonl, --model, an
-    option, an unwritable --output-dir) stops the run before any
-    work with one line on stderr naming the file, line and field or the option, and exit code 2
-    (argparse's usage errors also exit 2). Any other exception is a bug and keeps its traceback.
-
-Where this departs from the paper's pipeline (rllm + vLLM), and why
-    1. Sampling (--engine native, the default) is our own loop over `model(...)` (not vLLM, not
-       `generate`; `--engine vllm` is the paper's engine, see vllm_engine.py): every sample has its
-       own torch.Generator seeded from (--seed, benchmark, problem id, sample index), one draw per
-       token, and its prompt is prefilled alone, unpadded; so a sample does not depend on which rank,
-       pool row or neighbours it gets, and a resumed run regenerates exactly the samples a complete
-       run would have produced (tested: on CPU fp32 each pooled sample equals it generated alone).
-       Residual non-determinism: the decode step's matrix products span the whole pool, and another
-       pool size may change floating-point summation order in the last bits on some kernels; that
-       flips a sampled token only at a near-tie. Different hardware or dtype gives different samples.
-       The sampler supports full-attention decoders (Qwen2/Llama-style), not sliding windows.
-    2. The grader is ours, not rllm's (MATH's normaliser + sympy): grader.py's docstring lists what
-       it accepts beyond rllm and Math-Verify, and how it keeps sympy under a hard time limit.
-    3. SEM: s / sqrt(n), s the sample standard deviation (ddof=1) of the n benchmark-wide scores
-       obtained with only the j-th sample of every problem (paper, Appendix C.5).
+Outputs (generations.jsonl, summary.json), the --responses format, errors and where this departs
+from the paper's pipeline: docs/evaluation.md. Importing this module does not import torch.
 """
 from __future__ import annotations
 
@@ -123,6 +63,8 @@ import sys
 import time
 from importlib import metadata
 
+from cli import InputError, data_error, describe, exit_on_input_error, make_output_dir, read_jsonl, run_then_exit
+
 # The grader is its own module; its names stay importable from here for scripts and users.
 from sampler import (AUTO_ROWS_OFF_CUDA, PoolCache, check_model, load_model, sample_next, sample_pool,  # noqa: F401
                      stop_token_ids)
@@ -130,7 +72,7 @@ from grader import (DEFAULT_EXTRACTION, DEFAULT_TIMEOUT, EXTRACTION_MODES, GRADE
                     extract_answer, grade_many, grade_response, is_equivalent, judge, normalize_answer)
 import vllm_engine  # --engine vllm; vllm itself is imported only when that engine loads
 
-# torch, transformers, train_sft and data (both import torch) are imported inside the functions
+# torch, transformers, training and data (both import torch) are imported inside the functions
 # that use them: --help and the grading pool's workers (spawned, they re-import this script)
 # never pay the seconds torch takes to load.
 
@@ -393,8 +335,7 @@ def _is_id(value):
 
 
 def _found(row, field):
-    """What a row holds in `field`, for an error message ("no such field", "null", data.describe)."""
-    from data import describe
+    """What a row holds in `field`, for an error message ("no such field", "null", cli.describe)."""
 
     if field not in row:
         return "no such field"
@@ -410,7 +351,6 @@ def read_benchmark(path, name, limit=None):
     """Problems of one benchmark file: [{"benchmark", "id", "index", "problem", "golds"}].
     Golds: `answers` (any match counts) when present, else `answer`. A bad row is an InputError
     naming file, line and field."""
-    from data import InputError, data_error, describe, read_jsonl  # data.py imports torch
 
     problems, ids = [], set()
     for lineno, row in read_jsonl(path):
@@ -455,7 +395,6 @@ GENERATIONS = "generations.jsonl"
 def read_generations(path):
     """Records of a generations file. A last line cut short by a kill is dropped (and said so);
     a bad line anywhere else is an InputError naming the file and line."""
-    from data import data_error, describe
 
     if not os.path.isfile(path):
         return []
@@ -684,7 +623,6 @@ RESPONSE_SKIPS = {"duplicate_response": "a later row for an already seen (benchm
 
 def _response_row(row, path, lineno):
     """One --responses row, checked field by field (InputError naming file, line and field)."""
-    from data import data_error, describe
 
     if not isinstance(row, dict):
         raise data_error(path, lineno, None, 'a JSON object {"id", "text", ...}', describe(row))
@@ -702,7 +640,6 @@ def read_responses(path, benchmarks):
     """(records, skipped) from a --responses file (format in the module docstring); golds from the
     line's "gold" or from the loaded benchmarks by id. skipped: {RESPONSE_SKIPS name: [line, ...]}.
     A bad row, or a file without rows, is an InputError naming the file (and line and field)."""
-    from data import InputError, data_error, read_jsonl
 
     lookup = {(name, p["id"]): p for name, ps in benchmarks for p in ps}
     names = [name for name, _ in benchmarks]
@@ -791,7 +728,6 @@ def run_generation(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from data import exit_on_input_error, make_output_dir  # data.py imports torch: not at module import
 
     with exit_on_input_error("evaluate.py"):
         make_output_dir(args.output_dir, f"--output-dir {args.output_dir}")
@@ -801,5 +737,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from data import run_then_exit  # exits without interpreter teardown (see there)
     run_then_exit(main)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import inspect
 import os
 
+from cli import InputError
+
+
 def check_model(path):
     """--model is a local directory holding a config.json, or looks like a hub id ORG/NAME (which
     transformers then resolves); otherwise InputError, before any process group or download."""
-    from data import InputError
 
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
@@ -33,7 +35,6 @@ def load_model(path, device, dtype):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from data import InputError
 
     torch_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
                    "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]

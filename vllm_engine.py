@@ -71,6 +71,8 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+from cli import InputError
+
 INSTALL_HINT = "--engine vllm needs the vllm package: pip install vllm"
 VLLM_DTYPES = {"auto": "bfloat16", "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 CPU_KV_CACHE_GIB = 4  # VLLM_CPU_KVCACHE_SPACE when unset: ~140k tokens of Qwen2.5-Math-1.5B's bf16 KV cache
@@ -84,7 +86,6 @@ def local_gpus(tensor_parallel_size, environ=os.environ):
     """The CUDA_VISIBLE_DEVICES value for this rank under torchrun (local rank r gets devices
     [r*K, (r+1)*K)), or None for a single process per node (vLLM then takes the first K visible).
     InputError when CUDA_VISIBLE_DEVICES lists fewer than N*K devices."""
-    from data import InputError  # data.py imports torch: not at module import
 
     ranks = int(environ.get("LOCAL_WORLD_SIZE", "1"))
     if ranks == 1:
@@ -101,7 +102,6 @@ def local_gpus(tensor_parallel_size, environ=os.environ):
 def check_ready(tensor_parallel_size):
     """InputError before the process group and any download: vllm is not installed, or this node
     has too few GPUs for the ranks x --tensor-parallel-size. Does not import vllm (seconds)."""
-    from data import InputError
 
     if importlib.util.find_spec("vllm") is None:
         raise InputError(INSTALL_HINT)
@@ -112,7 +112,6 @@ def import_vllm():
     """The vllm module; InputError (one line, no traceback) when it is not installed, or when a
     library it loads does not (OSError: a CUDA runtime, or torchcodec's FFmpeg libraries, built for
     another torch). A missing Python dependency keeps its traceback: a broken install to debug."""
-    from data import InputError
 
     try:
         import vllm
@@ -154,7 +153,6 @@ def load(path, dtype, tensor_parallel_size, seed):
     them if this process dies without running it."""
     from transformers import AutoTokenizer
 
-    from data import InputError
 
     gpus = local_gpus(tensor_parallel_size)
     if gpus is not None:  # before vllm starts any CUDA process: each reads it once, at start

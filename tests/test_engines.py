@@ -19,7 +19,7 @@ import pytest
 import evaluate
 import vllm_engine
 from conftest import BENCHMARKS, ROOT, run_script
-from data import InputError
+from cli import InputError
 
 SAMPLE20 = BENCHMARKS / "math500_sample20.jsonl"
 EOS, STOP = 0, 2  # the tiny tokenizer's eos `<|endoftext|>` (Qwen2.5-Math base's) and end of turn `<|im_end|>`

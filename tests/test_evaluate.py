@@ -16,7 +16,7 @@ import pytest
 
 import evaluate
 from conftest import BENCHMARKS, ROOT, run_script, torchrun
-from data import InputError
+from cli import InputError
 
 SAMPLE20 = BENCHMARKS / "math500_sample20.jsonl"
 GEN_ARGS = ["--num-samples", "2", "--max-new-tokens", "16", "--batch-size", "16", "--seed", "3"]

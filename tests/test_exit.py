@@ -1,7 +1,7 @@
-"""data.run_then_exit: entry points end without interpreter teardown, with main's exit status.
+"""cli.run_then_exit: entry points end without interpreter teardown, with main's exit status.
 
 Why: gloo's worker threads can release a finished collective's tensors while Python finalises,
-which aborts the process (SIGABRT) after a successful run; see data.run_then_exit."""
+which aborts the process (SIGABRT) after a successful run; see cli.run_then_exit."""
 import subprocess
 import sys
 import textwrap
