@@ -63,7 +63,7 @@ def stop_token_ids(model, tokenizer):
 
 
 # --batch-size auto (pool rows sized by memory)
-AUTO_ROWS_OFF_CUDA = 16  # CPU: a step costs about rows x its per-row work, so more rows buy no speed; the old default
+AUTO_ROWS_OFF_CUDA = 16  # the old default; on CPU a wider pool is slower (BENCHMARKS.md, bench_engines.py)
 AUTO_MEMORY_FRACTION = 0.8  # of the free memory after the weights: headroom for the prefill's and step's activations
 SAMPLING_BYTES_PER_LOGIT = 48  # ~12 fp32 [rows, V] temporaries alive at once in sample_next's top-p path
 
