@@ -31,8 +31,8 @@ REQUIRED = os.environ.get("REDI_TEST_VLLM") == "1"
 if importlib.util.find_spec("vllm") is None and not REQUIRED:
     pytest.skip("vllm is not installed (README, 'The vLLM engine', has the line that installs it and runs "
                 "these tests; REDI_TEST_VLLM=1 makes this a failure)", allow_module_level=True)
-import psutil  # noqa: E402  (a vllm dependency)
 import vllm  # noqa: E402, F401  (under REDI_TEST_VLLM=1 an install that does not import fails here, loudly)
+import psutil  # noqa: E402  (a vllm dependency)
 
 pytestmark = pytest.mark.timeout(900)  # a module fixture trains a model and starts engines (~35 s each)
 
