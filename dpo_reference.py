@@ -11,6 +11,7 @@ import gc
 import hashlib
 import json
 import os
+import tempfile
 
 import torch
 import torch.distributed as dist
@@ -76,10 +77,13 @@ def load_or_compute_reference(args, pairs, pad_id, device) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if training.is_main():
-        with open(path + ".tmp", "w") as f:
+        # a temp file of this process's own, published atomically: jobs sharing a pairs file (a grid
+        # of DPO runs) may compute the same cache at the same time, and each reads a whole file
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=os.path.basename(path) + ".", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
             for pid, (c, r) in cache.items():
                 f.write(json.dumps({"id": pid, "chosen": c, "rejected": r}) + "\n")
-        os.replace(path + ".tmp", path)
+        os.replace(tmp, path)
         print0(f"reference log-probs: wrote {path}")
     dist.barrier()
     return cache
