@@ -1,43 +1,52 @@
-"""The paper's comparisons on the built-in task, both variants, several seeds, on a 2-core CPU.
+"""Is REDI better than DPO and SimPO when each is tuned as well? The paper's comparison on the
+built-in task, both variants, 5 seeds, equal tuning budgets, on a 2-core CPU.
 
-    python replicate.py                          # full: 2 variants x 3 seeds (see RESULTS.md for its wall time)
-    python replicate.py --smoke                  # tiny sizes, every job once (tests/test_replicate.py)
+    python replicate.py --plan                   # print the jobs and their estimated job-seconds, run nothing
+    python replicate.py                          # the full run (RESULTS.md: command, wall time, tables)
+    python replicate.py --smoke                  # tiny sizes, every kind of job (tests/test_replicate.py)
     python replicate.py --variants guess --seeds 0 1 --out runs/rep_guess
 
-Variants (toy_task.py --variant): `slips`, the default task, where every negative is a slip in the
-work (the null case); `guess`, where the teacher often guesses without working, a lucky guess is a
-positive, and the failed guesses dominate the negatives (the paper's premise: negatives carry a
-signal the positives lack). Per (variant, seed) -- the seed sets data, initialisation and order:
+Variants (toy_task.py --variant): `slips`, where every negative is a slip in the work (the null
+case); `guess`, where the teacher often guesses without working, a lucky guess is a positive and
+the failed guesses dominate the negatives (the paper's premise: negatives carry a signal the
+positives lack). Per (variant, seed) -- the seed sets data, initialisation, order and sampling:
 
-    a. stage 1 (`train_sft.py`) for STAGE1_EPOCHS, a checkpoint every --curve-every epochs, each one
-       evaluated on the VALIDATION split: held-out accuracy vs epochs (paper Figure 2); stage 2
-       starts from the final stage-1 model
-    b. from that one checkpoint, one epoch over the pairs (`train_redi.py`): REDI alpha 0.8; the
-       symmetric alpha 1.0; DPO over a beta x lr grid; SimPO over an lr grid; the SFT control
-       (`--loss sft`, chosen traces only). Each method's setting is picked by validation pass@1
-       (never the test set); only the picked checkpoint is evaluated on the test split
-       (pass@1 +- SEM, pass@k, and the share and accuracy of each path, `toy_task.path_stats`)
-    Seeds: stage 1, REDI alpha 0.8 and the SFT control (the headline rows) run on every seed;
-    alpha 1.0, DPO and SimPO on the first seed only (the 2-core budget).
-    c. (first seed only) stability at a high learning rate: alpha 1, low-beta DPO and alpha 0.8,
-       a checkpoint every few steps, each evaluated on validation; chosen/rejected LogPS, update
-       size and accuracy vs step (paper Figures 3 and 6, drawn by plot.py)
-    d. (first seed only) an alpha sweep 0.2 / 0.5 / 0.8 / 1.0 (paper Appendix D.1)
+    a. Stage 1 (`train_sft.py`) for a fixed number of epochs per variant (linear decay), a
+       checkpoint every --curve-every epochs, each evaluated on the VALIDATION split (paper Figure 2).
+       The plateau rule, fixed before any test number was seen: stage 1's model is the FIRST
+       checkpoint that no later checkpoint beats by more than that checkpoint's SEM (over samples)
+       on validation. Every stage-2 run starts from it; the report says, per seed, whether a later
+       checkpoint confirmed the plateau or the rule fell on the last one.
+    b. Stage 2 (`train_redi.py`, one epoch over the pairs), five methods with EQUAL budgets: each
+       gets SETTINGS_PER_METHOD settings on every seed, and the one with the best validation
+       pass@1 is the only one evaluated on the test split:
+           redi         alpha {0.8, 0.5} x 2 learning rates
+           redi_sym     alpha 1.0 (the symmetric objective) x 4 learning rates
+           dpo          beta {0.1, 0.01} x 2 learning rates (reference log-probs precomputed)
+           simpo        (beta, gamma) {(2, 1), (2.5, 0.75)} x 2 learning rates
+           sft_control  --loss sft on the chosen traces (more SFT, no negatives) x 4 learning rates
+    c. The pilot (first seed, validation only) centres the learning rates: each method at its first
+       knob over PILOT_LRS; if its best rate is on the pilot's edge, one more rate beyond that edge
+       (the same rule for every method). A method's grid is the LR_LATTICE rates nearest its pilot
+       best, ties broken toward the side that scored higher. The first seed's grid reuses the
+       pilot's runs where the settings coincide.
 
-Every stage is the project's own CLI as a plain single-process `python` job (no torchrun), at most
---jobs at a time (2 on 2 cores), scheduled as a dependency graph so stage-1 checkpoints are reused
-by every stage-2 run of their seed. Outputs in --out: <variant>/seed<S>/... (data, init, sft,
-stage-2 runs with their evals), results.json (every number), report.md (the tables), and
-fig_stage1.png, fig_dynamics_<variant>.png, fig_alpha.png.
+Every stage is the project's own CLI as a plain single-process `python` job, at most --jobs at a
+time (2 on 2 cores), scheduled as a dependency graph. A rerun with the same --out reuses every
+finished job (each leaves a marker), so a killed run is resumed by running the same command.
+Outputs in --out: <variant>/seed<S>/{data,init,sft,stage2}, results.json (every number),
+report.md (the tables), fig_stage1.png, fig_differences.png, fig_logps_<variant>.png.
 
-Reporting: per seed, a method's test pass@1 is the mean over problems and samples; a row gives
-the mean over seeds +- the SEM over seeds (std / sqrt(S), S in the row), or, for a single-seed
-row, evaluate.py's SEM over the samples; a difference row is the per-seed difference's mean +-
-its SEM over seeds. No seed is dropped; a failed job stops the run.
+Reporting: a method's test pass@1 per seed is the mean over problems and samples; a row is the
+mean over seeds +- the SEM over seeds (std / sqrt(S)). A difference is the mean of the per-seed
+differences +- its SEM, with a paired t-test (two-sided, S-1 degrees of freedom) and the exact
+sign-flip (permutation) test; with 5 seeds the smallest sign-flip p is 2/32 = 0.0625. No seed is
+dropped; a failed job stops the run.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -52,37 +61,44 @@ from demo import paths_of, python
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SYSTEM_PROMPT = "Box the answer."
 
-# Sizes. "full" is RESULTS.md's run: the informative-negatives probe's recipe (../shared/notes, Probe E:
-# hidden 128 x 4, 4,000 problems, stage 1 20 epochs at lr 2e-3, batch 32), which brought stage 1 near its
-# plateau, for both variants; the guess variant's `ab-c` problems number only ~4,450, so it trains on 3,800
-# (at 4,000 the 450 held-out problems, disjoint from training, could not be drawn for seed 1); "smoke"
-# only proves every job runs (seconds per job).
+# Sizes. "full": the informative-negatives probe's recipe (../shared/notes, Probe E: hidden 128 x 4,
+# ~4,000 problems, stage 1 at lr 2e-3, batch 32) with stage 1 longer for `guess` (its earlier 20-epoch
+# run was still rising on validation: 66.0 -> 79.0 from epoch 16 to 20, seed 0). The guess variant's
+# `ab-c` problems number only ~4,450, so it trains on 3,800. "smoke" only proves every job runs.
+# est: estimated seconds per job kind on the 2-core box (measured 2026-12-05, one job per core).
 CONFIGS = {
-    "full": {"num_problems": 4000, "num_problems_guess": 3800, "num_val": 150, "num_test": 300, "hidden": 128, "layers": 4, "heads": 4,
-             "kv_heads": 2, "vocab": 512, "sft_epochs": 20, "sft_lr": 2e-3, "sft_batch": 32, "curve_every": 4,
-             "stage2_batch": 32, "val_n": 2, "test_n": 4, "max_new_tokens": 64, "eval_batch": 300,
-             "stability_lr": 3e-4, "stability_saves": 2},
+    "full": {"num_problems": 4000, "num_problems_guess": 3800, "num_val": 150, "num_test": 300, "hidden": 128,
+             "layers": 4, "heads": 4, "kv_heads": 2, "vocab": 512, "sft_epochs": {"slips": 24, "guess": 28},
+             "sft_lr": 2e-3, "sft_batch": 32, "curve_every": 4, "stage2_batch": 32, "val_n": 2, "test_n": 4,
+             "max_new_tokens": 64, "eval_batch": 300,
+             "pilot_lrs": (1e-5, 3e-5, 1e-4), "settings_per_method": 4,
+             "est": {"prepare": 12, "stage1_problem_epoch": 0.0055, "stage2": 25, "stage2_dpo": 31, "val": 6,
+                     "test": 10}},
     "smoke": {"num_problems": 120, "num_val": 8, "num_test": 8, "hidden": 32, "layers": 1, "heads": 2,
-              "kv_heads": 1, "vocab": 400, "sft_epochs": 2, "sft_lr": 1e-3, "sft_batch": 16, "curve_every": 1,
-              "stage2_batch": 8, "val_n": 1, "test_n": 2, "max_new_tokens": 24, "eval_batch": 64,
-              "stability_lr": 3e-4, "stability_saves": 2, "max_stage2_steps": 2, "one_setting": True},
+              "kv_heads": 1, "vocab": 400, "sft_epochs": {"slips": 2, "guess": 2}, "sft_lr": 1e-3, "sft_batch": 16,
+              "curve_every": 1, "stage2_batch": 8, "val_n": 1, "test_n": 2, "max_new_tokens": 24,
+              "eval_batch": 64, "max_stage2_steps": 2, "pilot_lrs": (1e-4, 3e-4), "settings_per_method": 2,
+              "est": {"prepare": 8, "stage1_problem_epoch": 0.01, "stage2": 4, "stage2_dpo": 5, "val": 3, "test": 3}},
 }
-# Stage-2 methods: name -> [(setting label, train_redi.py arguments), ...]; one setting is picked per
-# seed by validation pass@1. REDI's and the control's settings are fixed a priori (lr 3e-5, the
-# informative-negatives probe's rate); DPO and SimPO get small grids, in the spirit of Appendix C.4.
-HEADLINE = {   # every seed
-    "redi_0.8": [("lr 3e-5", ["--loss", "redi", "--alpha", "0.8", "--lr", "3e-5"])],
-    "sft_control": [("lr 3e-5", ["--loss", "sft", "--lr", "3e-5"])],
+LR_LATTICE = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+# method -> its knobs other than the learning rate: [(label, train_redi.py arguments)]. The first knob is the
+# pilot's. Each method gets settings_per_method settings: len(knobs) x (settings_per_method / len(knobs)) rates.
+METHODS = {
+    "redi": [("alpha 0.8", ["--loss", "redi", "--alpha", "0.8"]), ("alpha 0.5", ["--loss", "redi", "--alpha", "0.5"])],
+    "redi_sym": [("alpha 1.0", ["--loss", "redi", "--alpha", "1.0"])],
+    "dpo": [("beta 0.1", ["--loss", "dpo", "--beta", "0.1", "--precompute-ref"]),
+            ("beta 0.01", ["--loss", "dpo", "--beta", "0.01", "--precompute-ref"])],
+    "simpo": [("beta 2 gamma 1", ["--loss", "simpo", "--beta", "2", "--gamma", "1"]),
+              ("beta 2.5 gamma 0.75", ["--loss", "simpo", "--beta", "2.5", "--gamma", "0.75"])],
+    "sft_control": [("sft", ["--loss", "sft"])],
 }
-METHODS = {   # first seed only (the compute budget: see RESULTS.md)
-    "redi_1.0": [("lr 3e-5", ["--loss", "redi", "--alpha", "1.0", "--lr", "3e-5"])],
-    "dpo": [(f"beta {b} lr {lr}", ["--loss", "dpo", "--beta", b, "--lr", lr, "--precompute-ref"])
-            for b in ("0.1",) for lr in ("1e-5", "3e-5")],
-    "simpo": [(f"lr {lr}", ["--loss", "simpo", "--beta", "2", "--gamma", "1", "--lr", lr]) for lr in ("1e-5",)],
-}
-ALPHA_SWEEP = {f"redi_{a}": [("lr 3e-5", ["--loss", "redi", "--alpha", a, "--lr", "3e-5"])] for a in ("0.2", "0.5")}
-STABILITY = {"hi_redi_1.0": ["--loss", "redi", "--alpha", "1.0"], "hi_dpo_0.01": ["--loss", "dpo", "--beta", "0.01",
-             "--precompute-ref"], "hi_redi_0.8": ["--loss", "redi", "--alpha", "0.8"]}
+ROW_NAMES = {"stage1": "stage 1 (SFT, plateau checkpoint)", "redi": "REDI (alpha 0.8 / 0.5)",
+             "redi_sym": "REDI alpha 1.0 (symmetric)", "dpo": "DPO", "simpo": "SimPO",
+             "sft_control": "SFT control (chosen only)"}
+# the paper's orderings, each as (a, b): "a > b" in the paper (Table 2, Sections 4-5)
+COMPARISONS = [("redi", "dpo"), ("redi", "simpo"), ("redi", "redi_sym"), ("redi", "sft_control"),
+               ("redi", "stage1"), ("dpo", "stage1"), ("simpo", "stage1"), ("redi_sym", "stage1"),
+               ("sft_control", "stage1")]
 
 
 def parse_args(argv=None):
@@ -90,10 +106,11 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/replicate", help="run directory (everything goes here)")
     p.add_argument("--variants", nargs="+", default=["slips", "guess"], choices=["slips", "guess"],
                    help="toy_task.py variants to run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                   help="seeds (data, initialisation, order, sampling); the first also runs (c) and (d)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="seeds (data, initialisation, order, sampling); the first also runs the pilot")
     p.add_argument("--jobs", type=int, default=2, help="jobs at a time (one core each)")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: every job once, for the tests")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: every kind of job, for the tests")
+    p.add_argument("--plan", action="store_true", help="print the jobs and their estimated job-seconds, run nothing")
     p.add_argument("--report-only", action="store_true",
                    help="run no job: read a finished --out back and write the tables and figures again")
     args = p.parse_args(argv)
@@ -107,13 +124,20 @@ def parse_args(argv=None):
 
 
 class Job:
-    """A command (or a function returning one, called once its deps are done) and a log file.
-    `after` runs in this process when the command succeeds."""
+    """A command, its log and a marker path that exists once it has finished. Each of the three may be
+    a function, called once the job's deps are done (what a job runs can depend on their results); a
+    command None means there is nothing to do. `after` runs in this process when the command succeeds."""
 
-    def __init__(self, name, cmd, log, deps=(), priority=9, after=None, done_if=None):
+    def __init__(self, name, cmd, log, deps=(), priority=9, after=None, done_if=None, kind="other"):
         self.name, self.cmd, self.log, self.deps, self.priority, self.after = name, cmd, log, list(deps), priority, after
-        self.done_if = done_if   # a path that exists only once the job has finished: a rerun reuses it
+        self.done_if, self.kind = done_if, kind   # done_if: a rerun reuses the job if this path exists
         self.start = self.end = None
+        self.resolved = False
+
+    def resolve(self):
+        if not self.resolved:
+            self.cmd, self.log, self.done_if = (v() if callable(v) else v for v in (self.cmd, self.log, self.done_if))
+            self.resolved = True
 
 
 def run_jobs(jobs, workers, t0):
@@ -129,27 +153,22 @@ def run_jobs(jobs, workers, t0):
 
 def _run(pending, running, done, jobs, workers, t0, env):
     while pending or running:
-        reusable = [j for j in pending if j.done_if and os.path.exists(j.done_if)
-                    and all(d.name in done for d in j.deps)]
-        for job in reusable:   # finished by an earlier invocation: mark done before starting anything
+        ready = sorted((j for j in pending if all(d.name in done for d in j.deps)), key=lambda j: j.priority)
+        for job in ready:
+            job.resolve()
+        finished = [j for j in ready if j.cmd is None or (j.done_if and os.path.exists(j.done_if))]
+        for job in finished:   # nothing to do, or finished by an earlier invocation
             pending.remove(job)
             done.add(job.name)
-            print(f"[{time.time() - t0:6.0f}s] reused {job.name}", flush=True)
-        if reusable:
+            print(f"[{time.time() - t0:6.0f}s] {'skipped' if job.cmd is None else 'reused'} {job.name}", flush=True)
+        if finished:
             continue
-        ready = sorted((j for j in pending if all(d.name in done for d in j.deps)),
-                       key=lambda j: j.priority)
         while ready and len(running) < workers:
             job = ready.pop(0)
             pending.remove(job)
-            if job.done_if and os.path.exists(job.done_if):   # finished by an earlier invocation
-                done.add(job.name)
-                print(f"[{time.time() - t0:6.0f}s] reused {job.name}", flush=True)
-                continue
-            cmd = job.cmd() if callable(job.cmd) else job.cmd
             os.makedirs(os.path.dirname(job.log), exist_ok=True)
             job.start = time.time()
-            running[job.name] = (job, subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env,
+            running[job.name] = (job, subprocess.Popen([str(c) for c in job.cmd], cwd=ROOT, env=env,
                                                        stdout=open(job.log, "w"), stderr=subprocess.STDOUT))
         time.sleep(0.2)
         for name, (job, proc) in list(running.items()):
@@ -179,7 +198,243 @@ def count_lines(path):
 
 
 # -----------------------------------------------------------------------------
+# the rules: stage 1's plateau, the pilot's centre, a method's grid, the pick on validation
+
+
+def plateau_index(curve):
+    """curve: [(epoch, val pass@1, its SEM over samples), ...] in epoch order. The first checkpoint that no
+    later checkpoint beats by more than its SEM; the last one if none earlier qualifies."""
+    for i, (_, p, sem) in enumerate(curve):
+        if all(q <= p + (sem or 0.0) for _, q, _ in curve[i + 1:]):
+            return i
+    raise ValueError("empty curve")
+
+
+def next_lattice_rate(tried):
+    """The pilot's edge rule: {lr: val pass@1} -> the LR_LATTICE rate beyond the edge the best rate sits
+    on (None if the best is inside the tried range, or at the lattice's own end)."""
+    lrs = sorted(tried)
+    best = max(lrs, key=lambda lr: (tried[lr], -lr))   # a tie goes to the smaller rate
+    i = LR_LATTICE.index(best)
+    if best == lrs[-1] and i + 1 < len(LR_LATTICE):
+        return LR_LATTICE[i + 1]
+    if best == lrs[0] and i > 0:
+        return LR_LATTICE[i - 1]
+    return None
+
+
+def grid_rates(tried, n):
+    """The n LR_LATTICE rates nearest the pilot's best (by lattice steps), ties toward the side whose
+    pilot neighbour scored higher (an untried neighbour counts as lowest); sorted."""
+    best = max(tried, key=lambda lr: (tried[lr], -lr))
+    i = LR_LATTICE.index(best)
+
+    def score(j):
+        return tried.get(LR_LATTICE[j], -1.0) if 0 <= j < len(LR_LATTICE) else -2.0
+    up = score(i + 1) >= score(i - 1)
+    order = sorted(range(len(LR_LATTICE)), key=lambda j: (abs(j - i), (j < i) if up else (j > i)))
+    return sorted(LR_LATTICE[j] for j in order[:n])
+
+
+def pick_by_validation(entries):
+    """The setting with the highest validation pass@1 (first one on a tie)."""
+    return max(entries, key=lambda e: (val_pass1(e["run"]), -entries.index(e)))
+
+
+def val_pass1(run_dir):
+    return read_json(os.path.join(run_dir, "evals", "val", "summary.json"))["benchmarks"]["val"]["pass@1"]
+
+
+def lr_label(lr):
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+# -----------------------------------------------------------------------------
 # the jobs of one (variant, seed)
+
+
+class SeedPlan:
+    """Paths and rules of one (variant, seed); `pilot` is the first seed's plan of the same variant."""
+
+    def __init__(self, out, variant, seed, cfg, pilot=None):
+        self.variant, self.seed, self.cfg = variant, seed, cfg
+        self.base = os.path.join(out, variant, f"seed{seed}")
+        self.data, self.init, self.sft = (os.path.join(self.base, d) for d in ("data", "init", "sft"))
+        self.val, self.test = os.path.join(self.data, "val.jsonl"), os.path.join(self.data, "test.jsonl")
+        self.epochs = cfg["sft_epochs"][variant]
+        self.curve_epochs = list(range(cfg["curve_every"], self.epochs + 1, cfg["curve_every"]))
+        self.pilot = pilot or self
+        self.n_rates = {m: cfg["settings_per_method"] // len(knobs) for m, knobs in METHODS.items()}
+
+    def steps_per_epoch(self):
+        return math.ceil(count_lines(os.path.join(self.data, "sft.jsonl")) / self.cfg["sft_batch"])
+
+    def checkpoint(self, epoch):
+        return os.path.join(self.sft, "checkpoints", f"step-{epoch * self.steps_per_epoch():07d}")
+
+    def curve_dir(self, epoch):
+        return os.path.join(self.sft, "evals", f"epoch-{epoch:03d}")
+
+    def curve(self):
+        """[(epoch, val pass@1, SEM)] of the checkpoints evaluated so far."""
+        out = []
+        for e in self.curve_epochs:
+            path = os.path.join(self.curve_dir(e), "summary.json")
+            if os.path.exists(path):
+                m = read_json(path)["benchmarks"]["val"]
+                out.append((e, m["pass@1"], m["sem"]))
+        return out
+
+    def stage1_epoch(self):
+        return self.curve()[plateau_index(self.curve())][0]
+
+    def stage1_model(self):
+        return self.checkpoint(self.stage1_epoch())
+
+    def run_dir(self, method, knob, lr):
+        slug = knob.replace(" ", "")
+        return os.path.join(self.base, "stage2", f"{method}-{slug}-lr{lr_label(lr)}")
+
+    def pilot_tried(self, method):
+        """{lr: seed-first validation pass@1} of the pilot's finished runs of `method` (its first knob)."""
+        p, knob = self.pilot, METHODS[method][0][0]
+        tried = {}
+        for lr in LR_LATTICE:
+            path = os.path.join(p.run_dir(method, knob, lr), "evals", "val", "summary.json")
+            if os.path.exists(path):
+                tried[lr] = read_json(path)["benchmarks"]["val"]["pass@1"]
+        return tried
+
+    def settings(self, method):
+        """[(label, run dir, train_redi args, lr)] of this seed's grid (needs the pilot's results)."""
+        rates = grid_rates(self.pilot_tried(method), self.n_rates[method])
+        return [(f"{knob} lr {lr_label(lr)}", self.run_dir(method, knob, lr), args, lr)
+                for knob, args in METHODS[method] for lr in rates]
+
+    def test_dir(self, method):
+        return os.path.join(self.base, "stage2", f"{method}-test")
+
+
+def evaluate_cmd(cfg, seed, model, bench, n, out_dir):
+    return python("evaluate.py", "--model", model, "--data", bench, "--num-samples", n, "--temperature", "0.6",
+                  "--top-p", "0.95", "--max-new-tokens", cfg["max_new_tokens"], "--prompt-template", "raw",
+                  "--batch-size", cfg["eval_batch"], "--seed", seed, "--grading-workers", "1", "--output-dir", out_dir)
+
+
+def stage2_cmd(plan, run_dir, loss_args, lr):
+    cfg = plan.cfg
+    extra = ["--max-steps", cfg["max_stage2_steps"]] if "max_stage2_steps" in cfg else []
+    return python("train_redi.py", "--model", plan.stage1_model(), "--data", os.path.join(plan.data, "pairs.jsonl"),
+                  "--output-dir", run_dir, *loss_args, "--lr", lr, "--epochs", "1",
+                  "--global-batch-size", cfg["stage2_batch"], "--micro-batch-size", cfg["stage2_batch"],
+                  "--layout", "padded", "--save-every", "0", "--keep-last", "0", "--seed", plan.seed, "--no-progress",
+                  *extra)
+
+
+def setting_jobs(plan, tag, method, resolve, deps, priority):
+    """A train job and its validation eval for one stage-2 setting; resolve() -> (label, run_dir, args, lr) or
+    None (nothing to run)."""
+    def train_cmd():
+        got = resolve()
+        return None if got is None else stage2_cmd(plan, got[1], got[2], got[3])
+
+    def where(*parts):
+        def f():
+            got = resolve()
+            return os.path.join(got[1], *parts) if got else os.path.join(plan.base, "stage2", "unused")
+        return f
+    kind = "stage2_dpo" if method == "dpo" else "stage2"
+    train = Job(f"{tag} train", train_cmd, where("train.log"), deps, priority, done_if=where("job.done"), kind=kind)
+
+    def val_cmd():
+        got = resolve()
+        return None if got is None else evaluate_cmd(plan.cfg, plan.seed, os.path.join(got[1], "final"), plan.val,
+                                                     plan.cfg["val_n"], os.path.join(got[1], "evals", "val"))
+    val = Job(f"{tag} val", val_cmd, where("evals", "val.log"), [train], priority + 0.5,
+              done_if=where("evals", "val", "summary.json"), kind="val")
+    return [train, val]
+
+
+def seed_jobs(out, variant, seed, cfg, rank=0, pilot=None):
+    """Every job of one (variant, seed) and its SeedPlan. rank 0 (the first seed) also runs the pilot; later
+    seeds pass the first seed's (plan, pilot jobs) as `pilot`.
+
+    Priorities (lower first among ready jobs): the first seed's stage 1, curve and pilot, then seed by seed;
+    within a seed stage 1 before stage 2. A run cut short thus has whole seeds."""
+    prio = 10 * rank
+    plan = SeedPlan(out, variant, seed, cfg, pilot[0] if pilot else None)
+    tag = f"{variant}/s{seed}"
+    gen = Job(f"{tag} data", python("toy_task.py", "--variant", variant, "--out-dir", os.path.join(plan.data, "heldout"),
+                                    "--num-problems", cfg.get(f"num_problems_{variant}", cfg["num_problems"]),
+                                    "--num-test", cfg["num_val"] + cfg["num_test"], "--seed", seed),
+              os.path.join(plan.data, "toy_task.log"), priority=prio,
+              after=lambda: split_heldout(plan.data, cfg["num_val"]), done_if=plan.test, kind="prepare")
+    model = Job(f"{tag} init", python("tiny_model.py", "--out", plan.init, "--corpus",
+                                      os.path.join(plan.data, "heldout", "raw.jsonl"), "--vocab-size", cfg["vocab"],
+                                      "--hidden-size", cfg["hidden"], "--num-layers", cfg["layers"], "--num-heads",
+                                      cfg["heads"], "--num-kv-heads", cfg["kv_heads"], "--seed", seed,
+                                      "--system-prompt", SYSTEM_PROMPT),
+                os.path.join(plan.data, "init.log"), [gen], prio, done_if=os.path.join(plan.init, "model.safetensors"))
+    curate = Job(f"{tag} curate", python("curate.py", "--raw", os.path.join(plan.data, "heldout", "raw.jsonl"),
+                                         "--sft-out", os.path.join(plan.data, "sft.jsonl"), "--pairs-out",
+                                         os.path.join(plan.data, "pairs.jsonl"), "--tokenizer", plan.init, "--seed", seed),
+                 os.path.join(plan.data, "curate.log"), [model], prio, done_if=os.path.join(plan.data, "sft.summary.json"))
+
+    def stage1_cmd():
+        return python("train_sft.py", "--model", plan.init, "--data", os.path.join(plan.data, "sft.jsonl"),
+                      "--output-dir", plan.sft, "--epochs", plan.epochs, "--lr", cfg["sft_lr"],
+                      "--global-batch-size", cfg["sft_batch"], "--micro-batch-size", cfg["sft_batch"], "--layout",
+                      "padded", "--save-every", plan.steps_per_epoch() * cfg["curve_every"], "--keep-last", "0",
+                      "--seed", seed, "--no-progress",
+                      *(["--resume"] if os.path.exists(os.path.join(plan.sft, "checkpoints", "latest")) else []))
+    stage1 = Job(f"{tag} stage 1", stage1_cmd, os.path.join(plan.sft, "train.log"), [curate], prio + 1,
+                 done_if=os.path.join(plan.sft, "job.done"), kind="stage1")
+    jobs = [gen, model, curate, stage1]
+    for e in plan.curve_epochs:
+        jobs.append(Job(f"{tag} stage-1 val epoch {e}", lambda e=e: evaluate_cmd(
+            cfg, seed, plan.checkpoint(e), plan.val, cfg["val_n"], plan.curve_dir(e)), plan.curve_dir(e) + ".log",
+            [stage1], prio + 2, done_if=os.path.join(plan.curve_dir(e), "summary.json"), kind="val"))
+    curve_jobs = jobs[4:]
+    jobs.append(Job(f"{tag} stage 1 test", lambda: evaluate_cmd(cfg, seed, plan.stage1_model(), plan.test, cfg["test_n"],
+                                                                os.path.join(plan.sft, "evals", "test")),
+                    os.path.join(plan.sft, "evals", "test.log"), curve_jobs, prio + 3,
+                    done_if=os.path.join(plan.sft, "evals", "test", "summary.json"), kind="test"))
+
+    if pilot is None:   # (c) the pilot: each method's first knob over the pilot rates, then the edge rule
+        pilot_jobs = []
+        for method, knobs in METHODS.items():
+            knob, args = knobs[0]
+            method_jobs = []
+            for lr in cfg["pilot_lrs"]:
+                got = (f"{knob} lr {lr_label(lr)}", plan.run_dir(method, knob, lr), args, lr)
+                method_jobs += setting_jobs(plan, f"{tag} pilot {method} [{got[0]}]", method, lambda got=got: got,
+                                            curve_jobs, prio + 2)
+
+            def extension(method=method, knob=knob, args=args):
+                lr = next_lattice_rate({k: v for k, v in plan.pilot_tried(method).items() if k in cfg["pilot_lrs"]})
+                return None if lr is None else (f"{knob} lr {lr_label(lr)}", plan.run_dir(method, knob, lr), args, lr)
+            method_jobs += setting_jobs(plan, f"{tag} pilot {method} [edge extension]", method, extension,
+                                        method_jobs[:], prio + 2)
+            pilot_jobs += method_jobs
+        jobs += pilot_jobs
+    else:
+        pilot_jobs = pilot[1]
+
+    for method in METHODS:   # (b) the grid; the test eval of the setting picked on validation
+        vals = []
+        for k in range(cfg["settings_per_method"]):
+            got = setting_jobs(plan, f"{tag} {method} [setting {k + 1}]", method,
+                               lambda method=method, k=k: plan.settings(method)[k], curve_jobs + pilot_jobs, prio + 4)
+            jobs += got
+            vals += got
+
+        def test_cmd(method=method):
+            best = pick_by_validation([{"label": s[0], "run": s[1]} for s in plan.settings(method)])
+            return evaluate_cmd(cfg, seed, os.path.join(best["run"], "final"), plan.test, cfg["test_n"],
+                                plan.test_dir(method))
+        jobs.append(Job(f"{tag} {method} test", test_cmd, plan.test_dir(method) + ".log", vals, prio + 5,
+                        done_if=os.path.join(plan.test_dir(method), "summary.json"), kind="test"))
+    return jobs, plan, pilot_jobs
 
 
 def split_heldout(data, num_val):
@@ -190,199 +445,42 @@ def split_heldout(data, num_val):
             f.writelines(json.dumps(r) + "\n" for r in part)
 
 
-def evaluate_job(name, cfg, seed, model, bench, n, out_dir, deps, priority):
-    cmd = python("evaluate.py", "--model", model, "--data", bench, "--num-samples", n, "--temperature", "0.6",
-                 "--top-p", "0.95", "--max-new-tokens", cfg["max_new_tokens"], "--prompt-template", "raw",
-                 "--batch-size", cfg["eval_batch"], "--seed", seed, "--grading-workers", "1", "--output-dir", out_dir)
-    return Job(name, cmd, os.path.join(out_dir + ".log"), deps, priority, done_if=os.path.join(out_dir, "summary.json"))
+def all_jobs(out, variants, seeds, cfg):
+    jobs, plans = [], {}
+    for variant in variants:
+        pilot = None
+        for rank, seed in enumerate(seeds):
+            js, plan, pilot_jobs = seed_jobs(out, variant, seed, cfg, rank, pilot)
+            pilot = pilot or (plan, pilot_jobs)
+            jobs += js
+            plans.setdefault(variant, {})[seed] = plan
+    return jobs, plans
 
 
-def stage2_job(name, cfg, seed, base, data, run_dir, loss_args, deps, save_every=0, lr=None, priority=3):
-    extra = ["--max-steps", cfg["max_stage2_steps"]] if "max_stage2_steps" in cfg else []
-    cmd = python("train_redi.py", "--model", os.path.join(base, "sft", "final"), "--data",
-                 os.path.join(data, "pairs.jsonl"), "--output-dir", run_dir, *loss_args,
-                 *(["--lr", lr] if lr else []), "--epochs", "1", "--global-batch-size", cfg["stage2_batch"],
-                 "--micro-batch-size", cfg["stage2_batch"], "--layout", "padded", "--save-every", save_every, "--keep-last", "0",
-                 "--seed", seed, "--no-progress", *extra)
-    return Job(name, cmd, os.path.join(run_dir, "train.log"), deps, priority, done_if=os.path.join(run_dir, "job.done"))
-
-
-def seed_jobs(out, variant, seed, cfg, extras, rank=None):
-    """Every job of one (variant, seed), and a plan of what to read back: {"curve", "methods"}.
-
-    Priorities (lower runs first among ready jobs): the first seed's headline rows, its alpha 1.0 row,
-    curve and stability runs; then the second seed's headline rows; then the first seed's DPO/SimPO
-    grids; then the third seed; the alpha sweep last. A run cut short thus has complete rows.
-    """
-    rank = 0 if extras else (1 if rank is None else rank)
-    base_priority = {0: 0, 1: 10, 2: 20}.get(rank, 10 * rank + 20)
-    base = os.path.join(out, variant, f"seed{seed}")
-    data, init, sft = (os.path.join(base, d) for d in ("data", "init", "sft"))
-    tag = f"{variant}/s{seed}"
-    val, test = os.path.join(data, "val.jsonl"), os.path.join(data, "test.jsonl")
-    gen = Job(f"{tag} data", python("toy_task.py", "--variant", variant, "--out-dir", os.path.join(data, "heldout"),
-                                    "--num-problems", cfg.get(f"num_problems_{variant}", cfg["num_problems"]),
-                                    "--num-test", cfg["num_val"] + cfg["num_test"],
-                                    "--seed", seed), os.path.join(data, "toy_task.log"), priority=base_priority,
-              after=lambda: split_heldout(data, cfg["num_val"]), done_if=test)
-    model = Job(f"{tag} init", python("tiny_model.py", "--out", init, "--corpus", os.path.join(data, "heldout", "raw.jsonl"),
-                                      "--vocab-size", cfg["vocab"], "--hidden-size", cfg["hidden"], "--num-layers",
-                                      cfg["layers"], "--num-heads", cfg["heads"], "--num-kv-heads", cfg["kv_heads"],
-                                      "--seed", seed, "--system-prompt", SYSTEM_PROMPT),
-                os.path.join(data, "init.log"), [gen], priority=base_priority + 1, done_if=os.path.join(init, "model.safetensors"))
-    curate = Job(f"{tag} curate", python("curate.py", "--raw", os.path.join(data, "heldout", "raw.jsonl"),
-                                         "--sft-out", os.path.join(data, "sft.jsonl"), "--pairs-out",
-                                         os.path.join(data, "pairs.jsonl"), "--tokenizer", init, "--seed", seed),
-                 os.path.join(data, "curate.log"), [model], priority=base_priority + 1,
-                 done_if=os.path.join(data, "sft.summary.json"))
-
-    def stage1_cmd():
-        steps_per_epoch = math.ceil(count_lines(os.path.join(data, "sft.jsonl")) / cfg["sft_batch"])
-        return python("train_sft.py", "--model", init, "--data", os.path.join(data, "sft.jsonl"), "--output-dir", sft,
-                      "--epochs", cfg["sft_epochs"], "--lr", cfg["sft_lr"], "--global-batch-size", cfg["sft_batch"],
-                      "--micro-batch-size", cfg["sft_batch"], "--layout", "padded", "--save-every", steps_per_epoch * cfg["curve_every"],
-                      "--keep-last", "0", "--seed", seed, "--no-progress",
-                      *(["--resume"] if os.path.exists(os.path.join(sft, "checkpoints", "latest")) else []))
-    stage1 = Job(f"{tag} stage 1", stage1_cmd, os.path.join(sft, "train.log"), [curate], priority=base_priority + 2,
-                 done_if=os.path.join(sft, "job.done"))
-    jobs = [gen, model, curate, stage1]
-    plan = {"base": base, "curve": [], "methods": {}, "stability": {}}
-    # The stage-1 checkpoints' steps follow from the SFT count, known after curation: each curve
-    # job builds its command when it starts.
-    n_curve = cfg["sft_epochs"] // cfg["curve_every"] if extras else 0   # the curve: first seed only
-    for i in range(1, n_curve + 1):
-        out_dir = os.path.join(sft, "evals", f"epoch-{i * cfg['curve_every']:03d}")
-
-        def cmd(i=i, out_dir=out_dir):
-            steps_per_epoch = math.ceil(count_lines(os.path.join(data, "sft.jsonl")) / cfg["sft_batch"])
-            step = min(i * cfg["curve_every"] * steps_per_epoch,
-                       int(open(os.path.join(sft, "checkpoints", "latest")).read().strip().split("-")[-1]))
-            ckpt = os.path.join(sft, "checkpoints", f"step-{step:07d}")
-            return evaluate_job("", cfg, seed, ckpt, val, cfg["val_n"], out_dir, [], 0).cmd
-        job = Job(f"{tag} stage-1 curve epoch {i * cfg['curve_every']}", cmd, out_dir + ".log", [stage1], priority=4.5,
-                  done_if=os.path.join(out_dir, "summary.json"))
-        jobs.append(job)
-        last_curve = job
-        plan["curve"].append((i * cfg["curve_every"], out_dir))
-    stage1_test = evaluate_job(f"{tag} stage 1 test", cfg, seed, os.path.join(sft, "final"), test, cfg["test_n"],
-                               os.path.join(sft, "evals", "test"), [stage1], base_priority + 4)
-    jobs.append(stage1_test)
-    plan["stage1_test"] = os.path.join(sft, "evals", "test")
-
-    methods = dict(HEADLINE, **(dict(METHODS, **ALPHA_SWEEP) if extras else {}))
-    if cfg.get("one_setting"):   # smoke: every kind of job once, not every grid point
-        methods = {m: settings[:1] for m, settings in methods.items() if m != "redi_0.5"}
-    for method, settings in methods.items():
-        # the headline rows first, then alpha 1.0, then the grids; the sweep last
-        prio = (base_priority + 3 if method in HEADLINE else 5 if method == "redi_1.0"
-                else 25 if method in ALPHA_SWEEP else 15)
-        val_jobs, entries = [], []
-        for k, (label, loss_args) in enumerate(settings):
-            run_dir = os.path.join(base, "stage2", f"{method}-{k}")
-            train = stage2_job(f"{tag} {method} [{label}]", cfg, seed, base, data, run_dir, loss_args, [stage1],
-                               priority=prio)
-            jobs.append(train)
-            val_jobs.append(train)
-            if len(settings) > 1:   # a validation eval only where there is something to pick
-                ev = evaluate_job(f"{tag} {method} [{label}] val", cfg, seed, os.path.join(run_dir, "final"), val,
-                                  cfg["val_n"], os.path.join(run_dir, "evals", "val"), [train], prio + 0.5)
-                jobs.append(ev)
-                val_jobs.append(ev)
-            entries.append({"label": label, "run": run_dir})
-        test_dir = os.path.join(base, "stage2", f"{method}-test")
-
-        def test_cmd(entries=entries, test_dir=test_dir):
-            best = pick_by_validation(entries)
-            return evaluate_job("", cfg, seed, os.path.join(best["run"], "final"), test, cfg["test_n"], test_dir,
-                                [], 0).cmd
-        jobs.append(Job(f"{tag} {method} test", test_cmd, test_dir + ".log", val_jobs, priority=prio + 0.8,
-                        done_if=os.path.join(test_dir, "summary.json")))
-        plan["methods"][method] = {"settings": entries, "test": test_dir}
-
-    if extras:   # (c): high learning rate, a checkpoint every few steps, each evaluated on validation
-        for name, loss_args in list(STABILITY.items())[:1 if cfg.get("one_setting") else None]:
-            run_dir = os.path.join(base, "stage2", name)
-
-            def save_every():
-                pairs = count_lines(os.path.join(data, "pairs.jsonl"))
-                steps = min(math.ceil(pairs / cfg["stage2_batch"]), cfg.get("max_stage2_steps", 10 ** 9))
-                return max(1, steps // cfg["stability_saves"])
-            train = Job(f"{tag} {name}", lambda run_dir=run_dir, loss_args=loss_args, se=save_every: stage2_job(
-                "", cfg, seed, base, data, run_dir, loss_args, [], save_every=se(), lr=cfg["stability_lr"]).cmd,
-                os.path.join(run_dir, "train.log"), [stage1], priority=6, done_if=os.path.join(run_dir, "job.done"))
-            jobs.append(train)
-            jobs.append(Job(f"{tag} {name} evals", python(os.path.join("replicate.py"), "--eval-checkpoints", run_dir,
-                                                          val, str(cfg["val_n"]), str(seed), json.dumps(cfg)),
-                            os.path.join(run_dir, "evals.log"), [train, last_curve], priority=6.5,
-                            done_if=os.path.join(run_dir, "evals", "done")))
-            plan["stability"][name] = run_dir
-    return jobs, plan
-
-
-def pick_by_validation(entries):
-    """The setting with the highest validation pass@1 (first one on a tie); the only one if one."""
-    if len(entries) == 1:
-        return entries[0]
-
-    def val(e):
-        return read_json(os.path.join(e["run"], "evals", "val", "summary.json"))["benchmarks"]["val"]["pass@1"]
-    return max(entries, key=val)
-
-
-def eval_checkpoints_main(run_dir, bench, n, seed, cfg):
-    """(c)'s evaluations: every checkpoint of a stage-2 run, one after another, into <run>/evals/step-N
-    (plot.py's layout), step 0 being the stage-1 model's validation eval (copied)."""
-    import shutil
-    cfg = json.loads(cfg)
-    base = os.path.dirname(os.path.dirname(run_dir))
-    stage1_val = sorted(d for d in os.listdir(os.path.join(base, "sft", "evals"))
-                        if d.startswith("epoch-") and not d.endswith(".log"))[-1]
-    shutil.copytree(os.path.join(base, "sft", "evals", stage1_val), os.path.join(run_dir, "evals", "step-0000000"),
-                    dirs_exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    for ckpt in sorted(d for d in os.listdir(os.path.join(run_dir, "checkpoints")) if d.startswith("step-")):
-        cmd = evaluate_job("", cfg, int(seed), os.path.join(run_dir, "checkpoints", ckpt), bench, int(n),
-                           os.path.join(run_dir, "evals", ckpt), [], 0).cmd
-        subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env, check=True)
-    open(os.path.join(run_dir, "evals", "done"), "w").close()
-    return 0
+def print_plan(jobs, plans, cfg, workers):
+    """The jobs by kind with their estimated seconds (CONFIGS' est), before anything runs."""
+    est = cfg["est"]
+    rows = {}
+    for j in jobs:
+        if j.kind == "stage1":
+            plan = next(p for per in plans.values() for p in per.values() if j.name.startswith(f"{p.variant}/s{p.seed} "))
+            n = cfg.get(f"num_problems_{plan.variant}", cfg["num_problems"])
+            secs = plan.epochs * n * est["stage1_problem_epoch"]
+        else:
+            secs = est[j.kind if j.kind != "other" else "prepare"]
+        count, total = rows.get(j.kind, (0, 0.0))
+        rows[j.kind] = (count + 1, total + secs)
+    print("plan (at most: the first seed's grid reuses pilot runs and a pilot edge extension may be skipped):")
+    for kind, (count, total) in sorted(rows.items()):
+        print(f"  {kind:12s} {count:5d} jobs  ~{total:8.0f} job-s")
+    total = sum(t for _, t in rows.values())
+    print(f"  {'total':12s} {len(jobs):5d} jobs  ~{total:8.0f} job-s = ~{total / workers / 60:.0f} min at {workers} at a time",
+          flush=True)
+    return total
 
 
 # -----------------------------------------------------------------------------
-# reading the results back
-
-
-def eval_metrics(eval_dir, bench_file):
-    """pass@1, its SEM over samples, pass@k and the path statistics of one evaluate.py output dir."""
-    summary = read_json(os.path.join(eval_dir, "summary.json"))
-    name = os.path.splitext(os.path.basename(bench_file))[0]
-    m = summary["benchmarks"][name]
-    paths = paths_of(eval_dir, bench_file)
-    return {"pass@1": m["pass@1"], "sem": m["sem"], "pass@k": m["pass@k"], "n_problems": m["n_problems"],
-            "n_samples": m["n_samples"], **{k: paths[k] for k in ("guess_share", "guess_accuracy", "work_accuracy")},
-            "labels": paths["labels"]}
-
-
-def collect(plan):
-    """Everything one (variant, seed) measured, as plain numbers."""
-    data = os.path.join(plan["base"], "data")
-    val, test = os.path.join(data, "val.jsonl"), os.path.join(data, "test.jsonl")
-    task = read_json(os.path.join(data, "heldout", "task.json"))["counts"]
-    res = {"task": {k: task.get(k, 0) for k in ("positives", "negatives", "guesses", "lucky_guesses",
-                                                 "expected_sft_examples", "expected_pairs")},
-           "curve": [(epoch, eval_metrics(d, val)["pass@1"]) for epoch, d in plan["curve"]
-                     if os.path.exists(os.path.join(d, "summary.json"))],
-           "stage1": eval_metrics(plan["stage1_test"], test), "methods": {}}
-    for method, info in plan["methods"].items():
-        if not os.path.exists(os.path.join(info["test"], "summary.json")):
-            print(f"not finished, left out of the tables: {plan['base']} {method}")
-            continue
-        settings = [{"label": e["label"], "val": eval_metrics(os.path.join(e["run"], "evals", "val"), val)["pass@1"]
-                     if len(info["settings"]) > 1 else None} for e in info["settings"]]
-        best = pick_by_validation(info["settings"])
-        res["methods"][method] = {"settings": settings, "picked": best["label"],
-                                  "test": eval_metrics(info["test"], test)}
-    return res
+# statistics
 
 
 def mean_sem(values):
@@ -397,113 +495,241 @@ def mean_sem(values):
     return mean, math.sqrt(var / len(values))
 
 
+def _betacf(a, b, x):
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def betainc(a, b, x):
+    """Regularized incomplete beta I_x(a, b)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def paired_tests(diffs):
+    """Per-seed differences -> (t, two-sided paired t-test p with S-1 df, exact two-sided sign-flip p)."""
+    s = len(diffs)
+    mean, sem = mean_sem(diffs)
+    if s < 2:
+        return None, None, None
+    if sem == 0:
+        t, p_t = (0.0, 1.0) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
+    else:
+        t = mean / sem
+        df = s - 1
+        p_t = betainc(df / 2.0, 0.5, df / (df + t * t))
+    observed = abs(sum(diffs))
+    flips = [abs(sum(sign * d for sign, d in zip(signs, diffs))) for signs in itertools.product((1, -1), repeat=s)]
+    p_flip = sum(f >= observed - 1e-12 for f in flips) / len(flips)
+    return t, p_t, p_flip
+
+
+def verdict(mean, p_t, level=0.05):
+    if p_t is None:
+        return "one seed: no test"
+    if p_t >= level:
+        return "tie within noise"
+    return "holds (a > b)" if mean > 0 else "reverses (a < b)"
+
+
+# -----------------------------------------------------------------------------
+# reading the results back
+
+
+def eval_metrics(eval_dir, bench_file):
+    """pass@1, its SEM over samples, pass@k and the path statistics of one evaluate.py output dir."""
+    summary = read_json(os.path.join(eval_dir, "summary.json"))
+    name = os.path.splitext(os.path.basename(bench_file))[0]
+    m = summary["benchmarks"][name]
+    paths = paths_of(eval_dir, bench_file)
+    return {"pass@1": m["pass@1"], "sem": m["sem"], "pass@k": m["pass@k"], "n_problems": m["n_problems"],
+            "n_samples": m["n_samples"], **{k: paths[k] for k in ("guess_share", "guess_accuracy", "work_accuracy")}}
+
+
+def logps_dynamics(run_dir):
+    """Per step: (step, logps/chosen, logps/rejected) from a stage-2 run's metrics.jsonl."""
+    rows = [r for _, r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "step" in r]
+    return [(r["step"], r.get("logps/chosen"), r.get("logps/rejected")) for r in rows]
+
+
+def collect(plan):
+    """Everything one (variant, seed) measured, as plain numbers; None if its stage 1 test is missing."""
+    if not os.path.exists(os.path.join(plan.sft, "evals", "test", "summary.json")):
+        return None
+    task = read_json(os.path.join(plan.data, "heldout", "task.json"))["counts"]
+    curve = plan.curve()
+    i = plateau_index(curve)
+    res = {"task": {k: task.get(k, 0) for k in ("positives", "negatives", "guesses", "lucky_guesses",
+                                                 "expected_sft_examples", "expected_pairs")},
+           "curve": curve, "stage1_epoch": curve[i][0], "plateau_confirmed": i < len(curve) - 1,
+           "stage1": eval_metrics(os.path.join(plan.sft, "evals", "test"), plan.test), "methods": {}}
+    if plan.pilot is plan:
+        res["pilot"] = {m: {lr_label(lr): v for lr, v in sorted(plan.pilot_tried(m).items())} for m in METHODS}
+    for method in METHODS:
+        if not os.path.exists(os.path.join(plan.test_dir(method), "summary.json")):
+            print(f"not finished, left out of the tables: {plan.base} {method}")
+            continue
+        settings = plan.settings(method)
+        entries = [{"label": s[0], "run": s[1]} for s in settings]
+        best = pick_by_validation(entries)
+        rates = sorted({s[3] for s in settings})
+        picked_lr = next(s[3] for s in settings if s[1] == best["run"])
+        res["methods"][method] = {
+            "settings": [{"label": e["label"], "val": val_pass1(e["run"])} for e in entries],
+            "picked": best["label"], "picked_on_rate_edge": len(rates) > 1 and picked_lr in (rates[0], rates[-1]),
+            "test": eval_metrics(plan.test_dir(method), plan.test), "logps": logps_dynamics(best["run"])}
+    return res
+
+
 def fmt(mean, sem, scale=100.0):
     if mean is None:
         return "-"
     return f"{scale * mean:.1f}" + (f" +- {scale * sem:.1f}" if sem is not None else "")
 
 
-ROW_NAMES = {"stage1": "stage 1 (SFT)", "redi_0.8": "REDI alpha 0.8", "redi_1.0": "REDI alpha 1.0 (symmetric)",
-             "dpo": "DPO (grid, picked on val)", "simpo": "SimPO (grid, picked on val)",
-             "sft_control": "SFT control (chosen only)", "redi_0.2": "REDI alpha 0.2", "redi_0.5": "REDI alpha 0.5"}
+def p1(res, row):
+    if row == "stage1":
+        return res["stage1"]["pass@1"]
+    return res["methods"][row]["test"]["pass@1"] if row in res["methods"] else None
+
+
+def rows_of(per_seed, row):
+    return [per_seed[s]["stage1"] if row == "stage1" else per_seed[s]["methods"][row]["test"]
+            for s in sorted(per_seed) if row == "stage1" or row in per_seed[s]["methods"]]
 
 
 def headline_table(per_seed):
     """Rows over seeds: pass@1 and pass@k (mean +- SEM over seeds), path shares and accuracies."""
     seeds = sorted(per_seed)
-    first = per_seed[seeds[0]]["stage1"]
-    ks = [k for k in first["pass@k"] if k != "1"]
+    ks = [k for k in per_seed[seeds[0]]["stage1"]["pass@k"] if k != "1"]
     head = (["model", "seeds", "pass@1 (%)"] + [f"pass@{k} (%)" for k in ks]
-            + ["guess share (%)", "acc. of guesses (%)", "acc. when working (%)", "setting picked on val"])
+            + ["guess share (%)", "acc. of guesses (%)", "acc. when working (%)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    rows = ["stage1"] + [m for m in ROW_NAMES if m != "stage1" and m in per_seed[seeds[0]]["methods"]]
-    for row in rows:
-        got = [(per_seed[s]["stage1"] if row == "stage1" else per_seed[s]["methods"][row]["test"]) for s in seeds
-               if row == "stage1" or row in per_seed[s]["methods"]]
-        picked = "" if row == "stage1" else "; ".join(
-            per_seed[s]["methods"][row]["picked"] for s in seeds if row in per_seed[s]["methods"])
-        if len(got) == 1:   # one seed: the SEM over samples
-            p1 = fmt(got[0]["pass@1"], got[0]["sem"]) + " (over samples)"
-        else:
-            p1 = fmt(*mean_sem([g["pass@1"] for g in got]))
-        cells = [ROW_NAMES[row], str(len(got)), p1]
+    for row in ROW_NAMES:
+        got = rows_of(per_seed, row)
+        if not got:
+            continue
+        cells = [ROW_NAMES[row], str(len(got)), fmt(*mean_sem([g["pass@1"] for g in got]))]
         cells += [fmt(*mean_sem([g["pass@k"][k] for g in got])) for k in ks]
         cells += [fmt(*mean_sem([g[key] for g in got])) for key in ("guess_share", "guess_accuracy", "work_accuracy")]
-        cells.append(picked)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def differences_table(per_seed):
-    """Per-seed test pass@1 differences, mean +- SEM over seeds."""
-    seeds = sorted(per_seed)
+def differences(per_seed):
+    """[(a, b, seeds, per-seed diffs, mean, sem, t, p_t, p_flip)] for COMPARISONS present on >= 1 seed."""
+    out = []
+    for a, b in COMPARISONS:
+        both = [s for s in sorted(per_seed) if p1(per_seed[s], a) is not None and p1(per_seed[s], b) is not None]
+        diffs = [p1(per_seed[s], a) - p1(per_seed[s], b) for s in both]
+        if diffs:
+            out.append((a, b, both, diffs, *mean_sem(diffs), *paired_tests(diffs)))
+    return out
 
-    def p1(s, row):
-        return per_seed[s]["stage1"]["pass@1"] if row == "stage1" else per_seed[s]["methods"][row]["test"]["pass@1"]
-    pairs = [("redi_0.8", "stage1"), ("redi_0.8", "sft_control"), ("sft_control", "stage1"), ("redi_0.8", "redi_1.0"),
-             ("redi_0.8", "dpo"), ("redi_0.8", "simpo")]
-    lines = ["| difference (pass@1, points) | seeds | mean +- SEM over seeds | per seed |", "|---|---|---|---|"]
-    for a, b in pairs:
-        both = [s for s in seeds if all(r == "stage1" or r in per_seed[s]["methods"] for r in (a, b))]
-        diffs = [p1(s, a) - p1(s, b) for s in both]
-        if not diffs:
+
+def differences_table(per_seed):
+    lines = ["| a - b (test pass@1, points) | seeds | mean +- SEM over seeds | per seed | paired t (p) | sign-flip p "
+             "| paper: a > b |", "|---|---|---|---|---|---|---|"]
+    for a, b, seeds, diffs, mean, sem, t, p_t, p_flip in differences(per_seed):
+        t_cell = "-" if t is None else f"{t:+.2f} ({p_t:.3f})"
+        lines.append(f"| {ROW_NAMES[a]} - {ROW_NAMES[b]} | {len(seeds)} | {fmt(mean, sem)} | "
+                     + ", ".join(f"{100 * d:+.1f}" for d in diffs)
+                     + f" | {t_cell} | {'-' if p_flip is None else f'{p_flip:.3f}'} | {verdict(mean, p_t)} |")
+    return "\n".join(lines)
+
+
+def mechanism_table(per_seed):
+    """Per method and seed, the guess share on the test split; the accuracy on each path (mean over seeds);
+    the LogPS of the chosen and rejected traces at the first and last step of the picked run."""
+    seeds = sorted(per_seed)
+    lines = ["| model | guess share per seed (%) | acc. of guesses (%) | acc. when working (%) "
+             "| chosen LogPS first -> last | rejected LogPS first -> last |", "|---|---|---|---|---|---|"]
+    for row in ROW_NAMES:
+        got = {s: (per_seed[s]["stage1"] if row == "stage1" else per_seed[s]["methods"].get(row, {}).get("test"))
+               for s in seeds}
+        got = {s: g for s, g in got.items() if g}
+        if not got:
             continue
-        mean, sem = mean_sem(diffs)
-        if sem is None:   # one seed: the two models' SEMs over samples, combined
-            sem = math.hypot(*(per_seed[both[0]]["stage1"]["sem"] if r == "stage1"
-                               else per_seed[both[0]]["methods"][r]["test"]["sem"] for r in (a, b)))
-        lines.append(f"| {ROW_NAMES[a]} - {ROW_NAMES[b]} | {len(both)}{' (SEM over samples)' if len(both) == 1 else ''} | {fmt(mean, sem)} | "
-                     + ", ".join(f"{100 * d:+.1f}" for d in diffs) + " |")
+        shares = ", ".join(f"{100 * g['guess_share']:.1f}" for g in got.values())
+        dyn = "- | -"
+        if row != "stage1":
+            ends = [(d[0], d[-1]) for d in (per_seed[s]["methods"][row]["logps"] for s in got) if d]
+            if ends and ends[0][0][1] is not None and ends[0][0][2] is not None:
+                c0, c1, r0, r1 = (mean_sem([e[i][j] for e in ends])[0] for i, j in ((0, 1), (1, 1), (0, 2), (1, 2)))
+                dyn = f"{c0:.3f} -> {c1:.3f} | {r0:.3f} -> {r1:.3f}"
+        lines.append(f"| {ROW_NAMES[row]} | {shares} | {fmt(*mean_sem([g['guess_accuracy'] for g in got.values()]))} | "
+                     f"{fmt(*mean_sem([g['work_accuracy'] for g in got.values()]))} | {dyn} |")
+    return "\n".join(lines)
+
+
+def picks_table(per_seed):
+    """The setting each method picked on validation, per seed, and how often it sat on a rate edge."""
+    seeds = sorted(per_seed)
+    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " | picked on the grid's rate edge |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for m in METHODS:
+        got = [per_seed[s]["methods"].get(m) for s in seeds]
+        if not any(got):
+            continue
+        edge = sum(bool(g and g["picked_on_rate_edge"]) for g in got)
+        lines.append(f"| {ROW_NAMES[m]} | " + " | ".join(
+            f"{g['picked']} ({100 * max(x['val'] for x in g['settings']):.1f})" if g else "-" for g in got)
+            + f" | {edge} of {sum(bool(g) for g in got)} |")
     return "\n".join(lines)
 
 
 def grid_table(per_seed):
     """Validation pass@1 of every stage-2 setting, per seed (what the selection saw)."""
     seeds = sorted(per_seed)
-    lines = ["| method | setting | " + " | ".join(f"val pass@1 seed {s} (%)" for s in seeds) + " |",
-             "|---|---|" + "---|" * len(seeds)]
-    for method in per_seed[seeds[0]]["methods"]:
-        if len(per_seed[seeds[0]]["methods"][method]["settings"]) < 2:
-            continue
-        for k, setting in enumerate(per_seed[seeds[0]]["methods"][method]["settings"]):
-            vals = [per_seed[s]["methods"][method]["settings"][k]["val"] if method in per_seed[s]["methods"] else None
-                    for s in seeds]
-            lines.append(f"| {method} | {setting['label']} | "
-                         + " | ".join("-" if v is None else f"{100 * v:.1f}" for v in vals) + " |")
+    lines = ["| method | " + " | ".join(f"seed {s}: setting (val pass@1 %)" for s in seeds) + " |",
+             "|---|" + "---|" * len(seeds)]
+    for m in METHODS:
+        cells = ["<br>".join(f"{x['label']} ({100 * x['val']:.1f})" for x in per_seed[s]["methods"][m]["settings"])
+                 if m in per_seed[s]["methods"] else "-" for s in seeds]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def stability_table(plan):
-    """(c): per high-lr run, LogPS and update size at start / end, and validation pass@1 per checkpoint."""
-    lines = ["| run (lr {lr}) | chosen LogPS first -> last step | rejected LogPS first -> last | max update norm "
-             "| val pass@1 (%) by checkpoint (step 0 = stage 1) |", "|---|---|---|---|---|"]
-    for name, run_dir in plan["stability"].items():
-        if not os.path.exists(os.path.join(run_dir, "evals", "done")):
-            continue
-        steps = [r for _, r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if "step" in r and "logps/chosen" in r]
-        evals = sorted(d for d in os.listdir(os.path.join(run_dir, "evals")) if d.startswith("step-"))
-        acc = [f"{int(d[5:])}: {100 * read_json(os.path.join(run_dir, 'evals', d, 'summary.json'))['benchmarks']['val']['pass@1']:.1f}"
-               for d in evals]
-        lines.append(f"| {name} | {steps[0]['logps/chosen']:.3f} -> {steps[-1]['logps/chosen']:.3f} | "
-                     f"{steps[0]['logps/rejected']:.3f} -> {steps[-1]['logps/rejected']:.3f} | "
-                     f"{max(r['optim/update_norm'] for r in steps):.3g} | {', '.join(acc)} |")
+def pilot_table(results):
+    lines = ["| variant | method (first knob) | validation pass@1 (%) by learning rate, first seed |", "|---|---|---|"]
+    for variant, per_seed in results.items():
+        pilot = per_seed[min(per_seed)].get("pilot")
+        for m, tried in (pilot or {}).items():
+            lines.append(f"| {variant} | {m} ({METHODS[m][0][0]}) | "
+                         + ", ".join(f"{lr}: {100 * v:.1f}" for lr, v in tried.items()) + " |")
     return "\n".join(lines)
 
 
 def curve_table(results):
-    lines = ["| variant | epoch: validation pass@1 (%), mean over seeds (seeds) |", "|---|---|"]
+    lines = ["| variant | seed | epoch: validation pass@1 +- SEM (%) | stage-1 model (plateau rule) |", "|---|---|---|---|"]
     for variant, per_seed in results.items():
-        seeds = sorted(s for s in per_seed if per_seed[s]["curve"])
-        if not seeds:
-            continue
-        epochs = [e for e, _ in per_seed[seeds[0]]["curve"]]
-        cells = [f"{e}: {fmt(*mean_sem([dict(per_seed[s]['curve'])[e] for s in seeds]))}" for e in epochs]
-        lines.append(f"| {variant} | {'; '.join(cells)} ({len(seeds)}) |")
+        for s, r in sorted(per_seed.items()):
+            cells = "; ".join(f"{e}: {fmt(p, sem)}" for e, p, sem in r["curve"])
+            how = "confirmed by later checkpoints" if r["plateau_confirmed"] else "last checkpoint (not confirmed)"
+            lines.append(f"| {variant} | {s} | {cells} | epoch {r['stage1_epoch']}, {how} |")
     return "\n".join(lines)
 
 
-def draw_figures(out, results, plans):
-    """fig_stage1.png (Figure 2), fig_alpha.png (Appendix D.1); plot.py draws fig_dynamics_<variant>."""
+def draw_figures(out, results):
+    """fig_stage1.png (validation curves, every seed), fig_differences.png (per-seed differences, mean +- SEM),
+    fig_logps_<variant>.png (chosen and rejected LogPS per step at the picked settings, every seed)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -511,46 +737,60 @@ def draw_figures(out, results, plans):
     except ImportError:
         print("matplotlib missing: figures skipped")
         return
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=90)
-    for variant, per_seed in results.items():
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.4), dpi=90, squeeze=False)
+    for ax, (variant, per_seed) in zip(axes[0], results.items()):
         for s, r in sorted(per_seed.items()):
-            if not r["curve"]:
-                continue
-            ax.plot(*zip(*[(e, 100 * a) for e, a in r["curve"]]), marker="o", ms=3,
-                    label=f"{variant} seed {s}", alpha=0.8)
-    ax.set(xlabel="stage-1 epoch", ylabel="validation pass@1 (%)", title="Stage 1 to its plateau")
-    ax.legend(fontsize=7)
+            line, = ax.plot([e for e, _, _ in r["curve"]], [100 * p for _, p, _ in r["curve"]], marker="o", ms=3,
+                            label=f"seed {s}")
+            ax.plot([r["stage1_epoch"]], [100 * dict((e, p) for e, p, _ in r["curve"])[r["stage1_epoch"]]], "*",
+                    ms=11, color=line.get_color())
+        ax.set(xlabel="stage-1 epoch", ylabel="validation pass@1 (%)", title=f"{variant}: stage 1 (star: plateau rule)")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "fig_stage1.png"))
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=90)
-    for variant, per_seed in results.items():
-        first = per_seed[min(per_seed)]
-        alphas = [a for a in ("0.2", "0.5", "0.8", "1.0") if f"redi_{a}" in first["methods"]]
-        if len(alphas) < 2:
-            continue
-        acc = [first["methods"][f"redi_{a}"]["test"] for a in alphas]
-        ax.errorbar([float(a) for a in alphas], [100 * m["pass@1"] for m in acc], [100 * m["sem"] for m in acc],
-                    marker="o", capsize=3, label=f"{variant} (seed {min(per_seed)})")
-        ax.axhline(100 * first["stage1"]["pass@1"], ls=":", lw=1, color=ax.lines[-1].get_color())
-    ax.set(xlabel="alpha", ylabel="test pass@1 (%)", title="REDI alpha sweep (dotted: stage 1)")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 3.8), dpi=90, squeeze=False)
+    for ax, (variant, per_seed) in zip(axes[0], results.items()):
+        diffs = differences(per_seed)
+        for y, (a, b, seeds, d, mean, sem, *_rest) in enumerate(diffs):
+            ax.scatter([100 * x for x in d], [y] * len(d), s=14, color="tab:blue", zorder=3)
+            ax.errorbar([100 * mean], [y], xerr=[[100 * (sem or 0)], [100 * (sem or 0)]], fmt="s", color="black",
+                        ms=5, capsize=3, zorder=4)
+        ax.axvline(0, color="grey", lw=1)
+        ax.set_yticks(range(len(diffs)), [f"{ROW_NAMES[a].split(' (')[0]} - {ROW_NAMES[b].split(' (')[0]}"
+                                          for a, b, *_ in diffs], fontsize=7)
+        ax.invert_yaxis()
+        ax.set(xlabel="test pass@1 difference (points): dots = seeds, square = mean +- SEM", title=variant)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "fig_alpha.png"))
+    fig.savefig(os.path.join(out, "fig_differences.png"))
+    for variant, per_seed in results.items():
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), dpi=90)
+        for k, m in enumerate(METHODS):
+            for s, r in sorted(per_seed.items()):
+                dyn = r["methods"].get(m, {}).get("logps") or []
+                for ax, j in zip(axes, (1, 2)):
+                    pts = [(d[0], d[j]) for d in dyn if d[j] is not None]
+                    if pts:
+                        ax.plot(*zip(*pts), color=f"C{k}", lw=0.8, alpha=0.7, label=ROW_NAMES[m] if s == min(per_seed) else None)
+        for ax, what in zip(axes, ("chosen", "rejected")):
+            ax.set(xlabel="stage-2 step", ylabel=f"{what} LogPS", title=f"{variant}: {what} LogPS at the picked settings")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, f"fig_logps_{variant}.png"))
     plt.close("all")
 
 
-def report(out, results, plans, args, wall):
+def report(out, results, args, wall):
     parts = [f"# Replication ({'smoke' if args.smoke else 'full'}): variants {args.variants}, seeds {args.seeds}, "
              f"{args.jobs} jobs at a time\n\nwall time: {wall:.0f}s\n",
-             "## Stage 1 to its plateau (validation)\n\n" + curve_table(results)]
+             "## Stage 1 (validation, every seed)\n\n" + curve_table(results),
+             "## The pilot (first seed, validation)\n\n" + pilot_table(results)]
     for variant, per_seed in results.items():
         t = per_seed[min(per_seed)]["task"]
-        parts.append(f"## Variant `{variant}`\n\nseed {min(per_seed)} data: {t}\n\n### Test split (picked on validation)\n\n"
-                     + headline_table(per_seed) + "\n\n### Differences\n\n" + differences_table(per_seed)
+        parts.append(f"## Variant `{variant}`\n\nfirst seed's data: {t}\n\n### Test split (settings picked on validation)\n\n"
+                     + headline_table(per_seed) + "\n\n### Paired differences\n\n" + differences_table(per_seed)
+                     + "\n\n### Mechanism: guessing and LogPS at the picked settings\n\n" + mechanism_table(per_seed)
+                     + "\n\n### Picked settings (best validation pass@1 %)\n\n" + picks_table(per_seed)
                      + "\n\n### Validation pass@1 of every setting\n\n" + grid_table(per_seed))
-        if plans[variant][min(per_seed)]["stability"]:
-            parts.append(f"### Stability at a high learning rate (seed {min(per_seed)})\n\n"
-                         + stability_table(plans[variant][min(per_seed)]).replace("{lr}", str(CONFIGS["smoke" if args.smoke else "full"]["stability_lr"])))
     text = "\n\n".join(parts) + "\n"
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write(text)
@@ -562,49 +802,37 @@ def report(out, results, plans, args, wall):
 
 
 def main(argv=None):
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--eval-checkpoints":
-        return eval_checkpoints_main(*sys.argv[2:])
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # so run_jobs' finally stops the jobs
     cfg = CONFIGS["smoke" if args.smoke else "full"]
     with exit_on_input_error("replicate.py"):
-        out = os.path.abspath(make_output_dir(args.out, f"--out {args.out}"))
+        out = os.path.abspath(args.out if args.plan else make_output_dir(args.out, f"--out {args.out}"))
     t0 = time.time()
-    jobs, plans = [], {}
-    for variant in args.variants:
-        for i, seed in enumerate(args.seeds):
-            js, plan = seed_jobs(out, variant, seed, cfg, extras=(i == 0), rank=i)
-            jobs += js
-            plans.setdefault(variant, {})[seed] = plan
+    jobs, plans = all_jobs(out, args.variants, args.seeds, cfg)
     print(f"replicate.py: {len(jobs)} jobs, {args.jobs} at a time, into {out}", flush=True)
+    print_plan(jobs, plans, cfg, args.jobs)
+    if args.plan:
+        return 0
     try:
         if not args.report_only:
             run_jobs(jobs, args.jobs, t0)
     except RuntimeError as e:
         print(f"replicate.py: error: {e}", file=sys.stderr, flush=True)
         return 1
-    finished = {v: {s: p for s, p in per.items() if os.path.exists(os.path.join(p["stage1_test"], "summary.json"))}
-                for v, per in plans.items()}
-    for v, per in plans.items():
-        for s in sorted(set(per) - set(finished[v])):
-            print(f"not finished, left out of the tables: {v} seed {s} (no stage-1 test evaluation)")
-    results = {v: {s: collect(p) for s, p in per.items()} for v, per in finished.items() if per}
+    results = {}
     for variant, per in plans.items():
-        if variant not in results:
-            continue
-        stab = {k: v for k, v in per[args.seeds[0]]["stability"].items()
-                if os.path.exists(os.path.join(v, "evals", "done"))}
-        if stab:
-            subprocess.run(python("plot.py", *stab.values(), "--benchmark", "val",
-                                  "--out", os.path.join(out, f"dynamics_{variant}")), cwd=ROOT, check=True,
-                           env=dict(os.environ, PYTHONPATH=ROOT))
-    draw_figures(out, results, plans)
+        got = {s: collect(p) for s, p in per.items()}
+        for s in sorted(s for s, r in got.items() if r is None):
+            print(f"not finished, left out of the tables: {variant} seed {s} (no stage-1 test evaluation)")
+        if any(got.values()):
+            results[variant] = {s: r for s, r in got.items() if r is not None}
+    draw_figures(out, results)
     wall = time.time() - t0
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"args": vars(args), "config": cfg, "wall_time_s": wall,
                    "job_times_s": {j.name: round(j.end - j.start, 1) for j in jobs if j.end},
                    "results": results}, f, indent=1)
-    report(out, results, plans, args, wall)
+    report(out, results, args, wall)
     return 0
 
 

@@ -1,5 +1,7 @@
-"""Claims about replicate.py: the plan (seeds, selection on validation), the scheduler, the tables, a smoke run."""
+"""Claims about replicate.py: the rules (plateau, pilot edge, grids, equal budgets, selection on validation),
+the paired statistics (hand-derived values), the scheduler, the tables, a smoke run."""
 import json
+import math
 import os
 import sys
 
@@ -10,60 +12,155 @@ from conftest import ROOT, run_script
 import replicate as R
 
 
-def _plans(cfg_name="full", seeds=(0, 1, 2)):
-    out = {}
-    for variant in ("slips", "guess"):
-        for i, seed in enumerate(seeds):
-            out[(variant, seed)] = R.seed_jobs("/tmp/unused", variant, seed, R.CONFIGS[cfg_name], extras=(i == 0))
-    return out
-
-
 def test_help_works_without_running_anything(capsys):
     """--help prints the spec and exits 0."""
     with pytest.raises(SystemExit, match="^0$"):
         R.parse_args(["--help"])
-    assert "Figure 2" in capsys.readouterr().out
+    assert "equal budgets" in capsys.readouterr().out.lower()
 
 
-def test_headline_rows_run_on_every_seed_and_grids_on_the_first():
-    """REDI 0.8 and the SFT control on every seed of both variants; grids, sweep, stability on the first."""
-    for (variant, seed), (jobs, plan) in _plans().items():
-        assert {"redi_0.8", "sft_control"} <= set(plan["methods"])
-        extras = {"redi_1.0", "dpo", "simpo", "redi_0.2", "redi_0.5"}
-        assert (extras <= set(plan["methods"])) == (seed == 0) and bool(plan["stability"]) == (seed == 0)
-        names = [j.name for j in jobs]
-        assert len(names) == len(set(names))
+# ---------------------------------------------------------------- the rules
 
 
-def test_no_test_split_before_selection():
-    """Validation evals read val.jsonl; a method's test eval waits on every one of its validation evals."""
-    jobs, plan = _plans()[("guess", 0)]
-    by_name = {j.name: j for j in jobs}
-    for method, info in plan["methods"].items():
-        test_job = by_name[f"guess/s0 {method} test"]
-        settings = [j for j in jobs if j.name.startswith(f"guess/s0 {method} [")]
-        vals = [j for j in settings if j.name.endswith("] val")]
-        assert all("val.jsonl" in " ".join(map(str, j.cmd)) for j in vals)
-        deps = {d.name for d in test_job.deps}
-        assert {j.name for j in vals} <= deps <= {j.name for j in settings} and deps
+def test_plateau_is_the_first_checkpoint_no_later_one_beats_by_more_than_its_sem():
+    """(epoch, val, SEM): 0.80 +- 0.02 is within SEM of 0.81 and above 0.79 -> epoch 8; a rise beyond the SEM at
+    the end -> the last checkpoint."""
+    assert R.plateau_index([(4, .5, .02), (8, .80, .02), (12, .81, .02), (16, .79, .02)]) == 1
+    assert R.plateau_index([(4, .5, .02), (8, .80, .02), (12, .83, .02)]) == 2
+    assert R.plateau_index([(4, .9, None), (8, .9, None)]) == 0   # one sample: no SEM, equal is not better
 
 
-def _summary(path, bench, p1):
+def test_pilot_edge_rule_extends_beyond_the_edge_the_best_rate_sits_on():
+    """Best at the top of the tried rates -> the next lattice rate up; at the bottom -> down; inside -> none."""
+    assert R.next_lattice_rate({1e-5: .5, 3e-5: .6, 1e-4: .7}) == 3e-4
+    assert R.next_lattice_rate({1e-5: .7, 3e-5: .6, 1e-4: .5}) == 3e-6
+    assert R.next_lattice_rate({1e-5: .5, 3e-5: .7, 1e-4: .6}) is None
+    assert R.next_lattice_rate({1e-5: .6, 3e-5: .6, 1e-4: .5}) == 3e-6   # a tie goes to the smaller rate
+
+
+def test_grid_rates_are_the_lattice_rates_nearest_the_pilot_best_toward_the_better_side():
+    """Pilot best 3e-5, its upper neighbour scored higher than its lower one: 2 rates -> {3e-5, 1e-4}; 4 rates ->
+    both neighbours and one more step up."""
+    tried = {1e-5: .5, 3e-5: .7, 1e-4: .6}
+    assert R.grid_rates(tried, 2) == [3e-5, 1e-4]
+    assert R.grid_rates(tried, 4) == [1e-5, 3e-5, 1e-4, 3e-4]
+    assert R.grid_rates({1e-5: .6, 3e-5: .7, 1e-4: .5}, 2) == [1e-5, 3e-5]
+    assert R.grid_rates({1e-6: .9, 3e-6: .5}, 2) == [1e-6, 3e-6]   # the lattice's own end
+
+
+def test_every_method_gets_the_same_number_of_distinct_settings():
+    """Equal budgets: settings_per_method settings for every method, distinct run dirs, knobs x rates."""
+    plan = R.SeedPlan("/tmp/unused", "guess", 0, R.CONFIGS["full"])
+    tried = {1e-5: .5, 3e-5: .7, 1e-4: .6}
+    plan.pilot_tried = lambda method: tried
+    for method in R.METHODS:
+        got = plan.settings(method)
+        assert len(got) == R.CONFIGS["full"]["settings_per_method"] == len({s[1] for s in got}), method
+    assert [s[0] for s in plan.settings("redi")] == ["alpha 0.8 lr 3e-5", "alpha 0.8 lr 1e-4", "alpha 0.5 lr 3e-5",
+                                                     "alpha 0.5 lr 1e-4"]
+
+
+def _summary(path, bench, p1, sem=0.01):
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "summary.json"), "w") as f:
-        json.dump({"benchmarks": {bench: {"pass@1": p1}}}, f)
+        json.dump({"benchmarks": {bench: {"pass@1": p1, "sem": sem}}}, f)
 
 
 def test_pick_by_validation_takes_the_best_validation_setting(tmp_path):
-    """The picked setting is the one with the highest validation pass@1, whatever the test split says."""
+    """The picked setting is the one with the highest validation pass@1, whatever the test split says; the first
+    one on a tie."""
     entries = []
-    for k, (val, test) in enumerate([(0.5, 0.9), (0.7, 0.1), (0.6, 0.8)]):
+    for k, (val, test) in enumerate([(0.5, 0.9), (0.7, 0.1), (0.6, 0.8), (0.7, 0.9)]):
         run = tmp_path / f"run{k}"
         _summary(run / "evals" / "val", "val", val)
         _summary(run / "evals" / "test", "test", test)
         entries.append({"label": str(k), "run": str(run)})
     assert R.pick_by_validation(entries)["label"] == "1"
-    assert R.pick_by_validation(entries[:1])["label"] == "0"
+
+
+def _fake_finished_pilot(out, cfg, variant="guess", sft_rows=64):
+    """The files the lazy commands read: sft.jsonl (its line count), the stage-1 curve, the pilot's val evals."""
+    jobs, plans = R.all_jobs(str(out), [variant], [0, 1], cfg)
+    first = plans[variant][0]
+    for plan in plans[variant].values():
+        os.makedirs(plan.data, exist_ok=True)
+        with open(os.path.join(plan.data, "sft.jsonl"), "w") as f:
+            f.write("{}\n" * sft_rows)
+        for k, e in enumerate(plan.curve_epochs):
+            _summary(plan.curve_dir(e), "val", min(0.5 + 0.2 * k, 0.7))   # flat from the 2nd
+    for method, knobs in R.METHODS.items():
+        for k, lr in enumerate(cfg["pilot_lrs"]):
+            _summary(os.path.join(first.run_dir(method, knobs[0][0], lr), "evals", "val"), "val", [.5, .7, .6][k])
+    return jobs, plans
+
+
+def test_no_test_split_before_selection_and_the_first_seed_reuses_the_pilot(tmp_path):
+    """Only test-kind jobs read test.jsonl; a method's test eval waits on every validation eval of its grid; every
+    stage-2 run starts from the plateau checkpoint; the first seed's grid runs coincide with pilot runs where the
+    settings do (and later seeds' never do)."""
+    cfg = R.CONFIGS["full"]
+    jobs, plans = _fake_finished_pilot(tmp_path, cfg)
+    for plan in plans["guess"].values():   # the grid's validation evals (the test evals' commands read them)
+        for method in R.METHODS:
+            for k, setting in enumerate(plan.settings(method)):
+                if not os.path.exists(os.path.join(setting[1], "evals", "val", "summary.json")):
+                    _summary(os.path.join(setting[1], "evals", "val"), "val", 0.1 * k)
+    for job in jobs:
+        job.resolve()
+    by_name = {j.name: j for j in jobs}
+    for job in jobs:
+        reads_test = job.cmd is not None and any(str(c).endswith("test.jsonl") for c in job.cmd)
+        assert reads_test == (job.kind == "test"), job.name
+    pilot_dirs = {j.done_if for j in jobs if " pilot " in j.name and j.kind.startswith("stage2")}
+    for seed, plan in plans["guess"].items():
+        plateau = plan.checkpoint(plan.curve_epochs[1])   # the fake curve is flat from its second checkpoint
+        for method in R.METHODS:
+            test_job = by_name[f"guess/s{seed} {method} test"]
+            vals = {j.name for j in jobs if j.name.startswith(f"guess/s{seed} {method} [setting") and j.kind == "val"}
+            assert len(vals) == cfg["settings_per_method"] and vals <= {d.name for d in test_job.deps}
+            trains = [j for j in jobs if j.name.startswith(f"guess/s{seed} {method} [setting") and j.kind != "val"]
+            assert all(j.cmd[j.cmd.index("--model") + 1] == plateau for j in trains)
+            reused = sum(j.done_if in pilot_dirs for j in trains)
+            # pilot rates 1e-5 .5, 3e-5 .7, 1e-4 .6: the grid's 2 rates {3e-5, 1e-4} (first knob) or 4 rates
+            # {1e-5, 3e-5, 1e-4, 3e-4} are pilot runs except 3e-4
+            assert reused == ((2 if len(R.METHODS[method]) == 2 else 3) if seed == 0 else 0), (seed, method)
+
+
+def test_the_pilot_edge_extension_runs_only_when_the_best_rate_is_on_an_edge(tmp_path):
+    """Pilot scores .5/.7/.6: the best is inside, so the extension job has nothing to run; make the top rate best
+    and it trains at the next lattice rate up."""
+    cfg = R.CONFIGS["full"]
+    jobs, plans = _fake_finished_pilot(tmp_path, cfg)
+    ext = next(j for j in jobs if j.name == "guess/s0 pilot dpo [edge extension] train")
+    ext.resolve()
+    assert ext.cmd is None
+    first = plans["guess"][0]
+    _summary(os.path.join(first.run_dir("dpo", "beta 0.1", 1e-4), "evals", "val"), "val", 0.9)
+    jobs, _ = R.all_jobs(str(tmp_path), ["guess"], [0, 1], cfg)
+    ext = next(j for j in jobs if j.name == "guess/s0 pilot dpo [edge extension] train")
+    ext.resolve()
+    assert ext.cmd[ext.cmd.index("--lr") + 1] == 3e-4 and "--beta" in ext.cmd
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_paired_t_test_matches_the_closed_forms_for_one_and_two_degrees_of_freedom():
+    """df = 2: p = 1 - t / sqrt(2 + t^2); df = 1: p = 1 - (2/pi) atan|t| (two-sided)."""
+    t, p_t, p_flip = R.paired_tests([1.0, 2.0, 3.0])   # mean 2, SEM 1/sqrt(3): t = 2 sqrt(3)
+    assert t == pytest.approx(2 * math.sqrt(3)) and p_t == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    assert p_flip == pytest.approx(2 / 8)   # only all-plus and all-minus reach |sum| = 6
+    t, p_t, _ = R.paired_tests([1.0, 3.0])   # mean 2, SEM 1
+    assert t == pytest.approx(2.0) and p_t == pytest.approx(1 - 2 / math.pi * math.atan(2.0), rel=1e-9)
+
+
+def test_paired_t_test_at_the_tabulated_critical_value_and_the_sign_flip_floor():
+    """t = 2.776 with 4 df is the 5% two-sided critical value; 5 positive differences -> sign-flip p = 2/32."""
+    assert R.betainc(2.0, 0.5, 4 / (4 + 2.776 ** 2)) == pytest.approx(0.05, abs=2e-4)
+    _, p_t, p_flip = R.paired_tests([0.01, 0.02, 0.03, 0.04, 0.05])
+    assert p_flip == pytest.approx(2 / 32) and p_t < 0.05
+    assert R.paired_tests([0.0, 0.0, 0.0])[1:] == (1.0, 1.0)
+    assert R.paired_tests([0.5]) == (None, None, None)
 
 
 def test_mean_sem_is_the_standard_error_over_seeds():
@@ -78,53 +175,72 @@ def _metrics(p1, share):
             "guess_accuracy": 0.3, "work_accuracy": 0.9}
 
 
-def test_tables_say_how_many_seeds_each_row_has():
-    """Headline rows give their seed count; a one-seed row says its SEM is over samples; differences per seed."""
+def test_tables_give_per_seed_differences_with_their_paired_tests():
+    """Rows over seeds; each difference as mean +- SEM with per-seed values, t, p and the verdict."""
     per_seed = {}
     for s in (0, 1, 2):
-        methods = {"redi_0.8": {"settings": [{"label": "lr 3e-5", "val": None}], "picked": "lr 3e-5",
-                                "test": _metrics(0.8 + 0.01 * s, 0.05)},
-                   "sft_control": {"settings": [{"label": "lr 3e-5", "val": None}], "picked": "lr 3e-5",
-                                   "test": _metrics(0.75, 0.2)}}
-        if s == 0:
-            methods["dpo"] = {"settings": [{"label": "a", "val": 0.7}, {"label": "b", "val": 0.6}], "picked": "a",
-                              "test": _metrics(0.7, 0.1)}
-        per_seed[s] = {"stage1": _metrics(0.74, 0.2), "methods": methods, "curve": []}
+        methods = {m: {"settings": [{"label": "lr 3e-5", "val": 0.5}], "picked": "lr 3e-5", "picked_on_rate_edge": s == 0,
+                       "test": _metrics(p, 0.05), "logps": [(1, -0.1, -0.5), (2, -0.2, -0.9)]}
+                   for m, p in (("redi", 0.80 + 0.01 * s), ("dpo", 0.78), ("sft_control", 0.75))}
+        per_seed[s] = {"stage1": _metrics(0.74, 0.2), "methods": methods, "curve": [(4, .7, .01)],
+                       "stage1_epoch": 4, "plateau_confirmed": False}
     table = R.headline_table(per_seed)
-    assert "| REDI alpha 0.8 | 3 | 81.0 +- 0.6 |" in table
-    assert "| DPO (grid, picked on val) | 1 | 70.0 +- 1.0 (over samples) |" in table
+    assert "| REDI (alpha 0.8 / 0.5) | 3 | 81.0 +- 0.6 |" in table
     diffs = R.differences_table(per_seed)
-    assert "| REDI alpha 0.8 - SFT control (chosen only) | 3 | 6.0 +- 0.6 | +5.0, +6.0, +7.0 |" in diffs
-    assert "| REDI alpha 0.8 - DPO (grid, picked on val) | 1 (SEM over samples) |" in diffs
-    assert "| dpo | a | 70.0 | - | - |" in R.grid_table(per_seed)
+    # REDI - control: +5, +6, +7 points: mean 6, SEM 1/sqrt(3) = 0.577, t = 10.39 with 2 df
+    p = 1 - 10.392 / math.sqrt(2 + 10.392 ** 2)
+    assert (f"| REDI (alpha 0.8 / 0.5) - SFT control (chosen only) | 3 | 6.0 +- 0.6 | +5.0, +6.0, +7.0 | +10.39 ({p:.3f}) "
+            f"| 0.250 | holds (a > b) |") in diffs
+    assert "SimPO" not in diffs   # no SimPO rows in this table: no comparison invented
+    mech = R.mechanism_table(per_seed)
+    assert "| DPO | 5.0, 5.0, 5.0 | 30.0 +- 0.0 | 90.0 +- 0.0 | -0.100 -> -0.200 | -0.500 -> -0.900 |" in mech
+    assert "| DPO | lr 3e-5 (50.0) | lr 3e-5 (50.0) | lr 3e-5 (50.0) | 1 of 3 |" in R.picks_table(per_seed)
 
 
-def test_scheduler_runs_dependencies_first_and_stops_on_a_failure(tmp_path):
-    """run_jobs starts a job only after its deps, runs `after`, and raises naming a failed job."""
+# ---------------------------------------------------------------- the scheduler
+
+
+def test_scheduler_runs_dependencies_first_resolves_late_and_stops_on_a_failure(tmp_path):
+    """run_jobs starts a job only after its deps, builds a lazy command only then, skips a None command, runs
+    `after`, and raises naming a failed job."""
     order = tmp_path / "order.txt"
     append = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))"
     a = R.Job("a", [sys.executable, "-c", append, order, "a"], str(tmp_path / "a.log"))
-    b = R.Job("b", [sys.executable, "-c", append, order, "b"], str(tmp_path / "b.log"), [a], priority=0,
-              after=lambda: order.open("a").write("after b\n"))
-    R.run_jobs([b, a], 2, 0.0)
-    assert order.read_text().split("\n")[:3] == ["a", "b", "after b"]
+    b = R.Job("b", lambda: [sys.executable, "-c", append, order, "b:" + order.read_text().strip()],
+              str(tmp_path / "b.log"), [a], priority=0, after=lambda: order.open("a").write("after b\n"))
+    nothing = R.Job("nothing", lambda: None, str(tmp_path / "n.log"), [a])
+    R.run_jobs([b, nothing, a], 2, 0.0)
+    assert order.read_text().split("\n")[:3] == ["a", "b:a", "after b"]
+    assert not (tmp_path / "n.log").exists()
     bad = R.Job("bad", [sys.executable, "-c", "raise SystemExit(3)"], str(tmp_path / "bad.log"))
     with pytest.raises(RuntimeError, match="job 'bad' failed \\(exit status 3\\)"):
         R.run_jobs([bad], 1, 0.0)
 
 
+def test_plan_prints_jobs_and_estimated_job_seconds_and_runs_nothing(tmp_path, capsys):
+    """--plan: the jobs by kind with estimated job-seconds; the full run's estimate stays within 3 hours at 2 jobs."""
+    assert R.main(["--plan", "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    total = float(out.split("total")[1].split("~")[1].split("job-s")[0])
+    assert 3600 < total / 2 < 3 * 3600 and not (tmp_path / "rep").exists()
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(600)
 def test_smoke_run_writes_tables_figures_and_results(tmp_path):
-    """`replicate.py --smoke` (one variant, one seed, every kind of job once) writes report, results, figures."""
+    """`replicate.py --smoke` (one variant, one seed, every kind of job) writes report, results, figures; a second
+    invocation reuses every job."""
     out = tmp_path / "rep"
-    proc = run_script([sys.executable, str(ROOT / "replicate.py"), "--smoke", "--variants", "guess", "--seeds", "0",
-                       "--out", str(out)], timeout=1400)
+    args = [sys.executable, str(ROOT / "replicate.py"), "--smoke", "--variants", "guess", "--seeds", "0", "--out", str(out)]
+    proc = run_script(args, timeout=500)
     assert "wall time" in proc.stdout
     results = json.loads((out / "results.json").read_text())["results"]["guess"]["0"]
-    assert {"redi_0.8", "sft_control", "redi_1.0", "dpo", "simpo", "redi_0.2"} <= set(results["methods"])
+    assert set(results["methods"]) == set(R.METHODS) and set(results["pilot"]) == set(R.METHODS)
+    assert all(len(m["settings"]) == R.CONFIGS["smoke"]["settings_per_method"] for m in results["methods"].values())
     assert 0 <= results["stage1"]["guess_share"] <= 1 and results["curve"]
     report = (out / "report.md").read_text()
-    assert "| REDI alpha 0.8 | 1 |" in report and "Stability at a high learning rate" in report
-    for png in ("fig_stage1.png", "fig_alpha.png", "dynamics_guess/dynamics.png"):
+    assert "| REDI (alpha 0.8 / 0.5) | 1 |" in report and "### Paired differences" in report
+    for png in ("fig_stage1.png", "fig_differences.png", "fig_logps_guess.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    again = run_script(args, timeout=300).stdout
+    assert " done " not in again and "reused guess/s0 stage 1" in again
