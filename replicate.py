@@ -13,10 +13,13 @@ positives lack). Per (variant, seed) -- the seed sets data, initialisation, orde
 
     a. Stage 1 (`train_sft.py`) for a fixed number of epochs per variant (linear decay), a
        checkpoint every --curve-every epochs, each evaluated on the VALIDATION split (paper Figure 2).
-       The plateau rule, fixed before any test number was seen: stage 1's model is the FIRST
-       checkpoint that no later checkpoint beats by more than that checkpoint's SEM (over samples)
-       on validation. Every stage-2 run starts from it; the report says, per seed, whether a later
-       checkpoint confirmed the plateau or the rule fell on the last one.
+       Within the run, stage 1's model is the FIRST checkpoint that no later checkpoint beats by
+       more than that checkpoint's SEM (over samples) on validation; every stage-2 run starts from
+       it. With a learning rate that decays to 0 the last checkpoints usually still gain, so the
+       plateau is judged on the run's LENGTH (a rule fixed before any test number was seen): on the
+       first seed a stage-1 run a third longer (same data, initialisation and order) is evaluated on
+       validation; the length is at its plateau if the longer run's final model beats the used one
+       by no more than the SEM of the difference, paired over the validation problems.
     b. Stage 2 (`train_redi.py`, one epoch over the pairs), five methods with EQUAL budgets: each
        gets SETTINGS_PER_METHOD settings on every seed, and the one with the best validation
        pass@1 is the only one evaluated on the test split:
@@ -72,12 +75,12 @@ CONFIGS = {
              "sft_lr": 2e-3, "sft_batch": 32, "curve_every": 4, "stage2_batch": 32, "val_n": 2, "test_n": 4,
              "max_new_tokens": 64, "eval_batch": 300,
              "pilot_lrs": (1e-5, 3e-5, 1e-4), "settings_per_method": 4,
-             "est": {"prepare": 12, "stage1_problem_epoch": 0.0055, "stage2": 25, "stage2_dpo": 31, "val": 6,
+             "est": {"prepare": 12, "stage1_problem_epoch": 0.0065, "stage2": 25, "stage2_dpo": 31, "val": 6,
                      "test": 10}},
     "smoke": {"num_problems": 120, "num_val": 8, "num_test": 8, "hidden": 32, "layers": 1, "heads": 2,
               "kv_heads": 1, "vocab": 400, "sft_epochs": {"slips": 2, "guess": 2}, "sft_lr": 1e-3, "sft_batch": 16,
               "curve_every": 1, "stage2_batch": 8, "val_n": 1, "test_n": 2, "max_new_tokens": 24,
-              "eval_batch": 64, "max_stage2_steps": 2, "pilot_lrs": (1e-4, 3e-4), "settings_per_method": 2,
+              "eval_batch": 64, "max_stage2_steps": 2, "pilot_lrs": (1e-4,), "settings_per_method": 2,
               "est": {"prepare": 8, "stage1_problem_epoch": 0.01, "stage2": 4, "stage2_dpo": 5, "val": 3, "test": 3}},
 }
 LR_LATTICE = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
@@ -263,6 +266,8 @@ class SeedPlan:
         self.val, self.test = os.path.join(self.data, "val.jsonl"), os.path.join(self.data, "test.jsonl")
         self.epochs = cfg["sft_epochs"][variant]
         self.curve_epochs = list(range(cfg["curve_every"], self.epochs + 1, cfg["curve_every"]))
+        self.longer_epochs = cfg["curve_every"] * round(self.epochs * 4 / 3 / cfg["curve_every"])
+        self.longer = os.path.join(self.base, "sft_longer")
         self.pilot = pilot or self
         self.n_rates = {m: cfg["settings_per_method"] // len(knobs) for m, knobs in METHODS.items()}
 
@@ -400,6 +405,18 @@ def seed_jobs(out, variant, seed, cfg, rank=0, pilot=None):
                     os.path.join(plan.sft, "evals", "test.log"), curve_jobs, prio + 3,
                     done_if=os.path.join(plan.sft, "evals", "test", "summary.json"), kind="test"))
 
+    if pilot is None:   # the stage-1 length check (a run a third longer), last among this variant's jobs
+        longer = Job(f"{tag} stage 1 longer ({plan.longer_epochs} epochs)", lambda: python(
+            "train_sft.py", "--model", plan.init, "--data", os.path.join(plan.data, "sft.jsonl"), "--output-dir",
+            plan.longer, "--epochs", plan.longer_epochs, "--lr", cfg["sft_lr"], "--global-batch-size", cfg["sft_batch"],
+            "--micro-batch-size", cfg["sft_batch"], "--layout", "padded", "--save-every", "0", "--keep-last", "0",
+            "--seed", seed, "--no-progress"), os.path.join(plan.longer, "train.log"), [curate], 1000,
+            done_if=os.path.join(plan.longer, "job.done"), kind="stage1_longer")
+        jobs += [longer, Job(f"{tag} stage 1 longer val", evaluate_cmd(
+            cfg, seed, os.path.join(plan.longer, "final"), plan.val, cfg["val_n"], os.path.join(plan.longer, "evals", "val")),
+            os.path.join(plan.longer, "evals", "val.log"), [longer], 1000,
+            done_if=os.path.join(plan.longer, "evals", "val", "summary.json"), kind="val")]
+
     if pilot is None:   # (c) the pilot: each method's first knob over the pilot rates, then the edge rule
         pilot_jobs = []
         for method, knobs in METHODS.items():
@@ -462,10 +479,10 @@ def print_plan(jobs, plans, cfg, workers):
     est = cfg["est"]
     rows = {}
     for j in jobs:
-        if j.kind == "stage1":
+        if j.kind in ("stage1", "stage1_longer"):
             plan = next(p for per in plans.values() for p in per.values() if j.name.startswith(f"{p.variant}/s{p.seed} "))
             n = cfg.get(f"num_problems_{plan.variant}", cfg["num_problems"])
-            secs = plan.epochs * n * est["stage1_problem_epoch"]
+            secs = (plan.epochs if j.kind == "stage1" else plan.longer_epochs) * n * est["stage1_problem_epoch"]
         else:
             secs = est[j.kind if j.kind != "other" else "prepare"]
         count, total = rows.get(j.kind, (0, 0.0))
@@ -569,6 +586,27 @@ def logps_dynamics(run_dir):
     return [(r["step"], r.get("logps/chosen"), r.get("logps/rejected")) for r in rows]
 
 
+def per_problem(eval_dir):
+    """{problem id: mean correctness over its samples} of one evaluate.py output dir."""
+    got = {}
+    for _, g in read_jsonl(os.path.join(eval_dir, "generations.jsonl")):
+        got.setdefault(g["id"], []).append(bool(g["correct"]))
+    return {k: sum(v) / len(v) for k, v in got.items()}
+
+
+def length_check(plan):
+    """The stage-1 length rule on the first seed: the longer run's final minus the used run's final on
+    validation, its SEM paired over problems, and whether the length is at its plateau (difference <= SEM)."""
+    longer = os.path.join(plan.longer, "evals", "val")
+    if not os.path.exists(os.path.join(longer, "summary.json")):
+        return None
+    a, b = per_problem(plan.curve_dir(plan.epochs)), per_problem(longer)
+    diffs = [b[k] - a[k] for k in a]
+    mean, sem = mean_sem(diffs)
+    return {"epochs": plan.epochs, "longer_epochs": plan.longer_epochs, "val": sum(a.values()) / len(a),
+            "val_longer": sum(b.values()) / len(b), "diff": mean, "sem": sem, "at_plateau": mean <= sem}
+
+
 def collect(plan):
     """Everything one (variant, seed) measured, as plain numbers; None if its stage 1 test is missing."""
     if not os.path.exists(os.path.join(plan.sft, "evals", "test", "summary.json")):
@@ -581,6 +619,7 @@ def collect(plan):
            "curve": curve, "stage1_epoch": curve[i][0], "plateau_confirmed": i < len(curve) - 1,
            "stage1": eval_metrics(os.path.join(plan.sft, "evals", "test"), plan.test), "methods": {}}
     if plan.pilot is plan:
+        res["length_check"] = length_check(plan)
         res["pilot"] = {m: {lr_label(lr): v for lr, v in sorted(plan.pilot_tried(m).items())} for m in METHODS}
     for method in METHODS:
         if not os.path.exists(os.path.join(plan.test_dir(method), "summary.json")):
@@ -717,6 +756,17 @@ def pilot_table(results):
     return "\n".join(lines)
 
 
+def length_table(results):
+    lines = ["| variant | stage-1 epochs used: val pass@1 (%) | a third longer: val pass@1 (%) | longer - used "
+             "(points, SEM paired over problems) | at its plateau (difference <= SEM) |", "|---|---|---|---|---|"]
+    for variant, per_seed in results.items():
+        c = per_seed[min(per_seed)].get("length_check")
+        if c:
+            lines.append(f"| {variant} | {c['epochs']}: {100 * c['val']:.1f} | {c['longer_epochs']}: "
+                         f"{100 * c['val_longer']:.1f} | {fmt(c['diff'], c['sem'])} | {'yes' if c['at_plateau'] else 'NO'} |")
+    return "\n".join(lines)
+
+
 def curve_table(results):
     lines = ["| variant | seed | epoch: validation pass@1 +- SEM (%) | stage-1 model (plateau rule) |", "|---|---|---|---|"]
     for variant, per_seed in results.items():
@@ -783,6 +833,7 @@ def report(out, results, args, wall):
     parts = [f"# Replication ({'smoke' if args.smoke else 'full'}): variants {args.variants}, seeds {args.seeds}, "
              f"{args.jobs} jobs at a time\n\nwall time: {wall:.0f}s\n",
              "## Stage 1 (validation, every seed)\n\n" + curve_table(results),
+             "## Stage 1's length at its plateau? (first seed, validation)\n\n" + length_table(results),
              "## The pilot (first seed, validation)\n\n" + pilot_table(results)]
     for variant, per_seed in results.items():
         t = per_seed[min(per_seed)]["task"]
