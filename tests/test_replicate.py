@@ -142,6 +142,28 @@ def test_the_pilot_edge_extension_runs_only_when_the_best_rate_is_on_an_edge(tmp
     assert ext.cmd[ext.cmd.index("--lr") + 1] == 3e-4 and "--beta" in ext.cmd
 
 
+def _generations(eval_dir, correct_by_problem):
+    os.makedirs(eval_dir, exist_ok=True)
+    with open(os.path.join(eval_dir, "generations.jsonl"), "w") as f:
+        for pid, samples in correct_by_problem.items():
+            for k, c in enumerate(samples):
+                f.write(json.dumps({"id": pid, "sample": k, "correct": c}) + "\n")
+    _summary(eval_dir, "val", 0.0)
+
+
+def test_length_check_pairs_the_two_runs_over_validation_problems(tmp_path):
+    """Used run: problems a/b/c right 2/2, 1/2, 0/2; the longer run 2/2, 2/2, 1/2: per-problem differences 0, .5, .5,
+    mean 1/3, SEM sqrt(1/12)/sqrt(3) = 1/6: the longer run is better by more than the SEM -> not at its plateau."""
+    plan = R.SeedPlan(str(tmp_path), "guess", 0, R.CONFIGS["full"])
+    _generations(plan.curve_dir(plan.epochs), {"a": [True, True], "b": [False, True], "c": [False, False]})
+    _generations(os.path.join(plan.longer, "evals", "val"), {"a": [True, True], "b": [True, True], "c": [True, False]})
+    got = R.length_check(plan)
+    assert got["diff"] == pytest.approx(1 / 3) and got["sem"] == pytest.approx(1 / 6) and not got["at_plateau"]
+    assert (got["epochs"], got["longer_epochs"]) == (28, 36) and got["val_longer"] == pytest.approx(5 / 6)
+    _generations(os.path.join(plan.longer, "evals", "val"), {"a": [True, True], "b": [False, True], "c": [True, False]})
+    assert R.length_check(plan)["at_plateau"]   # one problem better by .5: mean 1/6 = its SEM
+
+
 # ---------------------------------------------------------------- statistics
 
 
@@ -237,7 +259,7 @@ def test_smoke_run_writes_tables_figures_and_results(tmp_path):
     results = json.loads((out / "results.json").read_text())["results"]["guess"]["0"]
     assert set(results["methods"]) == set(R.METHODS) and set(results["pilot"]) == set(R.METHODS)
     assert all(len(m["settings"]) == R.CONFIGS["smoke"]["settings_per_method"] for m in results["methods"].values())
-    assert 0 <= results["stage1"]["guess_share"] <= 1 and results["curve"]
+    assert 0 <= results["stage1"]["guess_share"] <= 1 and results["curve"] and results["length_check"]["longer_epochs"] == 3
     report = (out / "report.md").read_text()
     assert "| REDI (alpha 0.8 / 0.5) | 1 |" in report and "### Paired differences" in report
     for png in ("fig_stage1.png", "fig_differences.png", "fig_logps_guess.png"):
