@@ -385,15 +385,15 @@ def seed_jobs(out, variant, seed, cfg, rank=0, pilot=None):
                                          os.path.join(plan.data, "pairs.jsonl"), "--tokenizer", plan.init, "--seed", seed),
                  os.path.join(plan.data, "curate.log"), [model], prio, done_if=os.path.join(plan.data, "sft.summary.json"))
 
-    def stage1_cmd():
+    def stage1_cmd(out_dir, epochs, save_every):
         return python("train_sft.py", "--model", plan.init, "--data", os.path.join(plan.data, "sft.jsonl"),
-                      "--output-dir", plan.sft, "--epochs", plan.epochs, "--lr", cfg["sft_lr"],
+                      "--output-dir", out_dir, "--epochs", epochs, "--lr", cfg["sft_lr"],
                       "--global-batch-size", cfg["sft_batch"], "--micro-batch-size", cfg["sft_batch"], "--layout",
-                      "padded", "--save-every", plan.steps_per_epoch() * cfg["curve_every"], "--keep-last", "0",
-                      "--seed", seed, "--no-progress",
-                      *(["--resume"] if os.path.exists(os.path.join(plan.sft, "checkpoints", "latest")) else []))
-    stage1 = Job(f"{tag} stage 1", stage1_cmd, os.path.join(plan.sft, "train.log"), [curate], prio + 1,
-                 done_if=os.path.join(plan.sft, "job.done"), kind="stage1")
+                      "padded", "--save-every", save_every, "--keep-last", "0", "--seed", seed, "--no-progress",
+                      *(["--resume"] if os.path.exists(os.path.join(out_dir, "checkpoints", "latest")) else []))
+    stage1 = Job(f"{tag} stage 1", lambda: stage1_cmd(plan.sft, plan.epochs, plan.steps_per_epoch() * cfg["curve_every"]),
+                 os.path.join(plan.sft, "train.log"), [curate], prio + 1, done_if=os.path.join(plan.sft, "job.done"),
+                 kind="stage1")
     jobs = [gen, model, curate, stage1]
     for e in plan.curve_epochs:
         jobs.append(Job(f"{tag} stage-1 val epoch {e}", lambda e=e: evaluate_cmd(
@@ -406,12 +406,10 @@ def seed_jobs(out, variant, seed, cfg, rank=0, pilot=None):
                     done_if=os.path.join(plan.sft, "evals", "test", "summary.json"), kind="test"))
 
     if pilot is None:   # the stage-1 length check (a run a third longer), last among this variant's jobs
-        longer = Job(f"{tag} stage 1 longer ({plan.longer_epochs} epochs)", lambda: python(
-            "train_sft.py", "--model", plan.init, "--data", os.path.join(plan.data, "sft.jsonl"), "--output-dir",
-            plan.longer, "--epochs", plan.longer_epochs, "--lr", cfg["sft_lr"], "--global-batch-size", cfg["sft_batch"],
-            "--micro-batch-size", cfg["sft_batch"], "--layout", "padded", "--save-every", "0", "--keep-last", "0",
-            "--seed", seed, "--no-progress"), os.path.join(plan.longer, "train.log"), [curate], 1000,
-            done_if=os.path.join(plan.longer, "job.done"), kind="stage1_longer")
+        longer = Job(f"{tag} stage 1 longer ({plan.longer_epochs} epochs)",
+                     lambda: stage1_cmd(plan.longer, plan.longer_epochs, plan.steps_per_epoch() * cfg["curve_every"]),
+                     os.path.join(plan.longer, "train.log"), [curate], 1000, done_if=os.path.join(plan.longer, "job.done"),
+                     kind="stage1_longer")
         jobs += [longer, Job(f"{tag} stage 1 longer val", evaluate_cmd(
             cfg, seed, os.path.join(plan.longer, "final"), plan.val, cfg["val_n"], os.path.join(plan.longer, "evals", "val")),
             os.path.join(plan.longer, "evals", "val.log"), [longer], 1000,
