@@ -98,7 +98,8 @@ METHODS = {
 ROW_NAMES = {"stage1": "stage 1 (SFT, plateau checkpoint)", "redi": "REDI (alpha 0.8 / 0.5)",
              "redi_sym": "REDI alpha 1.0 (symmetric)", "dpo": "DPO", "simpo": "SimPO",
              "sft_control": "SFT control (chosen only)"}
-# the paper's orderings, each as (a, b): "a > b" in the paper (Table 2, Sections 4-5)
+# the differences reported, each as a - b: the paper's orderings (a > b: REDI over DPO, SimPO, the symmetric
+# objective and stage 1; DPO and SimPO over stage 1; Table 2, Sections 4-5) and the SFT control (not in the paper)
 COMPARISONS = [("redi", "dpo"), ("redi", "simpo"), ("redi", "redi_sym"), ("redi", "sft_control"),
                ("redi", "stage1"), ("dpo", "stage1"), ("simpo", "stage1"), ("redi_sym", "stage1"),
                ("sft_control", "stage1")]
@@ -561,7 +562,7 @@ def verdict(mean, p_t, level=0.05):
         return "one seed: no test"
     if p_t >= level:
         return "tie within noise"
-    return "holds (a > b)" if mean > 0 else "reverses (a < b)"
+    return "a > b" if mean > 0 else "a < b"
 
 
 # -----------------------------------------------------------------------------
@@ -683,7 +684,7 @@ def differences(per_seed):
 
 def differences_table(per_seed):
     lines = ["| a - b (test pass@1, points) | seeds | mean +- SEM over seeds | per seed | paired t (p) | sign-flip p "
-             "| paper: a > b |", "|---|---|---|---|---|---|---|"]
+             "| a vs b (paired t, 5%) |", "|---|---|---|---|---|---|---|"]
     for a, b, seeds, diffs, mean, sem, t, p_t, p_flip in differences(per_seed):
         t_cell = "-" if t is None else f"{t:+.2f} ({p_t:.3f})"
         lines.append(f"| {ROW_NAMES[a]} - {ROW_NAMES[b]} | {len(seeds)} | {fmt(mean, sem)} | "

@@ -212,7 +212,7 @@ def test_tables_give_per_seed_differences_with_their_paired_tests():
     # REDI - control: +5, +6, +7 points: mean 6, SEM 1/sqrt(3) = 0.577, t = 10.39 with 2 df
     p = 1 - 10.392 / math.sqrt(2 + 10.392 ** 2)
     assert (f"| REDI (alpha 0.8 / 0.5) - SFT control (chosen only) | 3 | 6.0 +- 0.6 | +5.0, +6.0, +7.0 | +10.39 ({p:.3f}) "
-            f"| 0.250 | holds (a > b) |") in diffs
+            f"| 0.250 | a > b |") in diffs
     assert "SimPO" not in diffs   # no SimPO rows in this table: no comparison invented
     mech = R.mechanism_table(per_seed)
     assert "| DPO | 5.0, 5.0, 5.0 | 30.0 +- 0.0 | 90.0 +- 0.0 | -0.100 -> -0.200 | -0.500 -> -0.900 |" in mech
