@@ -693,12 +693,18 @@ def differences_table(per_seed):
     return "\n".join(lines)
 
 
+LOGPS_WINDOW = 10   # steps averaged at each end of a stage-2 run
+
+
 def mechanism_table(per_seed):
     """Per method and seed, the guess share on the test split; the accuracy on each path (mean over seeds);
-    the LogPS of the chosen and rejected traces at the first and last step of the picked run."""
+    the chosen and rejected LogPS of the picked run, mean of its first and of its last LOGPS_WINDOW steps
+    (mean over seeds). Every method of a seed sees the same pairs in the same order (same --seed), so a
+    column compares methods on the same batches; first vs last compares different batches."""
     seeds = sorted(per_seed)
     lines = ["| model | guess share per seed (%) | acc. of guesses (%) | acc. when working (%) "
-             "| chosen LogPS first -> last | rejected LogPS first -> last |", "|---|---|---|---|---|---|"]
+             f"| chosen LogPS, first -> last {LOGPS_WINDOW} steps | rejected LogPS, first -> last {LOGPS_WINDOW} steps |",
+             "|---|---|---|---|---|---|"]
     for row in ROW_NAMES:
         got = {s: (per_seed[s]["stage1"] if row == "stage1" else per_seed[s]["methods"].get(row, {}).get("test"))
                for s in seeds}
@@ -708,10 +714,14 @@ def mechanism_table(per_seed):
         shares = ", ".join(f"{100 * g['guess_share']:.1f}" for g in got.values())
         dyn = "- | -"
         if row != "stage1":
-            ends = [(d[0], d[-1]) for d in (per_seed[s]["methods"][row]["logps"] for s in got) if d]
-            if ends and ends[0][0][1] is not None and ends[0][0][2] is not None:
-                c0, c1, r0, r1 = (mean_sem([e[i][j] for e in ends])[0] for i, j in ((0, 1), (1, 1), (0, 2), (1, 2)))
-                dyn = f"{c0:.3f} -> {c1:.3f} | {r0:.3f} -> {r1:.3f}"
+            runs = [d for d in (per_seed[s]["methods"][row]["logps"] for s in got) if d and d[0][1] is not None]
+
+            def window(j, last):
+                return mean_sem([mean_sem([x[j] for x in (d[-LOGPS_WINDOW:] if last else d[:LOGPS_WINDOW])])[0]
+                                 for d in runs])[0]
+            if runs:
+                dyn = (f"{window(1, False):.3f} -> {window(1, True):.3f} | "
+                       f"{window(2, False):.3f} -> {window(2, True):.3f}")
         lines.append(f"| {ROW_NAMES[row]} | {shares} | {fmt(*mean_sem([g['guess_accuracy'] for g in got.values()]))} | "
                      f"{fmt(*mean_sem([g['work_accuracy'] for g in got.values()]))} | {dyn} |")
     return "\n".join(lines)

@@ -202,7 +202,8 @@ def test_tables_give_per_seed_differences_with_their_paired_tests():
     per_seed = {}
     for s in (0, 1, 2):
         methods = {m: {"settings": [{"label": "lr 3e-5", "val": 0.5}], "picked": "lr 3e-5", "picked_on_rate_edge": s == 0,
-                       "test": _metrics(p, 0.05), "logps": [(1, -0.1, -0.5), (2, -0.2, -0.9)]}
+                       "test": _metrics(p, 0.05),
+                       "logps": [(k, -0.01 * k, -0.1 * k) for k in range(1, 26)]}
                    for m, p in (("redi", 0.80 + 0.01 * s), ("dpo", 0.78), ("sft_control", 0.75))}
         per_seed[s] = {"stage1": _metrics(0.74, 0.2), "methods": methods, "curve": [(4, .7, .01)],
                        "stage1_epoch": 4, "plateau_confirmed": False}
@@ -215,7 +216,8 @@ def test_tables_give_per_seed_differences_with_their_paired_tests():
             f"| 0.250 | a > b |") in diffs
     assert "SimPO" not in diffs   # no SimPO rows in this table: no comparison invented
     mech = R.mechanism_table(per_seed)
-    assert "| DPO | 5.0, 5.0, 5.0 | 30.0 +- 0.0 | 90.0 +- 0.0 | -0.100 -> -0.200 | -0.500 -> -0.900 |" in mech
+    # 25 steps: the first 10 average steps 1-10 (chosen -0.055, rejected -0.55), the last 10 steps 16-25
+    assert "| DPO | 5.0, 5.0, 5.0 | 30.0 +- 0.0 | 90.0 +- 0.0 | -0.055 -> -0.205 | -0.550 -> -2.050 |" in mech
     assert "| DPO | lr 3e-5 (50.0) | lr 3e-5 (50.0) | lr 3e-5 (50.0) | 1 of 3 |" in R.picks_table(per_seed)
 
 
