@@ -818,7 +818,7 @@ def draw_figures(out, results):
         ax.set_yticks(range(len(diffs)), [f"{ROW_NAMES[a].split(' (')[0]} - {ROW_NAMES[b].split(' (')[0]}"
                                           for a, b, *_ in diffs], fontsize=7)
         ax.invert_yaxis()
-        ax.set(xlabel="test pass@1 difference (points): dots = seeds, square = mean +- SEM", title=variant)
+        ax.set(xlabel="test pass@1 difference (points)", title=f"{variant}: dots = seeds, square = mean +- SEM")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "fig_differences.png"))
     for variant, per_seed in results.items():
