@@ -241,8 +241,8 @@ def grid_rates(tried, n):
 
 
 def pick_by_validation(entries):
-    """The setting with the highest validation pass@1 (first one on a tie)."""
-    return max(entries, key=lambda e: (val_pass1(e["run"]), -entries.index(e)))
+    """The setting with the highest validation pass@1 (first one on a tie: max keeps the first maximum)."""
+    return max(entries, key=lambda e: val_pass1(e["run"]))
 
 
 def val_pass1(run_dir):
