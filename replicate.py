@@ -21,8 +21,10 @@ positives lack). Per (variant, seed) -- the seed sets data, initialisation, orde
        validation; the length is at its plateau if the longer run's final model beats the used one
        by no more than the SEM of the difference, paired over the validation problems.
     b. Stage 2 (`train_redi.py`, one epoch over the pairs), five methods with EQUAL budgets: each
-       gets SETTINGS_PER_METHOD settings on every seed, and the one with the best validation
-       pass@1 is the only one evaluated on the test split:
+       gets settings_per_method settings on every seed; if the setting with the best validation
+       pass@1 sits on the grid's rate edge, the method gets one more run one LR_LATTICE step beyond
+       that edge at the picked knob (the same rule for every method, on every seed), and the best
+       of all of them on validation is the only one evaluated on the test split:
            redi         alpha {0.8, 0.5} x 2 learning rates
            redi_sym     alpha 1.0 (the symmetric objective) x 4 learning rates
            dpo          beta {0.1, 0.01} x 2 learning rates (reference log-probs precomputed)
@@ -65,13 +67,14 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 SYSTEM_PROMPT = "Box the answer."
 
 # Sizes. "full": the informative-negatives probe's recipe (../shared/notes, Probe E: hidden 128 x 4,
-# ~4,000 problems, stage 1 at lr 2e-3, batch 32) with stage 1 longer for `guess` (its earlier 20-epoch
-# run was still rising on validation: 66.0 -> 79.0 from epoch 16 to 20, seed 0). The guess variant's
+# ~4,000 problems, stage 1 at lr 2e-3, batch 32) with stage 1 longer: `guess` 28 epochs (its earlier
+# 20-epoch run was still rising on validation: 66.0 -> 79.0 from epoch 16 to 20, seed 0), `slips` 36
+# (its 24-epoch stage 1 of 2026-12-05 failed the length check: a 32-epoch run +4.3 +- 1.8). The guess variant's
 # `ab-c` problems number only ~4,450, so it trains on 3,800. "smoke" only proves every job runs.
 # est: estimated seconds per job kind on the 2-core box (measured 2026-12-05, one job per core).
 CONFIGS = {
     "full": {"num_problems": 4000, "num_problems_guess": 3800, "num_val": 150, "num_test": 300, "hidden": 128,
-             "layers": 4, "heads": 4, "kv_heads": 2, "vocab": 512, "sft_epochs": {"slips": 24, "guess": 28},
+             "layers": 4, "heads": 4, "kv_heads": 2, "vocab": 512, "sft_epochs": {"slips": 36, "guess": 28},
              "sft_lr": 2e-3, "sft_batch": 32, "curve_every": 4, "stage2_batch": 32, "val_n": 2, "test_n": 4,
              "max_new_tokens": 64, "eval_batch": 300,
              "pilot_lrs": (1e-5, 3e-5, 1e-4), "settings_per_method": 4,
@@ -240,9 +243,29 @@ def grid_rates(tried, n):
     return sorted(LR_LATTICE[j] for j in order[:n])
 
 
-def pick_by_validation(entries):
+def pick_setting(settings):
     """The setting with the highest validation pass@1 (first one on a tie: max keeps the first maximum)."""
-    return max(entries, key=lambda e: val_pass1(e["run"]))
+    return max(settings, key=lambda s: val_pass1(s[1]))
+
+
+def on_rate_edge(rates, lr):
+    """Whether lr is the smallest or the largest of two or more distinct rates."""
+    rates = sorted(set(rates))
+    return len(rates) > 1 and lr in (rates[0], rates[-1])
+
+
+def edge_rate(rates, picked_lr):
+    """The grid's edge rule: the LR_LATTICE rate one step beyond the grid's rates on the side where the
+    picked rate sits on their edge; None if it sits inside, at the lattice's end, or the grid has one rate."""
+    rates = sorted(set(rates))
+    i = LR_LATTICE.index(picked_lr)
+    if not on_rate_edge(rates, picked_lr):
+        return None
+    if picked_lr == rates[-1] and i + 1 < len(LR_LATTICE):
+        return LR_LATTICE[i + 1]
+    if picked_lr == rates[0] and i > 0:
+        return LR_LATTICE[i - 1]
+    return None
 
 
 def val_pass1(run_dir):
@@ -302,23 +325,50 @@ class SeedPlan:
         return os.path.join(self.base, "stage2", f"{method}-{slug}-lr{lr_label(lr)}")
 
     def pilot_tried(self, method):
-        """{lr: seed-first validation pass@1} of the pilot's finished runs of `method` (its first knob)."""
+        """{lr: first seed's validation pass@1} of the pilot's finished runs of `method` (its first knob): the
+        pilot rates, then the pilot's edge extension once they are all in. Only these: the first seed's grid
+        and grid extension runs share the pilot's directories, and must not move the grid once they finish."""
         p, knob = self.pilot, METHODS[method][0][0]
-        tried = {}
-        for lr in LR_LATTICE:
+
+        def score(lr):
             path = os.path.join(p.run_dir(method, knob, lr), "evals", "val", "summary.json")
-            if os.path.exists(path):
-                tried[lr] = read_json(path)["benchmarks"]["val"]["pass@1"]
+            return read_json(path)["benchmarks"]["val"]["pass@1"] if os.path.exists(path) else None
+        tried = {lr: score(lr) for lr in self.cfg["pilot_lrs"]}
+        tried = {lr: v for lr, v in tried.items() if v is not None}
+        ext = next_lattice_rate(tried) if len(tried) == len(self.cfg["pilot_lrs"]) else None
+        if ext is not None and score(ext) is not None:
+            tried[ext] = score(ext)
         return tried
 
+    def setting(self, method, knob, lr):
+        """(label, run dir, train_redi args, lr, knob) of one stage-2 setting."""
+        args = dict(METHODS[method])[knob]
+        return (f"{knob} lr {lr_label(lr)}", self.run_dir(method, knob, lr), args, lr, knob)
+
     def settings(self, method):
-        """[(label, run dir, train_redi args, lr)] of this seed's grid (needs the pilot's results)."""
+        """This seed's grid (needs the pilot's results): [setting(...)], knob by knob."""
         rates = grid_rates(self.pilot_tried(method), self.n_rates[method])
-        return [(f"{knob} lr {lr_label(lr)}", self.run_dir(method, knob, lr), args, lr)
-                for knob, args in METHODS[method] for lr in rates]
+        return [self.setting(method, knob, lr) for knob, _ in METHODS[method] for lr in rates]
+
+    def extension(self, method):
+        """The per-seed edge rule (every method alike): the setting one LR_LATTICE step beyond the grid's rate
+        edge, at the picked knob, when the grid's pick sits on that edge; else None (needs the grid's
+        validation results)."""
+        grid = self.settings(method)
+        lr = edge_rate([s[3] for s in grid], pick_setting(grid)[3])
+        return None if lr is None else self.setting(method, pick_setting(grid)[4], lr)
+
+    def all_settings(self, method):
+        """The grid and, where the edge rule fired, its extension: what the pick on validation chooses from."""
+        ext = self.extension(method)
+        return self.settings(method) + ([ext] if ext else [])
+
+    def picked(self, method):
+        return pick_setting(self.all_settings(method))
 
     def test_dir(self, method):
-        return os.path.join(self.base, "stage2", f"{method}-test")
+        """The picked setting's test evaluation (inside its run: a changed pick is a new evaluation)."""
+        return os.path.join(self.picked(method)[1], "evals", "test")
 
 
 def evaluate_cmd(cfg, seed, model, bench, n, out_dir):
@@ -406,14 +456,14 @@ def seed_jobs(out, variant, seed, cfg, rank=0, pilot=None):
                     os.path.join(plan.sft, "evals", "test.log"), curve_jobs, prio + 3,
                     done_if=os.path.join(plan.sft, "evals", "test", "summary.json"), kind="test"))
 
-    if pilot is None:   # the stage-1 length check (a run a third longer), last among this variant's jobs
+    if pilot is None:   # the stage-1 length check (a run a third longer), beside the first seed's stage 1
         longer = Job(f"{tag} stage 1 longer ({plan.longer_epochs} epochs)",
                      lambda: stage1_cmd(plan.longer, plan.longer_epochs, plan.steps_per_epoch() * cfg["curve_every"]),
-                     os.path.join(plan.longer, "train.log"), [curate], 1000, done_if=os.path.join(plan.longer, "job.done"),
-                     kind="stage1_longer")
+                     os.path.join(plan.longer, "train.log"), [curate], prio + 1,
+                     done_if=os.path.join(plan.longer, "job.done"), kind="stage1_longer")
         jobs += [longer, Job(f"{tag} stage 1 longer val", evaluate_cmd(
             cfg, seed, os.path.join(plan.longer, "final"), plan.val, cfg["val_n"], os.path.join(plan.longer, "evals", "val")),
-            os.path.join(plan.longer, "evals", "val.log"), [longer], 1000,
+            os.path.join(plan.longer, "evals", "val.log"), [longer], prio + 2,
             done_if=os.path.join(plan.longer, "evals", "val", "summary.json"), kind="val")]
 
     if pilot is None:   # (c) the pilot: each method's first knob over the pilot rates, then the edge rule
@@ -422,13 +472,13 @@ def seed_jobs(out, variant, seed, cfg, rank=0, pilot=None):
             knob, args = knobs[0]
             method_jobs = []
             for lr in cfg["pilot_lrs"]:
-                got = (f"{knob} lr {lr_label(lr)}", plan.run_dir(method, knob, lr), args, lr)
+                got = plan.setting(method, knob, lr)
                 method_jobs += setting_jobs(plan, f"{tag} pilot {method} [{got[0]}]", method, lambda got=got: got,
                                             curve_jobs, prio + 2)
 
             def extension(method=method, knob=knob, args=args):
                 lr = next_lattice_rate({k: v for k, v in plan.pilot_tried(method).items() if k in cfg["pilot_lrs"]})
-                return None if lr is None else (f"{knob} lr {lr_label(lr)}", plan.run_dir(method, knob, lr), args, lr)
+                return None if lr is None else plan.setting(method, knob, lr)
             method_jobs += setting_jobs(plan, f"{tag} pilot {method} [edge extension]", method, extension,
                                         method_jobs[:], prio + 2)
             pilot_jobs += method_jobs
@@ -444,12 +494,16 @@ def seed_jobs(out, variant, seed, cfg, rank=0, pilot=None):
             jobs += got
             vals += got
 
+        ext = setting_jobs(plan, f"{tag} {method} [edge extension]", method,
+                           lambda method=method: plan.extension(method), vals, prio + 4)
+        jobs += ext
+
         def test_cmd(method=method):
-            best = pick_by_validation([{"label": s[0], "run": s[1]} for s in plan.settings(method)])
-            return evaluate_cmd(cfg, seed, os.path.join(best["run"], "final"), plan.test, cfg["test_n"],
+            return evaluate_cmd(cfg, seed, os.path.join(plan.picked(method)[1], "final"), plan.test, cfg["test_n"],
                                 plan.test_dir(method))
-        jobs.append(Job(f"{tag} {method} test", test_cmd, plan.test_dir(method) + ".log", vals, prio + 5,
-                        done_if=os.path.join(plan.test_dir(method), "summary.json"), kind="test"))
+        jobs.append(Job(f"{tag} {method} test", test_cmd, lambda method=method: plan.test_dir(method) + ".log",
+                        vals + ext, prio + 5, done_if=lambda method=method: os.path.join(plan.test_dir(method),
+                                                                                        "summary.json"), kind="test"))
     return jobs, plan, pilot_jobs
 
 
@@ -621,18 +675,21 @@ def collect(plan):
         res["length_check"] = length_check(plan)
         res["pilot"] = {m: {lr_label(lr): v for lr, v in sorted(plan.pilot_tried(m).items())} for m in METHODS}
     for method in METHODS:
-        if not os.path.exists(os.path.join(plan.test_dir(method), "summary.json")):
+        try:
+            settings, best = plan.all_settings(method), plan.picked(method)
+        except FileNotFoundError:
+            settings = best = None
+        if best is None or not os.path.exists(os.path.join(plan.test_dir(method), "summary.json")):
             print(f"not finished, left out of the tables: {plan.base} {method}")
             continue
-        settings = plan.settings(method)
-        entries = [{"label": s[0], "run": s[1]} for s in settings]
-        best = pick_by_validation(entries)
-        rates = sorted({s[3] for s in settings})
-        picked_lr = next(s[3] for s in settings if s[1] == best["run"])
+        grid = plan.settings(method)
+        knob_rates = [s[3] for s in settings if s[4] == best[4]]
         res["methods"][method] = {
-            "settings": [{"label": e["label"], "val": val_pass1(e["run"])} for e in entries],
-            "picked": best["label"], "picked_on_rate_edge": len(rates) > 1 and picked_lr in (rates[0], rates[-1]),
-            "test": eval_metrics(plan.test_dir(method), plan.test), "logps": logps_dynamics(best["run"])}
+            "settings": [{"label": s[0], "val": val_pass1(s[1])} for s in settings],
+            "picked": best[0], "extended": len(settings) > len(grid),
+            "grid_pick_on_rate_edge": on_rate_edge([s[3] for s in grid], pick_setting(grid)[3]),
+            "picked_on_rate_edge": on_rate_edge(knob_rates, best[3]),
+            "test": eval_metrics(plan.test_dir(method), plan.test), "logps": logps_dynamics(best[1])}
     return res
 
 
@@ -728,18 +785,21 @@ def mechanism_table(per_seed):
 
 
 def picks_table(per_seed):
-    """The setting each method picked on validation, per seed, and how often it sat on a rate edge."""
+    """The setting each method picked on validation, per seed (settings it chose from); how often the grid's
+    pick sat on the grid's rate edge (and so got the extension), and how often the final pick still does."""
     seeds = sorted(per_seed)
-    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " | picked on the grid's rate edge |",
-             "|---|" + "---|" * (len(seeds) + 1)]
+    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | grid's pick on its rate edge (extended) | final pick still on its rate edge |",
+             "|---|" + "---|" * (len(seeds) + 2)]
     for m in METHODS:
         got = [per_seed[s]["methods"].get(m) for s in seeds]
         if not any(got):
             continue
-        edge = sum(bool(g and g["picked_on_rate_edge"]) for g in got)
+        n = sum(bool(g) for g in got)
+        grid_edge, final_edge = (sum(bool(g and g[k]) for g in got) for k in ("grid_pick_on_rate_edge", "picked_on_rate_edge"))
         lines.append(f"| {ROW_NAMES[m]} | " + " | ".join(
-            f"{g['picked']} ({100 * max(x['val'] for x in g['settings']):.1f})" if g else "-" for g in got)
-            + f" | {edge} of {sum(bool(g) for g in got)} |")
+            f"{g['picked']} ({100 * max(x['val'] for x in g['settings']):.1f}; of {len(g['settings'])})" if g else "-"
+            for g in got) + f" | {grid_edge} of {n} | {final_edge} of {n} |")
     return "\n".join(lines)
 
 

@@ -66,7 +66,7 @@ def _summary(path, bench, p1, sem=0.01):
         json.dump({"benchmarks": {bench: {"pass@1": p1, "sem": sem}}}, f)
 
 
-def test_pick_by_validation_takes_the_best_validation_setting(tmp_path):
+def test_pick_setting_takes_the_best_validation_setting(tmp_path):
     """The picked setting is the one with the highest validation pass@1, whatever the test split says; the first
     one on a tie."""
     entries = []
@@ -74,8 +74,8 @@ def test_pick_by_validation_takes_the_best_validation_setting(tmp_path):
         run = tmp_path / f"run{k}"
         _summary(run / "evals" / "val", "val", val)
         _summary(run / "evals" / "test", "test", test)
-        entries.append({"label": str(k), "run": str(run)})
-    assert R.pick_by_validation(entries)["label"] == "1"
+        entries.append((str(k), str(run)))
+    assert R.pick_setting(entries)[0] == "1"
 
 
 def _fake_finished_pilot(out, cfg, variant="guess", sft_rows=64):
@@ -105,6 +105,9 @@ def test_no_test_split_before_selection_and_the_first_seed_reuses_the_pilot(tmp_
             for k, setting in enumerate(plan.settings(method)):
                 if not os.path.exists(os.path.join(setting[1], "evals", "val", "summary.json")):
                     _summary(os.path.join(setting[1], "evals", "val"), "val", 0.1 * k)
+            ext = plan.extension(method)   # None where the pick is inside the grid
+            if ext and not os.path.exists(os.path.join(ext[1], "evals", "val", "summary.json")):
+                _summary(os.path.join(ext[1], "evals", "val"), "val", 0.0)
     for job in jobs:
         job.resolve()
     by_name = {j.name: j for j in jobs}
@@ -118,12 +121,73 @@ def test_no_test_split_before_selection_and_the_first_seed_reuses_the_pilot(tmp_
             test_job = by_name[f"guess/s{seed} {method} test"]
             vals = {j.name for j in jobs if j.name.startswith(f"guess/s{seed} {method} [setting") and j.kind == "val"}
             assert len(vals) == cfg["settings_per_method"] and vals <= {d.name for d in test_job.deps}
+            assert f"guess/s{seed} {method} [edge extension] val" in {d.name for d in test_job.deps}
             trains = [j for j in jobs if j.name.startswith(f"guess/s{seed} {method} [setting") and j.kind != "val"]
             assert all(j.cmd[j.cmd.index("--model") + 1] == plateau for j in trains)
             reused = sum(j.done_if in pilot_dirs for j in trains)
             # pilot rates 1e-5 .5, 3e-5 .7, 1e-4 .6: the grid's 2 rates {3e-5, 1e-4} (first knob) or 4 rates
             # {1e-5, 3e-5, 1e-4, 3e-4} are pilot runs except 3e-4
             assert reused == ((2 if len(R.METHODS[method]) == 2 else 3) if seed == 0 else 0), (seed, method)
+
+
+def test_edge_rate_steps_one_lattice_rate_beyond_the_side_the_pick_sits_on():
+    assert R.edge_rate([1e-5, 3e-5], 3e-5) == 1e-4
+    assert R.edge_rate([1e-5, 3e-5], 1e-5) == 3e-6
+    assert R.edge_rate([1e-5, 3e-5, 1e-4, 3e-4], 3e-5) is None   # inside
+    assert R.edge_rate([1e-5, 3e-5, 1e-5], 1e-5) == 3e-6          # repeated rates (two knobs) count once
+    assert R.edge_rate([1e-6, 3e-6], 1e-6) is None and R.edge_rate([1e-3, 3e-3], 3e-3) is None   # lattice's ends
+    assert R.edge_rate([3e-5], 3e-5) is None                     # one rate: no edge to speak of
+
+
+def test_a_grid_pick_on_the_rate_edge_gets_one_more_rate_at_its_knob_and_the_pick_covers_it(tmp_path):
+    """Seed 1 of guess, REDI's grid {3e-5, 1e-4} x alpha {0.8, 0.5}: best alpha 0.5 at 3e-5 (the lower edge) ->
+    one extra run alpha 0.5 at 1e-5 from the plateau checkpoint; when it scores higher it is the pick and the
+    test evaluation is its own. The symmetric REDI's 4 rates with 3e-5 best (inside): no extension, the job is
+    skipped."""
+    cfg = R.CONFIGS["full"]
+    jobs, plans = _fake_finished_pilot(tmp_path, cfg)
+    plan = plans["guess"][1]
+    for (label, run, *_), val in zip(plan.settings("redi"), (.60, .55, .70, .50)):
+        _summary(os.path.join(run, "evals", "val"), "val", val)
+    ext = plan.extension("redi")
+    assert ext[0] == "alpha 0.5 lr 1e-5" and ext[1] == plan.run_dir("redi", "alpha 0.5", 1e-5)
+    assert ext[2] == ["--loss", "redi", "--alpha", "0.5"]
+    by_name = {j.name: j for j in jobs}
+    train = by_name["guess/s1 redi [edge extension] train"]
+    train.resolve()
+    assert train.cmd[train.cmd.index("--lr") + 1] == 1e-5 and train.cmd[train.cmd.index("--model") + 1] == plan.checkpoint(8)
+    assert train.cmd[train.cmd.index("--alpha") + 1] == "0.5"
+    _summary(os.path.join(ext[1], "evals", "val"), "val", .75)
+    assert plan.picked("redi") == ext and plan.test_dir("redi") == os.path.join(ext[1], "evals", "test")
+    test = by_name["guess/s1 redi test"]
+    test.resolve()
+    assert test.cmd[test.cmd.index("--model") + 1] == os.path.join(ext[1], "final")
+    assert test.done_if == os.path.join(ext[1], "evals", "test", "summary.json")
+    # the symmetric REDI's 4 rates {1e-5, 3e-5, 1e-4, 3e-4}: best 3e-5 is inside -> nothing to run
+    for (label, run, *_), val in zip(plan.settings("redi_sym"), (.6, .7, .65, .5)):
+        _summary(os.path.join(run, "evals", "val"), "val", val)
+    assert plan.extension("redi_sym") is None
+    skipped = by_name["guess/s1 redi_sym [edge extension] train"]
+    skipped.resolve()
+    assert skipped.cmd is None and plan.picked("redi_sym")[0] == "alpha 1.0 lr 3e-5"
+
+
+def test_the_first_seeds_grid_runs_in_the_pilots_directories_do_not_move_the_grid(tmp_path):
+    """Regression: pilot_tried read every finished run of the first knob in the first seed's stage2/, so a
+    grid or grid-extension run there (e.g. alpha 0.8 at 3e-4) changed every seed's grid once it finished;
+    the pick then read runs that never existed. Only the pilot rates and the pilot's edge extension count."""
+    cfg = R.CONFIGS["full"]
+    jobs, plans = _fake_finished_pilot(tmp_path, cfg)
+    first, later = plans["guess"][0], plans["guess"][1]
+    before = {m: (first.pilot_tried(m), later.settings(m)) for m in R.METHODS}
+    for m, knobs in R.METHODS.items():   # the first seed's grid runs beyond the pilot rates, all scoring best
+        for lr in (3e-6, 3e-4, 1e-3):
+            _summary(os.path.join(first.run_dir(m, knobs[0][0], lr), "evals", "val"), "val", 0.99)
+    assert {m: (first.pilot_tried(m), later.settings(m)) for m in R.METHODS} == before
+    # the pilot's own edge extension does count: top pilot rate best -> 3e-4 is the pilot's, and centres the grid
+    _summary(os.path.join(first.run_dir("redi", "alpha 0.8", 1e-4), "evals", "val"), "val", 0.8)
+    assert first.pilot_tried("redi") == {1e-5: .5, 3e-5: .7, 1e-4: .8, 3e-4: .99}
+    assert [s[3] for s in later.settings("redi")] == [1e-4, 3e-4, 1e-4, 3e-4]
 
 
 def test_the_pilot_edge_extension_runs_only_when_the_best_rate_is_on_an_edge(tmp_path):
@@ -202,6 +266,7 @@ def test_tables_give_per_seed_differences_with_their_paired_tests():
     per_seed = {}
     for s in (0, 1, 2):
         methods = {m: {"settings": [{"label": "lr 3e-5", "val": 0.5}], "picked": "lr 3e-5", "picked_on_rate_edge": s == 0,
+                       "grid_pick_on_rate_edge": s < 2,
                        "test": _metrics(p, 0.05),
                        "logps": [(k, -0.01 * k, -0.1 * k) for k in range(1, 26)]}
                    for m, p in (("redi", 0.80 + 0.01 * s), ("dpo", 0.78), ("sft_control", 0.75))}
@@ -218,7 +283,8 @@ def test_tables_give_per_seed_differences_with_their_paired_tests():
     mech = R.mechanism_table(per_seed)
     # 25 steps: the first 10 average steps 1-10 (chosen -0.055, rejected -0.55), the last 10 steps 16-25
     assert "| DPO | 5.0, 5.0, 5.0 | 30.0 +- 0.0 | 90.0 +- 0.0 | -0.055 -> -0.205 | -0.550 -> -2.050 |" in mech
-    assert "| DPO | lr 3e-5 (50.0) | lr 3e-5 (50.0) | lr 3e-5 (50.0) | 1 of 3 |" in R.picks_table(per_seed)
+    assert ("| DPO | lr 3e-5 (50.0; of 1) | lr 3e-5 (50.0; of 1) | lr 3e-5 (50.0; of 1) | 2 of 3 | 1 of 3 |"
+            in R.picks_table(per_seed))
 
 
 # ---------------------------------------------------------------- the scheduler
