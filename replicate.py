@@ -115,6 +115,8 @@ def parse_args(argv=None):
                    help="toy_task.py variants to run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                    help="seeds (data, initialisation, order, sampling); the first also runs the pilot")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                   help="stage-2 methods to run (default: all; the tables compare those present)")
     p.add_argument("--jobs", type=int, default=2, help="jobs at a time (one core each)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: every kind of job, for the tests")
     p.add_argument("--plan", action="store_true", help="print the jobs and their estimated job-seconds, run nothing")
@@ -241,6 +243,11 @@ def grid_rates(tried, n):
     up = score(i + 1) >= score(i - 1)
     order = sorted(range(len(LR_LATTICE)), key=lambda j: (abs(j - i), (j < i) if up else (j > i)))
     return sorted(LR_LATTICE[j] for j in order[:n])
+
+
+def methods_of(cfg):
+    """The stage-2 methods this run compares (--methods; all of METHODS by default), in METHODS' order."""
+    return cfg.get("methods", list(METHODS))
 
 
 def pick_setting(settings):
@@ -468,8 +475,8 @@ def seed_jobs(out, variant, seed, cfg, rank=0, pilot=None):
 
     if pilot is None:   # (c) the pilot: each method's first knob over the pilot rates, then the edge rule
         pilot_jobs = []
-        for method, knobs in METHODS.items():
-            knob, args = knobs[0]
+        for method in methods_of(cfg):
+            knob, args = METHODS[method][0]
             method_jobs = []
             for lr in cfg["pilot_lrs"]:
                 got = plan.setting(method, knob, lr)
@@ -486,7 +493,7 @@ def seed_jobs(out, variant, seed, cfg, rank=0, pilot=None):
     else:
         pilot_jobs = pilot[1]
 
-    for method in METHODS:   # (b) the grid; the test eval of the setting picked on validation
+    for method in methods_of(cfg):   # (b) the grid; the test eval of the setting picked on validation
         vals = []
         for k in range(cfg["settings_per_method"]):
             got = setting_jobs(plan, f"{tag} {method} [setting {k + 1}]", method,
@@ -673,8 +680,9 @@ def collect(plan):
            "stage1": eval_metrics(os.path.join(plan.sft, "evals", "test"), plan.test), "methods": {}}
     if plan.pilot is plan:
         res["length_check"] = length_check(plan)
-        res["pilot"] = {m: {lr_label(lr): v for lr, v in sorted(plan.pilot_tried(m).items())} for m in METHODS}
-    for method in METHODS:
+        res["pilot"] = {m: {lr_label(lr): v for lr, v in sorted(plan.pilot_tried(m).items())}
+                        for m in methods_of(plan.cfg)}
+    for method in methods_of(plan.cfg):
         try:
             settings, best = plan.all_settings(method), plan.picked(method)
         except FileNotFoundError:
@@ -809,6 +817,8 @@ def grid_table(per_seed):
     lines = ["| method | " + " | ".join(f"seed {s}: setting (val pass@1 %)" for s in seeds) + " |",
              "|---|" + "---|" * len(seeds)]
     for m in METHODS:
+        if not any(m in per_seed[s]["methods"] for s in seeds):
+            continue
         cells = ["<br>".join(f"{x['label']} ({100 * x['val']:.1f})" for x in per_seed[s]["methods"][m]["settings"])
                  if m in per_seed[s]["methods"] else "-" for s in seeds]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -924,7 +934,7 @@ def report(out, results, args, wall):
 def main(argv=None):
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # so run_jobs' finally stops the jobs
-    cfg = CONFIGS["smoke" if args.smoke else "full"]
+    cfg = dict(CONFIGS["smoke" if args.smoke else "full"], methods=[m for m in METHODS if m in args.methods])
     with exit_on_input_error("replicate.py"):
         out = os.path.abspath(args.out if args.plan else make_output_dir(args.out, f"--out {args.out}"))
     t0 = time.time()

@@ -318,18 +318,23 @@ def test_plan_prints_jobs_and_estimated_job_seconds_and_runs_nothing(tmp_path, c
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_smoke_run_writes_tables_figures_and_results(tmp_path):
-    """`replicate.py --smoke` (one variant, one seed, every kind of job) writes report, results, figures; a second
-    invocation reuses every job."""
+    """`replicate.py --smoke` (one variant, one seed, every kind of job: a two-knob method, DPO with its precomputed
+    reference, a one-knob method, whose two-rate grid always gets the edge extension) writes report, results,
+    figures; a second invocation reuses every job."""
     out = tmp_path / "rep"
-    args = [sys.executable, str(ROOT / "replicate.py"), "--smoke", "--variants", "guess", "--seeds", "0", "--out", str(out)]
+    methods = ["redi", "dpo", "sft_control"]
+    args = [sys.executable, str(ROOT / "replicate.py"), "--smoke", "--variants", "guess", "--seeds", "0", "--methods",
+            *methods, "--out", str(out)]
     proc = run_script(args, timeout=500)
     assert "wall time" in proc.stdout
     results = json.loads((out / "results.json").read_text())["results"]["guess"]["0"]
-    assert set(results["methods"]) == set(R.METHODS) and set(results["pilot"]) == set(R.METHODS)
-    assert all(len(m["settings"]) == R.CONFIGS["smoke"]["settings_per_method"] for m in results["methods"].values())
+    assert set(results["methods"]) == set(methods) and set(results["pilot"]) == set(methods)
+    for name, m in results["methods"].items():
+        assert len(m["settings"]) == R.CONFIGS["smoke"]["settings_per_method"] + m["extended"], name
+    assert results["methods"]["sft_control"]["extended"] and not results["methods"]["redi"]["extended"]
     assert 0 <= results["stage1"]["guess_share"] <= 1 and results["curve"] and results["length_check"]["longer_epochs"] == 3
     report = (out / "report.md").read_text()
-    assert "| REDI (alpha 0.8 / 0.5) | 1 |" in report and "### Paired differences" in report
+    assert "| REDI (alpha 0.8 / 0.5) | 1 |" in report and "### Paired differences" in report and "SimPO" not in report
     for png in ("fig_stage1.png", "fig_differences.png", "fig_logps_guess.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     again = run_script(args, timeout=300).stdout
