@@ -762,12 +762,13 @@ LOGPS_WINDOW = 10   # steps averaged at each end of a stage-2 run
 
 
 def mechanism_table(per_seed):
-    """Per method and seed, the guess share on the test split; the accuracy on each path (mean over seeds);
+    """Per method and seed, the guess share on the test split; the accuracy on each path (mean +- SEM over
+    seeds, then per seed);
     the chosen and rejected LogPS of the picked run, mean of its first and of its last LOGPS_WINDOW steps
     (mean over seeds). Every method of a seed sees the same pairs in the same order (same --seed), so a
     column compares methods on the same batches; first vs last compares different batches."""
     seeds = sorted(per_seed)
-    lines = ["| model | guess share per seed (%) | acc. of guesses (%) | acc. when working (%) "
+    lines = ["| model | guess share per seed (%) | acc. of guesses (%) (per seed) | acc. when working (%) (per seed) "
              f"| chosen LogPS, first -> last {LOGPS_WINDOW} steps | rejected LogPS, first -> last {LOGPS_WINDOW} steps |",
              "|---|---|---|---|---|---|"]
     for row in ROW_NAMES:
@@ -787,8 +788,10 @@ def mechanism_table(per_seed):
             if runs:
                 dyn = (f"{window(1, False):.3f} -> {window(1, True):.3f} | "
                        f"{window(2, False):.3f} -> {window(2, True):.3f}")
-        lines.append(f"| {ROW_NAMES[row]} | {shares} | {fmt(*mean_sem([g['guess_accuracy'] for g in got.values()]))} | "
-                     f"{fmt(*mean_sem([g['work_accuracy'] for g in got.values()]))} | {dyn} |")
+        def acc(key):
+            per = ", ".join("-" if g[key] is None else f"{100 * g[key]:.1f}" for g in got.values())
+            return f"{fmt(*mean_sem([g[key] for g in got.values()]))} ({per})"
+        lines.append(f"| {ROW_NAMES[row]} | {shares} | {acc('guess_accuracy')} | {acc('work_accuracy')} | {dyn} |")
     return "\n".join(lines)
 
 

@@ -282,7 +282,8 @@ def test_tables_give_per_seed_differences_with_their_paired_tests():
     assert "SimPO" not in diffs   # no SimPO rows in this table: no comparison invented
     mech = R.mechanism_table(per_seed)
     # 25 steps: the first 10 average steps 1-10 (chosen -0.055, rejected -0.55), the last 10 steps 16-25
-    assert "| DPO | 5.0, 5.0, 5.0 | 30.0 +- 0.0 | 90.0 +- 0.0 | -0.055 -> -0.205 | -0.550 -> -2.050 |" in mech
+    assert ("| DPO | 5.0, 5.0, 5.0 | 30.0 +- 0.0 (30.0, 30.0, 30.0) | 90.0 +- 0.0 (90.0, 90.0, 90.0) "
+            "| -0.055 -> -0.205 | -0.550 -> -2.050 |") in mech
     assert ("| DPO | lr 3e-5 (50.0; of 1) | lr 3e-5 (50.0; of 1) | lr 3e-5 (50.0; of 1) | 2 of 3 | 1 of 3 |"
             in R.picks_table(per_seed))
 
