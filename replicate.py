@@ -71,20 +71,20 @@ SYSTEM_PROMPT = "Box the answer."
 # 20-epoch run was still rising on validation: 66.0 -> 79.0 from epoch 16 to 20, seed 0), `slips` 36
 # (its 24-epoch stage 1 of 2026-12-05 failed the length check: a 32-epoch run +4.3 +- 1.8). The guess variant's
 # `ab-c` problems number only ~4,450, so it trains on 3,800. "smoke" only proves every job runs.
-# est: estimated seconds per job kind on the 2-core box (measured 2026-12-05, one job per core).
+# est: seconds per job kind on the 2-core box, one job per core (the means measured by the 2026-12-06 run).
 CONFIGS = {
     "full": {"num_problems": 4000, "num_problems_guess": 3800, "num_val": 150, "num_test": 300, "hidden": 128,
              "layers": 4, "heads": 4, "kv_heads": 2, "vocab": 512, "sft_epochs": {"slips": 36, "guess": 28},
              "sft_lr": 2e-3, "sft_batch": 32, "curve_every": 4, "stage2_batch": 32, "val_n": 2, "test_n": 4,
              "max_new_tokens": 64, "eval_batch": 300,
              "pilot_lrs": (1e-5, 3e-5, 1e-4), "settings_per_method": 4,
-             "est": {"prepare": 12, "stage1_problem_epoch": 0.0065, "stage2": 25, "stage2_dpo": 31, "val": 6,
-                     "test": 10}},
+             "est": {"prepare": 12, "stage1_problem_epoch": {"slips": 0.0088, "guess": 0.0063}, "stage2": 29,
+                     "stage2_dpo": 31, "val": 6.6, "test": 11}},
     "smoke": {"num_problems": 120, "num_val": 8, "num_test": 8, "hidden": 32, "layers": 1, "heads": 2,
               "kv_heads": 1, "vocab": 400, "sft_epochs": {"slips": 2, "guess": 2}, "sft_lr": 1e-3, "sft_batch": 16,
               "curve_every": 1, "stage2_batch": 8, "val_n": 1, "test_n": 2, "max_new_tokens": 24,
               "eval_batch": 64, "max_stage2_steps": 2, "pilot_lrs": (1e-4,), "settings_per_method": 2,
-              "est": {"prepare": 8, "stage1_problem_epoch": 0.01, "stage2": 4, "stage2_dpo": 5, "val": 3, "test": 3}},
+              "est": {"prepare": 8, "stage1_problem_epoch": {"slips": 0.01, "guess": 0.01}, "stage2": 4, "stage2_dpo": 5, "val": 3, "test": 3}},
 }
 LR_LATTICE = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 # method -> its knobs other than the learning rate: [(label, train_redi.py arguments)]. The first knob is the
@@ -542,7 +542,7 @@ def print_plan(jobs, plans, cfg, workers):
         if j.kind in ("stage1", "stage1_longer"):
             plan = next(p for per in plans.values() for p in per.values() if j.name.startswith(f"{p.variant}/s{p.seed} "))
             n = cfg.get(f"num_problems_{plan.variant}", cfg["num_problems"])
-            secs = (plan.epochs if j.kind == "stage1" else plan.longer_epochs) * n * est["stage1_problem_epoch"]
+            secs = (plan.epochs if j.kind == "stage1" else plan.longer_epochs) * n * est["stage1_problem_epoch"][plan.variant]
         else:
             secs = est[j.kind if j.kind != "other" else "prepare"]
         count, total = rows.get(j.kind, (0, 0.0))
@@ -800,17 +800,18 @@ def picks_table(per_seed):
     pick sat on the grid's rate edge (and so got the extension), and how often the final pick still does."""
     seeds = sorted(per_seed)
     lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds)
-             + " | grid's pick on its rate edge (extended) | final pick still on its rate edge |",
-             "|---|" + "---|" * (len(seeds) + 2)]
+             + " | grid's pick on its rate edge | extended (not at the lattice's end) | final pick on its rate edge |",
+             "|---|" + "---|" * (len(seeds) + 3)]
     for m in METHODS:
         got = [per_seed[s]["methods"].get(m) for s in seeds]
         if not any(got):
             continue
         n = sum(bool(g) for g in got)
-        grid_edge, final_edge = (sum(bool(g and g[k]) for g in got) for k in ("grid_pick_on_rate_edge", "picked_on_rate_edge"))
+        grid_edge, extended, final_edge = (sum(bool(g and g[k]) for g in got)
+                                           for k in ("grid_pick_on_rate_edge", "extended", "picked_on_rate_edge"))
         lines.append(f"| {ROW_NAMES[m]} | " + " | ".join(
             f"{g['picked']} ({100 * max(x['val'] for x in g['settings']):.1f}; of {len(g['settings'])})" if g else "-"
-            for g in got) + f" | {grid_edge} of {n} | {final_edge} of {n} |")
+            for g in got) + f" | {grid_edge} of {n} | {extended} of {n} | {final_edge} of {n} |")
     return "\n".join(lines)
 
 

@@ -266,7 +266,7 @@ def test_tables_give_per_seed_differences_with_their_paired_tests():
     per_seed = {}
     for s in (0, 1, 2):
         methods = {m: {"settings": [{"label": "lr 3e-5", "val": 0.5}], "picked": "lr 3e-5", "picked_on_rate_edge": s == 0,
-                       "grid_pick_on_rate_edge": s < 2,
+                       "grid_pick_on_rate_edge": s < 2, "extended": s == 1,
                        "test": _metrics(p, 0.05),
                        "logps": [(k, -0.01 * k, -0.1 * k) for k in range(1, 26)]}
                    for m, p in (("redi", 0.80 + 0.01 * s), ("dpo", 0.78), ("sft_control", 0.75))}
@@ -284,7 +284,7 @@ def test_tables_give_per_seed_differences_with_their_paired_tests():
     # 25 steps: the first 10 average steps 1-10 (chosen -0.055, rejected -0.55), the last 10 steps 16-25
     assert ("| DPO | 5.0, 5.0, 5.0 | 30.0 +- 0.0 (30.0, 30.0, 30.0) | 90.0 +- 0.0 (90.0, 90.0, 90.0) "
             "| -0.055 -> -0.205 | -0.550 -> -2.050 |") in mech
-    assert ("| DPO | lr 3e-5 (50.0; of 1) | lr 3e-5 (50.0; of 1) | lr 3e-5 (50.0; of 1) | 2 of 3 | 1 of 3 |"
+    assert ("| DPO | lr 3e-5 (50.0; of 1) | lr 3e-5 (50.0; of 1) | lr 3e-5 (50.0; of 1) | 2 of 3 | 1 of 3 | 1 of 3 |"
             in R.picks_table(per_seed))
 
 
@@ -309,11 +309,14 @@ def test_scheduler_runs_dependencies_first_resolves_late_and_stops_on_a_failure(
 
 
 def test_plan_prints_jobs_and_estimated_job_seconds_and_runs_nothing(tmp_path, capsys):
-    """--plan: the jobs by kind with estimated job-seconds; the full run's estimate stays within 3 hours at 2 jobs."""
+    """--plan: the jobs by kind with estimated job-seconds (stage 1: epochs x problems x the variant's seconds per
+    problem-epoch, 5 seeds each; the length checks a third longer, 48 and 36 epochs); nothing is run or written."""
     assert R.main(["--plan", "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
-    total = float(out.split("total")[1].split("~")[1].split("job-s")[0])
-    assert 3600 < total / 2 < 3 * 3600 and not (tmp_path / "rep").exists()
+    row = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  ")}
+    assert row["stage1"][1] == "10" and float(row["stage1"][4]) == round(5 * (36 * 4000 * 0.0088 + 28 * 3800 * 0.0063))
+    assert float(row["stage1_longer"][4]) == round(48 * 4000 * 0.0088 + 36 * 3800 * 0.0063)
+    assert not (tmp_path / "rep").exists()
 
 
 @pytest.mark.slow
