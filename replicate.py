@@ -84,7 +84,8 @@ CONFIGS = {
               "kv_heads": 1, "vocab": 400, "sft_epochs": {"slips": 2, "guess": 2}, "sft_lr": 1e-3, "sft_batch": 16,
               "curve_every": 1, "stage2_batch": 8, "val_n": 1, "test_n": 2, "max_new_tokens": 24,
               "eval_batch": 64, "max_stage2_steps": 2, "pilot_lrs": (1e-4,), "settings_per_method": 2,
-              "est": {"prepare": 8, "stage1_problem_epoch": {"slips": 0.01, "guess": 0.01}, "stage2": 4, "stage2_dpo": 5, "val": 3, "test": 3}},
+              "est": {"prepare": 8, "stage1_problem_epoch": {"slips": 0.01, "guess": 0.01}, "stage2": 4, "stage2_dpo": 5,
+                      "val": 3, "test": 3}},
 }
 LR_LATTICE = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 # method -> its knobs other than the learning rate: [(label, train_redi.py arguments)]. The first knob is the
@@ -245,6 +246,11 @@ def grid_rates(tried, n):
     return sorted(LR_LATTICE[j] for j in order[:n])
 
 
+def test_dir_of(setting):
+    """A picked setting's test evaluation, inside its run: a changed pick is a new evaluation."""
+    return os.path.join(setting[1], "evals", "test")
+
+
 def methods_of(cfg):
     """The stage-2 methods this run compares (--methods; all of METHODS by default), in METHODS' order."""
     return cfg.get("methods", list(METHODS))
@@ -340,12 +346,15 @@ class SeedPlan:
         def score(lr):
             path = os.path.join(p.run_dir(method, knob, lr), "evals", "val", "summary.json")
             return read_json(path)["benchmarks"]["val"]["pass@1"] if os.path.exists(path) else None
-        tried = {lr: score(lr) for lr in self.cfg["pilot_lrs"]}
-        tried = {lr: v for lr, v in tried.items() if v is not None}
-        ext = next_lattice_rate(tried) if len(tried) == len(self.cfg["pilot_lrs"]) else None
-        if ext is not None and score(ext) is not None:
-            tried[ext] = score(ext)
-        return tried
+        tried = {lr: v for lr, v in ((lr, score(lr)) for lr in self.cfg["pilot_lrs"]) if v is not None}
+        ext = self.pilot_edge_rate(tried)
+        ext_score = None if ext is None else score(ext)
+        return tried if ext_score is None else {**tried, ext: ext_score}
+
+    def pilot_edge_rate(self, tried):
+        """The pilot's edge rule once every pilot rate has its score: the rate beyond the edge, or None."""
+        pilot = {lr: v for lr, v in tried.items() if lr in self.cfg["pilot_lrs"]}
+        return next_lattice_rate(pilot) if len(pilot) == len(self.cfg["pilot_lrs"]) else None
 
     def setting(self, method, knob, lr):
         """(label, run dir, train_redi args, lr, knob) of one stage-2 setting."""
@@ -357,25 +366,27 @@ class SeedPlan:
         rates = grid_rates(self.pilot_tried(method), self.n_rates[method])
         return [self.setting(method, knob, lr) for knob, _ in METHODS[method] for lr in rates]
 
-    def extension(self, method):
+    def extension(self, method, grid=None):
         """The per-seed edge rule (every method alike): the setting one LR_LATTICE step beyond the grid's rate
         edge, at the picked knob, when the grid's pick sits on that edge; else None (needs the grid's
         validation results)."""
-        grid = self.settings(method)
-        lr = edge_rate([s[3] for s in grid], pick_setting(grid)[3])
-        return None if lr is None else self.setting(method, pick_setting(grid)[4], lr)
+        grid = grid or self.settings(method)
+        best = pick_setting(grid)
+        lr = edge_rate([s[3] for s in grid], best[3])
+        return None if lr is None else self.setting(method, best[4], lr)
 
     def all_settings(self, method):
-        """The grid and, where the edge rule fired, its extension: what the pick on validation chooses from."""
-        ext = self.extension(method)
-        return self.settings(method) + ([ext] if ext else [])
+        """The grid and, where the edge rule fired, its extension (last): what the pick on validation chooses
+        from."""
+        grid = self.settings(method)
+        ext = self.extension(method, grid)
+        return grid + ([ext] if ext else [])
 
     def picked(self, method):
         return pick_setting(self.all_settings(method))
 
     def test_dir(self, method):
-        """The picked setting's test evaluation (inside its run: a changed pick is a new evaluation)."""
-        return os.path.join(self.picked(method)[1], "evals", "test")
+        return test_dir_of(self.picked(method))
 
 
 def evaluate_cmd(cfg, seed, model, bench, n, out_dir):
@@ -476,15 +487,15 @@ def seed_jobs(out, variant, seed, cfg, rank=0, pilot=None):
     if pilot is None:   # (c) the pilot: each method's first knob over the pilot rates, then the edge rule
         pilot_jobs = []
         for method in methods_of(cfg):
-            knob, args = METHODS[method][0]
+            knob = METHODS[method][0][0]
             method_jobs = []
             for lr in cfg["pilot_lrs"]:
                 got = plan.setting(method, knob, lr)
                 method_jobs += setting_jobs(plan, f"{tag} pilot {method} [{got[0]}]", method, lambda got=got: got,
                                             curve_jobs, prio + 2)
 
-            def extension(method=method, knob=knob, args=args):
-                lr = next_lattice_rate({k: v for k, v in plan.pilot_tried(method).items() if k in cfg["pilot_lrs"]})
+            def extension(method=method, knob=knob):
+                lr = plan.pilot_edge_rate(plan.pilot_tried(method))
                 return None if lr is None else plan.setting(method, knob, lr)
             method_jobs += setting_jobs(plan, f"{tag} pilot {method} [edge extension]", method, extension,
                                         method_jobs[:], prio + 2)
@@ -506,8 +517,8 @@ def seed_jobs(out, variant, seed, cfg, rank=0, pilot=None):
         jobs += ext
 
         def test_cmd(method=method):
-            return evaluate_cmd(cfg, seed, os.path.join(plan.picked(method)[1], "final"), plan.test, cfg["test_n"],
-                                plan.test_dir(method))
+            best = plan.picked(method)
+            return evaluate_cmd(cfg, seed, os.path.join(best[1], "final"), plan.test, cfg["test_n"], test_dir_of(best))
         jobs.append(Job(f"{tag} {method} test", test_cmd, lambda method=method: plan.test_dir(method) + ".log",
                         vals + ext, prio + 5, done_if=lambda method=method: os.path.join(plan.test_dir(method),
                                                                                         "summary.json"), kind="test"))
@@ -542,7 +553,8 @@ def print_plan(jobs, plans, cfg, workers):
         if j.kind in ("stage1", "stage1_longer"):
             plan = next(p for per in plans.values() for p in per.values() if j.name.startswith(f"{p.variant}/s{p.seed} "))
             n = cfg.get(f"num_problems_{plan.variant}", cfg["num_problems"])
-            secs = (plan.epochs if j.kind == "stage1" else plan.longer_epochs) * n * est["stage1_problem_epoch"][plan.variant]
+            epochs = plan.epochs if j.kind == "stage1" else plan.longer_epochs
+            secs = epochs * n * est["stage1_problem_epoch"][plan.variant]
         else:
             secs = est[j.kind if j.kind != "other" else "prepare"]
         count, total = rows.get(j.kind, (0, 0.0))
@@ -684,20 +696,21 @@ def collect(plan):
                         for m in methods_of(plan.cfg)}
     for method in methods_of(plan.cfg):
         try:
-            settings, best = plan.all_settings(method), plan.picked(method)
+            settings = plan.all_settings(method)
+            best = pick_setting(settings)
         except FileNotFoundError:
-            settings = best = None
-        if best is None or not os.path.exists(os.path.join(plan.test_dir(method), "summary.json")):
+            best = None
+        if best is None or not os.path.exists(os.path.join(test_dir_of(best), "summary.json")):
             print(f"not finished, left out of the tables: {plan.base} {method}")
             continue
-        grid = plan.settings(method)
+        grid = settings[:len(METHODS[method]) * plan.n_rates[method]]
         knob_rates = [s[3] for s in settings if s[4] == best[4]]
         res["methods"][method] = {
             "settings": [{"label": s[0], "val": val_pass1(s[1])} for s in settings],
             "picked": best[0], "extended": len(settings) > len(grid),
             "grid_pick_on_rate_edge": on_rate_edge([s[3] for s in grid], pick_setting(grid)[3]),
             "picked_on_rate_edge": on_rate_edge(knob_rates, best[3]),
-            "test": eval_metrics(plan.test_dir(method), plan.test), "logps": logps_dynamics(best[1])}
+            "test": eval_metrics(test_dir_of(best), plan.test), "logps": logps_dynamics(best[1])}
     return res
 
 
