@@ -202,9 +202,19 @@ def exit_if_launcher_dies(poll_seconds: float = 0.5) -> None:
     def watch():
         while os.getppid() == launcher:
             time.sleep(poll_seconds)
-        os.write(2, f"[rank {os.environ.get('RANK', '?')}] launcher (pid {launcher}) is gone; exiting\n".encode())
+        rank_line(f"launcher (pid {launcher}) is gone; exiting")
         os._exit(EXIT_LAUNCHER_GONE)
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
+def rank_line(text: str) -> None:
+    """One '[rank R] text' line on stderr in a single write(2): ranks share the launcher's stderr,
+    and print() writes the text and its newline separately, so two ranks' lines could interleave
+    ('...--resume[rank 0] stopped: ...'). A pipe write up to PIPE_BUF (4 KiB) bytes is atomic."""
+    sys.stderr.flush()
+    data = f"[rank {os.environ.get('RANK', 0)}] {text}\n".encode()
+    while data:
+        data = data[os.write(2, data):]
 
 
 class StopSignals:
@@ -223,8 +233,7 @@ class StopSignals:
     def _handle(self, signum, frame):
         if self.received is None:
             self.received = signal.Signals(signum).name
-            print(f"[rank {os.environ.get('RANK', 0)}] {self.received}: will save after this step and exit",
-                  file=sys.stderr, flush=True)
+            rank_line(f"{self.received}: will save after this step and exit")
 
 
 def is_main() -> bool:
@@ -937,5 +946,5 @@ STOPS = (NonFiniteError, CheckpointError, Preempted)
 def exit_stopped(e) -> None:
     """A run stopped by a non-finite step (exit 3), a failed save (exit 4) or a stop signal
     (exit EXIT_PREEMPTED, after saving): one line per rank."""
-    print(f"[rank {os.environ.get('RANK', 0)}] stopped: {e}", file=sys.stderr, flush=True)
+    rank_line(f"stopped: {e}")
     sys.exit({NonFiniteError: 3, CheckpointError: 4, Preempted: EXIT_PREEMPTED}[type(e)])

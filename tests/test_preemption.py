@@ -163,3 +163,24 @@ def test_workers_stop_within_seconds_when_torchrun_is_killed(state, tmp_path, ti
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         proc.communicate()
+
+
+def test_ranks_lines_on_a_shared_stderr_never_interleave():
+    """Two ranks writing their stop lines into one pipe at once (torchrun's shared stderr): every line whole.
+    With print() (text, then newline: two writes) about a tenth of the lines came out joined."""
+    code = ("import os, sys, time; sys.path.insert(0, sys.argv[1]); os.environ['RANK'] = sys.argv[2]\n"
+            "import training\n"
+            "time.sleep(max(0.0, float(sys.argv[3]) - time.time()))\n"     # both start writing together
+            "for i in range(2000):\n"
+            "    training.rank_line('stopped: stop signal after step 4; saved checkpoint step-0000004; continue')\n")
+    read, write = os.pipe()
+    start = str(time.time() + 8)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(rank), start], stderr=write)
+             for rank in (0, 1)]
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        lines = pipe.read().decode().splitlines()
+    assert [p.wait() for p in procs] == [0, 0]
+    assert len(lines) == 4000
+    assert all(line.count("stopped:") == 1 and line.endswith("continue") for line in lines)
+    assert sorted({line[:8] for line in lines}) == ["[rank 0]", "[rank 1]"]
