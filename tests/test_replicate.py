@@ -300,12 +300,12 @@ def test_scheduler_runs_dependencies_first_resolves_late_and_stops_on_a_failure(
     b = R.Job("b", lambda: [sys.executable, "-c", append, order, "b:" + order.read_text().strip()],
               str(tmp_path / "b.log"), [a], priority=0, after=lambda: order.open("a").write("after b\n"))
     nothing = R.Job("nothing", lambda: None, str(tmp_path / "n.log"), [a])
-    R.run_jobs([b, nothing, a], 2, 0.0)
+    R.run_jobs([b, nothing, a], 2, 0.0, fork=False)   # `python -c`: the fork path runs in the smoke test
     assert order.read_text().split("\n")[:3] == ["a", "b:a", "after b"]
     assert not (tmp_path / "n.log").exists()
     bad = R.Job("bad", [sys.executable, "-c", "raise SystemExit(3)"], str(tmp_path / "bad.log"))
     with pytest.raises(RuntimeError, match="job 'bad' failed \\(exit status 3\\)"):
-        R.run_jobs([bad], 1, 0.0)
+        R.run_jobs([bad], 1, 0.0, fork=False)
 
 
 def test_plan_prints_jobs_and_estimated_job_seconds_and_runs_nothing(tmp_path, capsys):
