@@ -10,18 +10,18 @@ runs the script as `__main__` (`runpy.run_path`), as `python script.py args` wou
     while proc.poll() is None: ...
 
 What makes a forked job equal to a fresh one (tests/test_prefork.py checks the outputs bitwise):
-- the launcher only imports; it never runs a torch op, so no OpenMP pool or other thread exists to
-  be lost across the fork (`preload` checks the process has one thread), and torch's default RNG
-  is in its import-time state, as in a fresh interpreter;
+- the launcher imports under the jobs' environment (libgomp reads OMP_NUM_THREADS, huggingface_hub
+  HF_HUB_OFFLINE, when loaded) and only imports: it never runs a torch op, so no OpenMP pool or
+  other thread exists to be lost across the fork (`preload` checks the process has one thread),
+  and torch's default RNG is in its import-time state, as in a fresh interpreter;
 - the child sets the job's environment, working directory, argv and stdout/stderr (both into the
-  log) itself, and torch's thread count from the job's OMP_NUM_THREADS (libgomp read the variable
-  when the launcher loaded it);
+  log) itself, and torch's thread count from the job's OMP_NUM_THREADS;
 - SystemExit gives the exit status (a string is printed, status 1); an exception prints its
   traceback into the log, status 1; atexit handlers run and the streams are flushed, then
   os._exit: the child never returns into the launcher's stack.
 
-Linux/macOS only (fork); on CUDA machines do not use it (a CUDA context does not survive a fork;
-the launcher never creates one, but a job that ran one in the launcher would break all others).
+POSIX only (fork). Meant for CPU jobs: a CUDA context does not survive a fork, so the launcher must
+never create one (importing torch does not).
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ PRELOAD = ("numpy", "torch", "torch.distributed", "torch.distributed.checkpoint"
            "transformers.models.qwen2.configuration_qwen2", "transformers.generation",
            "transformers.integrations.sdpa_attention", "transformers.tokenization_utils_fast", "sympy",
            "sympy.parsing.sympy_parser", "tqdm",
-           "cli", "data", "token_cache", "redi_loss", "training", "sampler", "grader", "evaluate", "train_sft",
-           "train_redi", "dpo_reference", "curate", "toy_task", "tiny_model")
+           "cli", "data", "token_cache", "redi_loss", "training", "sampler", "grader", "evaluate", "dpo_reference",
+           "curate", "toy_task", "tiny_model")   # not train_sft / train_redi: scripts only run, never imported
 _CHILD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD)
 _LAZY_ATTRIBUTES = ("AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "PreTrainedTokenizerFast",
                     "GenerationConfig", "Qwen2Config", "Qwen2ForCausalLM")

@@ -160,10 +160,11 @@ def run_jobs(jobs, workers, t0, fork=True):
     """Run every job, `workers` at a time, ready jobs by (priority, order); stop all on a failure. fork: each
     job is a fork of this process with the jobs' libraries imported once (prefork.py), not a fresh python."""
     pending, running, done = list(jobs), {}, set()
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    job_env = {"PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env = dict(os.environ, **job_env)
     fork = fork and hasattr(os, "fork")
     if fork:
-        os.environ.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")   # read when torch loads
+        os.environ.update(job_env)   # libraries read some of these when imported (libgomp, huggingface_hub)
         print(f"[{time.time() - t0:6.0f}s] preloaded the jobs' libraries in {prefork.preload():.1f}s", flush=True)
     try:
         _run(pending, running, done, jobs, workers, t0, env, fork)
