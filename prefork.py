@@ -1,8 +1,8 @@
 """Run the project's scripts in processes forked from one that has already imported their libraries.
 
-replicate.py runs ~700 short jobs (a stage-2 run is ~25 s, a validation eval ~4 s). As fresh
-interpreters each one spends ~2.5-3 s importing torch, transformers, torch.distributed.checkpoint
-and sympy before its first line of work: about a sixth of the whole comparison's compute. Here
+replicate.py runs ~700 short jobs (a stage-2 run ~21 s, a validation eval ~2 s, forked). As fresh
+interpreters each one spends ~3 s importing torch, transformers, torch.distributed.checkpoint
+and sympy before its first line of work: about a tenth of the whole comparison's compute. Here
 the launching process imports them once (`preload`), and each job is an `os.fork()` of it that
 runs the script as `__main__` (`runpy.run_path`), as `python script.py args` would:
 

@@ -38,7 +38,7 @@ positives lack). Per (variant, seed) -- the seed sets data, initialisation, orde
 
 Every stage is the project's own CLI as a plain single-process `python` job, at most --jobs at a
 time (2 on 2 cores), scheduled as a dependency graph; each job is a fork of this process with the
-jobs' libraries imported once (prefork.py: the same outputs, ~4 s less per job), or with --no-fork a
+jobs' libraries imported once (prefork.py: the same outputs, ~3 s less per job), or with --no-fork a
 fresh interpreter. A rerun with the same --out reuses every
 finished job (each leaves a marker), so a killed run is resumed by running the same command.
 Outputs in --out: <variant>/seed<S>/{data,init,sft,stage2}, results.json (every number),
@@ -74,15 +74,15 @@ SYSTEM_PROMPT = "Box the answer."
 # 20-epoch run was still rising on validation: 66.0 -> 79.0 from epoch 16 to 20, seed 0), `slips` 36
 # (its 24-epoch stage 1 of 2026-12-05 failed the length check: a 32-epoch run +4.3 +- 1.8). The guess variant's
 # `ab-c` problems number only ~4,450, so it trains on 3,800. "smoke" only proves every job runs.
-# est: seconds per job kind on the 2-core box, one job per core (the means measured by the 2026-12-06 run).
+# est: seconds per job kind on the 2-core box, one job per core, forked (the means of the 2026-12-06 run from scratch).
 CONFIGS = {
     "full": {"num_problems": 4000, "num_problems_guess": 3800, "num_val": 150, "num_test": 300, "hidden": 128,
              "layers": 4, "heads": 4, "kv_heads": 2, "vocab": 512, "sft_epochs": {"slips": 36, "guess": 28},
              "sft_lr": 2e-3, "sft_batch": 32, "curve_every": 4, "stage2_batch": 32, "val_n": 2, "test_n": 4,
              "max_new_tokens": 64, "eval_batch": 300,
              "pilot_lrs": (1e-5, 3e-5, 1e-4), "settings_per_method": 4,
-             "est": {"prepare": 12, "stage1_problem_epoch": {"slips": 0.0088, "guess": 0.0063}, "stage2": 29,
-                     "stage2_dpo": 31, "val": 6.6, "test": 11}},
+             "est": {"prepare": 1, "stage1_problem_epoch": {"slips": 0.0069, "guess": 0.0056}, "stage2": 21.4,
+                     "stage2_dpo": 22.7, "val": 2.1, "test": 5.5}},
     "smoke": {"num_problems": 120, "num_val": 8, "num_test": 8, "hidden": 32, "layers": 1, "heads": 2,
               "kv_heads": 1, "vocab": 400, "sft_epochs": {"slips": 2, "guess": 2}, "sft_lr": 1e-3, "sft_batch": 16,
               "curve_every": 1, "stage2_batch": 8, "val_n": 1, "test_n": 2, "max_new_tokens": 24,
@@ -124,7 +124,7 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="jobs at a time (one core each)")
     p.add_argument("--no-fork", action="store_true",
                    help="run each job as a fresh python (default: a fork of this process with the jobs' "
-                        "libraries imported once, ~4 s less per job; prefork.py)")
+                        "libraries imported once, ~3 s less per job; prefork.py)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: every kind of job, for the tests")
     p.add_argument("--plan", action="store_true", help="print the jobs and their estimated job-seconds, run nothing")
     p.add_argument("--report-only", action="store_true",

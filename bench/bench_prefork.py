@@ -32,7 +32,7 @@ def main():
     p.add_argument("--out", default="/tmp/bench_prefork", help="scratch directory (emptied first)")
     args = p.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
-    os.makedirs(args.out)
+    os.makedirs(os.path.join(args.out, "runs"))
     env = dict(os.environ, PYTHONPATH=ROOT)
     py = sys.executable
 

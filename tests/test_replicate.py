@@ -314,8 +314,8 @@ def test_plan_prints_jobs_and_estimated_job_seconds_and_runs_nothing(tmp_path, c
     assert R.main(["--plan", "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     row = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  ")}
-    assert row["stage1"][1] == "10" and float(row["stage1"][4]) == round(5 * (36 * 4000 * 0.0088 + 28 * 3800 * 0.0063))
-    assert float(row["stage1_longer"][4]) == round(48 * 4000 * 0.0088 + 36 * 3800 * 0.0063)
+    assert row["stage1"][1] == "10" and float(row["stage1"][4]) == round(5 * (36 * 4000 * 0.0069 + 28 * 3800 * 0.0056))
+    assert float(row["stage1_longer"][4]) == round(48 * 4000 * 0.0069 + 36 * 3800 * 0.0056)
     assert not (tmp_path / "rep").exists()
 
 
