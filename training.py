@@ -202,7 +202,8 @@ def exit_if_launcher_dies(poll_seconds: float = 0.5) -> None:
     def watch():
         while os.getppid() == launcher:
             time.sleep(poll_seconds)
-        rank_line(f"launcher (pid {launcher}) is gone; exiting")
+        # one raw write, no flush of Python's streams: nothing may hold up the exit
+        os.write(2, f"[rank {os.environ.get('RANK', '?')}] launcher (pid {launcher}) is gone; exiting\n".encode())
         os._exit(EXIT_LAUNCHER_GONE)
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
