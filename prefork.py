@@ -88,8 +88,8 @@ class ForkedScript:
         return self.returncode
 
     def wait(self):
-        while self.poll() is None:
-            time.sleep(0.05)
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
         return self.returncode
 
     def kill(self):

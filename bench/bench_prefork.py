@@ -24,6 +24,7 @@ sys.path.insert(0, ROOT)
 os.environ.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
 
 import prefork  # noqa: E402
+import replicate  # noqa: E402
 
 
 def main():
@@ -48,10 +49,9 @@ def main():
                  out("pairs.jsonl"), "--tokenizer", out("model"), "--seed", "0"]):
         subprocess.run([py, os.path.join(ROOT, cmd[0]), *cmd[1:]], cwd=ROOT, env=env, check=True,
                        stdout=subprocess.DEVNULL)
-    jobs = {"val eval": lambda d: ["evaluate.py", "--model", out("model"), "--data", out("data", "test.jsonl"),
-                                   "--num-samples", "2", "--temperature", "0.6", "--top-p", "0.95",
-                                   "--max-new-tokens", "64", "--prompt-template", "raw", "--batch-size", "300",
-                                   "--seed", "0", "--grading-workers", "1", "--output-dir", d],
+    val_n = replicate.CONFIGS["full"]["val_n"]   # replicate.py's own validation command
+    jobs = {"val eval": lambda d: replicate.evaluate_cmd(replicate.CONFIGS["full"], 0, out("model"),
+                                                         out("data", "test.jsonl"), val_n, d)[1:],
             "stage 2 (10 steps)": lambda d: ["train_redi.py", "--model", out("model"), "--data", out("pairs.jsonl"),
                                              "--output-dir", d, "--loss", "redi", "--lr", "1e-5",
                                              "--global-batch-size", "32", "--micro-batch-size", "32",
@@ -63,7 +63,8 @@ def main():
         for job, argv in jobs.items():
             for how in (("fresh", "fork") if r % 2 == 0 else ("fork", "fresh")):
                 d = out("runs", f"{job.split()[0]}-{how}-{r}")
-                cmd = [py, os.path.join(ROOT, argv(d)[0]), *argv(d)[1:]]
+                script, *rest = [str(a) for a in argv(d)]
+                cmd = [py, os.path.join(ROOT, script), *rest]
                 t = time.perf_counter()
                 if how == "fork":
                     code = prefork.ForkedScript(cmd, ROOT, env, d + ".log").wait()
