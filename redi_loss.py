@@ -60,37 +60,80 @@ def _chunk_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-class _ChunkLogpsFromHidden(torch.autograd.Function):
-    """log p(target) from hidden states [C, H] and the output embedding [V, H] -> [C] fp32, holding
-    ONE fp32 [C, V] block at a time, forward and backward.
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with an fp32 result. bf16/fp16 operands are multiplied with fp32 accumulation and NOT
+    rounded to bf16 on the way out: rounding logits of 16-32 to bf16 costs up to ~0.06 nats per token
+    (the error TRL's bf16 path makes). CUDA: torch.mm(out_dtype=fp32); elsewhere: upcast first."""
+    if a.dtype == torch.float32 and b.dtype == torch.float32:
+        return a @ b
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
+
+
+def _apply_head(raw: torch.Tensor, logit_scale: float, softcap: float | None) -> torch.Tensor:
+    """The family's head after lm_head, in place on fp32 raw = h @ W.T [C, V]: logits = raw * scale,
+    then soft-capped as cap * tanh(logits / cap) when softcap is set (Gemma2/3). When soft-capped,
+    returns tanh(...) (the caller multiplies by cap), so backward can reuse it."""
+    if softcap is not None:
+        return raw.mul_(logit_scale / softcap).tanh_()
+    return raw.mul_(logit_scale) if logit_scale != 1.0 else raw
+
+
+class _LogpsFromHidden(torch.autograd.Function):
+    """log p(target) from hidden rows [N, H] and the output embedding [V, H] -> [N] fp32, with the
+    family's head (logits = softcap(logit_scale * h @ W.T)), formed `chunk_size` rows at a time and
+    holding ONE fp32 [C, V] block at a time (two in backward when soft-capped).
 
     Autograd's own graph for `log_softmax(h @ W.T)` (even recomputed under checkpoint) keeps four
     [C, V] tensors alive in backward (the logits, their shift, its exp and the scaled gradient;
     measured by bench/bench_vocab.py). Here the backward is written out: with p = softmax(logits),
     d log p(t) / d logits = onehot(t) - p, so the upstream grad g [C] gives the logits' gradient
-    G = g * (onehot - p), built in place in the recomputed logits' buffer; then dh = G @ W and
-    dW = G.T @ h. Only h, W (references, not copies), the targets and the logsumexp [C] are saved.
+    G = g * (onehot - p), built in place in the recomputed logits' buffer, then chained through the
+    head (times (1 - tanh^2) when soft-capped, times logit_scale); dh = G @ W, dW = sum of G.T @ h
+    over the chunks, summed in fp32 and cast to W's dtype once (bf16 sums over ~32 chunks would
+    round away small contributions). Only h, W (references, not copies), the targets and the
+    logsumexp [N] are saved.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets):
-        logits = (hidden @ weight.t()).float()                           # [C, V]: the one block
-        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)    # [C]
-        shift = logits.amax(dim=-1)                                      # logsumexp, in place:
-        lse = logits.sub_(shift.unsqueeze(-1)).exp_().sum(-1).log_().add_(shift)
-        ctx.save_for_backward(hidden, weight, targets, lse)
-        return picked - lse
+    def forward(ctx, rows, weight, targets, chunk_size, logit_scale, softcap):
+        out, lse = rows.new_empty(len(rows), dtype=torch.float32), rows.new_empty(len(rows), dtype=torch.float32)
+        for s in range(0, len(rows), chunk_size):
+            logits = _apply_head(_mm_fp32(rows[s:s + chunk_size], weight.t()), logit_scale, softcap)   # [C, V]
+            if softcap is not None:
+                logits.mul_(softcap)
+            picked = logits.gather(-1, targets[s:s + chunk_size].unsqueeze(-1)).squeeze(-1)       # [C]
+            shift = logits.amax(dim=-1)                                      # logsumexp, in place:
+            lse[s:s + chunk_size] = logits.sub_(shift.unsqueeze(-1)).exp_().sum(-1).log_().add_(shift)
+            out[s:s + chunk_size] = picked - lse[s:s + chunk_size]
+        ctx.save_for_backward(rows, weight, targets, lse)
+        ctx.chunk_size, ctx.logit_scale, ctx.softcap = chunk_size, logit_scale, softcap
+        return out
 
     @staticmethod
-    def backward(ctx, grad):                                             # grad [C]
-        hidden, weight, targets, lse = ctx.saved_tensors
-        g = (hidden @ weight.t()).float()                                # [C, V], rebuilt
-        g.sub_(lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))       # -g * p
-        g.scatter_add_(-1, targets.unsqueeze(-1), grad.unsqueeze(-1))    # + g * onehot(t)
-        g = g.to(hidden.dtype)
-        grad_hidden = g @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = g.t() @ hidden if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None
+    def backward(ctx, grad):                                                 # grad [N]
+        rows, weight, targets, lse = ctx.saved_tensors
+        chunk_size, scale, cap = ctx.chunk_size, ctx.logit_scale, ctx.softcap
+        grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if ctx.needs_input_grad[1] else None
+        for s in range(0, len(rows), chunk_size):
+            h, t, g = rows[s:s + chunk_size], targets[s:s + chunk_size], grad[s:s + chunk_size]
+            head = _apply_head(_mm_fp32(h, weight.t()), scale, cap)          # [C, V], rebuilt
+            G = (head * cap if cap is not None else head).sub_(lse[s:s + chunk_size].unsqueeze(-1)).exp_()
+            G.mul_(-g.unsqueeze(-1)).scatter_add_(-1, t.unsqueeze(-1), g.unsqueeze(-1))  # g * (onehot - p)
+            if cap is not None:
+                G.mul_(head.square_().neg_().add_(1.0))                      # d cap*tanh(a/cap) / da
+            if scale != 1.0:
+                G.mul_(scale)
+            if grad_rows is not None:
+                grad_rows[s:s + chunk_size] = _mm_fp32(G.to(weight.dtype), weight).to(rows.dtype)
+            if grad_weight is not None:
+                grad_weight += _mm_fp32(G.to(rows.dtype).t(), h)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_rows, grad_weight, None, None, None, None
 
 
 def _check_shapes(rows: torch.Tensor, labels: torch.Tensor) -> None:
@@ -138,16 +181,19 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 
 
 
 def token_logps_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
-                            ignore_index: int = IGNORE_INDEX, chunk_size: int = 1024) -> torch.Tensor:
+                            ignore_index: int = IGNORE_INDEX, chunk_size: int = 1024, logit_scale: float = 1.0,
+                            softcap: float | None = None) -> torch.Tensor:
     """Memory-lean `token_logps` from final hidden states [B, T, H] and `lm_head.weight` [V, H].
 
     Only the supervised positions are gathered ([N, H], N = number of non-ignored labels; prompt
-    and padding cost nothing), and their logits `hidden @ lm_head_weight.T` are formed
-    `chunk_size` positions at a time and rebuilt in backward (_ChunkLogpsFromHidden, a written-out
-    backward), so the full [T, V] logits never exist, forward or backward: peak extra memory is one
-    chunk_size x V fp32 block (1024 x 151,936 x 4 = 0.6 GB) instead of T x V x 4 per sequence.
-    Valid for models whose logits are exactly `lm_head(hidden)` with no bias, scaling or
-    soft-capping (Qwen2/2.5, Llama, Mistral). Gradients flow to both hidden and weight.
+    and padding cost nothing), and their logits are formed `chunk_size` positions at a time and
+    rebuilt in backward (_LogpsFromHidden, a written-out backward), so the full [T, V] logits never
+    exist, forward or backward: peak extra memory is one chunk_size x V fp32 block
+    (1024 x 151,936 x 4 = 0.6 GB) instead of T x V x 4 per sequence.
+    The logits are the family's: softcap(logit_scale * hidden @ lm_head_weight.T), where
+    softcap(z) = cap * tanh(z / cap) when `softcap` is set. Qwen2/2.5, Llama, Mistral: scale 1, no cap;
+    Granite: scale 1 / logits_scaling; Cohere: logit_scale; Gemma2/3: final_logit_softcapping.
+    A head with a bias is not covered. Gradients flow to both hidden and weight.
     """
     _check_shapes(hidden, labels)
     batch, length = labels.shape
@@ -155,9 +201,8 @@ def token_logps_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, 
     positions = (targets != ignore_index).nonzero().squeeze(1)           # supervised positions [N]
     rows = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, positions)   # [N, H]
     kept_targets = targets.index_select(0, positions)                     # [N]
-    pieces = [_ChunkLogpsFromHidden.apply(rows[s:s + chunk_size], lm_head_weight, kept_targets[s:s + chunk_size])
-              for s in range(0, positions.numel(), chunk_size)]
-    values = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    values = _LogpsFromHidden.apply(rows, lm_head_weight, kept_targets, chunk_size, float(logit_scale),
+                                    None if softcap is None else float(softcap))
     flat = hidden.new_zeros(targets.numel(), dtype=torch.float32).index_copy(0, positions, values)
     return torch.cat([flat.new_zeros(batch, 1), flat.view(batch, length - 1)], dim=1)
 
@@ -174,9 +219,10 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
 
 
 def sequence_logps_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
-                               ignore_index: int = IGNORE_INDEX, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                               ignore_index: int = IGNORE_INDEX, chunk_size: int = 1024, logit_scale: float = 1.0,
+                               softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`sequence_logps` from hidden states [B, T, H] and lm_head weight [V, H]; see token_logps_from_hidden."""
-    per_token = token_logps_from_hidden(hidden, lm_head_weight, labels, ignore_index, chunk_size)
+    per_token = token_logps_from_hidden(hidden, lm_head_weight, labels, ignore_index, chunk_size, logit_scale, softcap)
     return per_token.sum(-1), (labels[:, 1:] != ignore_index).sum(-1)
 
 

@@ -56,7 +56,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from cli import InputError
+from cli import InputError, add_system_prompt_option
 from data import StepSampler, load_tokenizer
 from redi_loss import IGNORE_INDEX, token_logps_from_hidden
 
@@ -91,6 +91,7 @@ def build_parser(description: str, lr: float | None, global_batch: int, epochs: 
     g.add_argument("--data", required=True, help="JSON Lines file (curated by data.py, or your own format)")
     g.add_argument("--max-seq-len", type=int, default=None,
                    help="longest allowed sequence; longer examples are an error (default: model context)")
+    add_system_prompt_option(g)
     g.add_argument("--layout", default="auto", choices=["auto", "padded", "packed"],
                    help="micro-batch layout: padded rows, or packed (one row, positions restart per sequence; "
                         "flash-attn varlen when available, else each sequence through causal SDPA). auto: "
@@ -283,6 +284,7 @@ class LogpsModel(torch.nn.Module):
     def __init__(self, lm, chunk_size: int):
         super().__init__()
         self.lm, self.chunk_size = lm, chunk_size
+        self.logit_scale, self.softcap = head_of(lm.config)
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None, seq_index=None,
                 num_sequences=None, cu_seqlens=None, max_length=None):
@@ -305,7 +307,8 @@ class LogpsModel(torch.nn.Module):
             for _ in range(extra_calls):
                 hidden = hidden + 0.0 * decoder(input_ids=input_ids[:, :1], use_cache=False).last_hidden_state.sum()
         weight = self.lm.get_output_embeddings().weight
-        per_token = token_logps_from_hidden(hidden, weight, labels, IGNORE_INDEX, self.chunk_size)  # [B, T]
+        per_token = token_logps_from_hidden(hidden, weight, labels, IGNORE_INDEX, self.chunk_size,
+                                            self.logit_scale, self.softcap)                          # [B, T]
         valid = labels != IGNORE_INDEX
         valid[:, 0] = False                   # position 0 has no prediction
         if seq_index is None:                 # padded layout: one sequence per row
@@ -339,13 +342,62 @@ def flash_attn_import_error() -> str | None:
     return None
 
 
-def choose_kernels(args, device) -> str:
-    """Resolve --attn-implementation auto and --layout auto (in place); returns a line for the log."""
+def head_of(config) -> tuple[float, float | None]:
+    """(logit_scale, softcap) of what the model's head does after lm_head, read from its config:
+    logits = softcap(logit_scale * lm_head(hidden)). Granite divides by `logits_scaling`, Cohere
+    multiplies by `logit_scale`, Gemma2/3 soft-cap at `final_logit_softcapping`; most families do
+    none of these (1.0, None). A head doing anything else is caught by check_logps_match."""
+    scale = 1.0
+    if getattr(config, "logits_scaling", None):
+        scale /= config.logits_scaling
+    if getattr(config, "logit_scale", None) is not None:
+        scale *= config.logit_scale
+    return scale, getattr(config, "final_logit_softcapping", None)
+
+
+def model_class(config, path):
+    """The class AutoModelForCausalLM builds for `config`, or InputError: a model transformers has no
+    causal-LM class for (an encoder, or one that needs trust_remote_code) cannot be trained here."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        raise InputError(f"--model {path}: model type '{config.model_type}' has no causal-LM class in transformers "
+                         f"{transformers.__version__} (remote code is not run); use a decoder transformers ships") from None
+
+
+def supports_attention(cls, implementation: str) -> bool:
+    """Whether a transformers model class declares support for an attention implementation
+    (`_supports_flash_attn` in transformers 5, `_supports_flash_attn_2` before)."""
+    if implementation == "eager":
+        return True
+    if implementation == "sdpa":
+        return bool(getattr(cls, "_supports_sdpa", False))
+    return bool(getattr(cls, "_supports_flash_attn", False) or getattr(cls, "_supports_flash_attn_2", False))
+
+
+def choose_kernels(args, device, config=None) -> str:
+    """Resolve --attn-implementation auto and --layout auto (in place); returns a line for the log.
+
+    auto: flash_attention_2 on CUDA when flash-attn imports, the model supports it and compute is bf16
+    (flash-attn rejects fp32); else SDPA where the model supports it; else eager (Gemma2: SDPA cannot
+    soft-cap attention scores). An explicit choice the model (`config`) does not support is an InputError."""
+    cls = None if config is None else model_class(config, args.model)
+    supported = (lambda impl: True) if cls is None else (lambda impl: supports_attention(cls, impl))
+    bf16 = computes_in_bf16(args, device) if hasattr(args, "mixed_precision") else device.type == "cuda"
     if args.attn_implementation == "auto":
         flash_error = flash_attn_import_error() if device.type == "cuda" else "not on CUDA"
         if flash_error not in (None, "not installed", "not on CUDA"):
             print0(f"warning: flash_attn is installed but does not import ({flash_error}); using SDPA")
-        args.attn_implementation = "sdpa" if flash_error else "flash_attention_2"
+        usable = flash_error is None and bf16 and supported("flash_attention_2")
+        args.attn_implementation = "flash_attention_2" if usable else "sdpa" if supported("sdpa") else "eager"
+    elif not supported(args.attn_implementation):
+        raise InputError(f"--attn-implementation {args.attn_implementation}: {cls.__name__} ({args.model}) does not "
+                         f"support it; use --attn-implementation auto (picks what the model supports)")
+    elif args.attn_implementation.startswith("flash_attention") and not bf16:
+        raise InputError(f"--attn-implementation {args.attn_implementation} needs bf16 compute (flash-attn rejects fp32); "
+                         f"use --mixed-precision bf16, or --attn-implementation sdpa with fp32")
     varlen = args.attn_implementation.startswith("flash_attention")
     if args.layout == "auto":
         # Packed without varlen runs the decoder once per sequence: faster for a few long, uneven
@@ -354,6 +406,34 @@ def choose_kernels(args, device) -> str:
     args.packed = args.layout == "packed"
     how = ("flash-attn varlen" if varlen else "one causal SDPA call per sequence") if args.packed else "causal, no mask"
     return f"layout: {args.layout} ({how}), attention {args.attn_implementation}"
+
+
+PROBE_TOKENS = 48           # check_logps_match's probe: cheap on a 7B model, long enough to exercise attention
+PROBE_TOLERANCE = 1e-3      # nats per token, fp32; a head this code does not reproduce is off by ~0.1-1
+
+
+def check_logps_match(lm, path) -> str | None:
+    """Start-up self-check on the full fp32 model: the chunked log-probs (decoder hidden states, lm_head,
+    head_of's scale and soft-cap) of a random probe equal the model's own `log_softmax(lm(ids).logits)`.
+    None if they do, else why not (a head or decoder path no list of families foresaw: a bias, an extra
+    norm or multiplier after the decoder, a custom head)."""
+    scale, softcap = head_of(lm.config)
+    weight = lm.get_output_embeddings().weight
+    length = min(PROBE_TOKENS, getattr(lm.config, "max_position_embeddings", PROBE_TOKENS))
+    ids = torch.randint(0, weight.shape[0], (1, length), generator=torch.Generator().manual_seed(0)).to(weight.device)
+    with torch.no_grad():
+        own = torch.log_softmax(lm(input_ids=ids, use_cache=False).logits.float(), -1)[0, :-1]     # [T-1, V]
+        own = own.gather(-1, ids[0, 1:, None])[:, 0]
+        hidden = lm.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+        ours = token_logps_from_hidden(hidden, weight, ids, IGNORE_INDEX, 1024, scale, softcap)[0, 1:]
+    diff = (ours - own).abs().max().item()
+    if diff <= PROBE_TOLERANCE:
+        return None
+    return (f"--model {path}: {type(lm).__name__}'s own forward and the chunked log-probs this project trains on "
+            f"differ by {diff:.3g} nats per token on a {length}-token probe (head read from the config: logit scale "
+            f"{scale:g}, soft-cap {softcap}); the model does something after its decoder and lm_head that this code "
+            f"does not reproduce, so training would use wrong log-probs. Supported: logits = "
+            f"softcap(scale * lm_head(decoder(x))) with no lm_head bias")
 
 
 def load_config(path, args):
@@ -381,8 +461,8 @@ def load_model(path, args, device, trainable: bool = True):
     on GPU (or --mixed-precision bf16) the forward/backward run in bf16 with fp32 gradient
     reduction: at lr 1e-6, bf16 master weights would round most updates away.
     """
-    choose_kernels(args, device)                  # no-op once resolved (prepare() resolves and logs it)
     config, rank, world = load_config(path, args), dist.get_rank(), dist.get_world_size()
+    choose_kernels(args, device, config)          # resolved by prepare(); checks an explicit choice for this model
     if rank == 0 or world == 1:
         lm = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32,
                                                   attn_implementation=args.attn_implementation)
@@ -390,8 +470,12 @@ def load_model(path, args, device, trainable: bool = True):
         with torch.device("meta"):
             lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32,
                                                   attn_implementation=args.attn_implementation)
-    if getattr(lm.get_output_embeddings(), "bias", None) is not None:
-        raise ValueError(f"{path}: an lm_head with a bias is not supported by the chunked log-prob code")
+    # Every rank stops, or none: rank 0 alone holds the weights to check.
+    problem = [check_logps_match(lm, path) if rank == 0 or world == 1 else None]
+    if world > 1:
+        dist.broadcast_object_list(problem, src=0)
+    if problem[0] is not None:
+        raise InputError(problem[0])
     if args.activation_checkpointing and trainable:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = LogpsModel(lm, args.logps_chunk_size)
@@ -454,7 +538,22 @@ def _check_model_dir(args, problems):
     if not os.path.isfile(os.path.join(args.model, "config.json")):
         problems.append(f"--model {args.model}: no config.json; not a Hugging Face model directory")
         return None
-    config = load_config(args.model, args)
+    try:
+        config = load_config(args.model, args)
+    except (ValueError, KeyError) as e:  # transformers' words for an unknown model type or remote code
+        problems.append(f"--model {args.model}: transformers {transformers.__version__} cannot read its config "
+                        f"({(str(e).strip().splitlines() or [type(e).__name__])[0]}); remote code is not run")
+        return None
+    try:
+        cls = model_class(config, args.model)
+    except InputError as e:
+        problems.append(str(e))
+        return None
+    with torch.device("meta"):
+        head = cls(config).get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        problems.append(f"--model {args.model}: {cls.__name__} has an lm_head bias, which the chunked log-prob code "
+                        f"does not add; models with a bias-free output layer only")
     if not getattr(load_tokenizer(args.model), "chat_template", None):
         problems.append(f"--model {args.model}: the tokenizer has no chat template (tokenizer_config.json "
                         f"'chat_template'); prompts and responses are formatted with it")
@@ -504,7 +603,7 @@ def prepare(args):
     """Shared start of both stages: process group, checks, seeds, tokenizer, policy, optimizer."""
     rank, world_size, device = setup_distributed()
     preflight(args)
-    print0(choose_kernels(args, device))          # resolves --layout / --attn-implementation auto
+    print0(choose_kernels(args, device, load_config(args.model, args)))   # resolves --layout / --attn-implementation auto
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     tokenizer = load_tokenizer(args.model)

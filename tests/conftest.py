@@ -125,3 +125,22 @@ def pairs_file(tmp_path_factory):
                                "chosen": [{"role": "assistant", "content": c}],
                                "rejected": [{"role": "assistant", "content": r}]}
                               for i, q, c, r in _arithmetic_rows(13, seed=1)])
+
+
+@pytest.fixture
+def single_rank_group(monkeypatch):
+    """A one-process gloo group in this process (torchrun-free), torn down afterwards."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    import training
+
+    yield training.setup_distributed()
+    dist.destroy_process_group()

@@ -254,24 +254,56 @@ def test_chunked_hidden_variant_equals_naive_in_value_and_gradient(chunk):
     assert rel(w1.grad, w2.grad) < 1e-6
 
 
-def test_hidden_variant_in_bf16_matches_autograd_of_the_same_bf16_computation():
-    """bf16 hidden and weight (FSDP's compute dtype): value and bf16 gradients equal autograd's through
-    `log_softmax((h @ W.T).float())`, the written-out backward doing the same casts."""
+def test_hidden_variant_in_bf16_keeps_fp32_logits_and_matches_autograd():
+    """bf16 hidden and weight (FSDP's compute dtype): the logits are the fp32 product of the bf16
+    operands, never rounded to bf16 (value within 1e-5 of autograd through
+    `log_softmax(h.float() @ W.float().T)`, while rounding the logits to bf16 is off by more than 1e-3);
+    the gradients come back in bf16 and equal autograd's to bf16 precision."""
     g = torch.Generator().manual_seed(8)
-    hidden = torch.randn(2, 23, 16, generator=g).bfloat16()
-    weight = (torch.randn(37, 16, generator=g) * 0.5).bfloat16()
+    hidden = (torch.randn(2, 23, 16, generator=g) * 4).bfloat16()       # logits of ~16-32, as real models'
+    weight = (torch.randn(37, 16, generator=g) * 2).bfloat16()
     labels = random_labels(2, 23, 37, [3, 6], [0, 4], g)
     upstream = torch.randn(2, generator=g)
     h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     s1, _ = sequence_logps_from_hidden(h1, w1, labels, chunk_size=7)
     (s1 * upstream).sum().backward()
     h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    s2, _ = naive_sequence_logps((h2 @ w2.t()).float(), labels)
+    s2, _ = naive_sequence_logps(h2.float() @ w2.float().t(), labels)
     (s2.float() * upstream).sum().backward()
+    rounded, _ = naive_sequence_logps((hidden @ weight.t()).float(), labels)
     assert h1.grad.dtype == w1.grad.dtype == torch.bfloat16
     torch.testing.assert_close(s1, s2.float(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(h1.grad, h2.grad, rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(w1.grad, w2.grad, rtol=2e-2, atol=2e-2)
+    assert (rounded.float() - s2.float()).abs().max() > 1e-3        # what rounding to bf16 would cost
+    torch.testing.assert_close(h1.grad, h2.grad.bfloat16(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(w1.grad, w2.grad.bfloat16(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("logit_scale,softcap", [(0.25, None), (3.0, None), (1.0, 2.0), (0.5, 1.5)])
+def test_hidden_variant_with_the_family_head_equals_naive_in_value_and_gradient(logit_scale, softcap):
+    """Granite/Cohere's logit scale and Gemma's soft-cap: value and both gradients equal autograd through
+    `log_softmax(cap * tanh(scale * h @ W.T / cap))` within 1e-6 relative (fp32), and differ from the
+    plain head's (the head is not a no-op at these sizes)."""
+    g = torch.Generator().manual_seed(9)
+    hidden, weight = torch.randn(2, 19, 16, generator=g), torch.randn(41, 16, generator=g)
+    labels = random_labels(2, 19, 41, [3, 5], [0, 2], g)
+    upstream = torch.randn(2, generator=g)
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    s1, _ = sequence_logps_from_hidden(h1, w1, labels, chunk_size=5, logit_scale=logit_scale, softcap=softcap)
+    (s1 * upstream).sum().backward()
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    logits = (h2 @ w2.t()) * logit_scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    s2, _ = naive_sequence_logps(logits, labels)
+    (s2.float() * upstream).sum().backward()
+    plain, _ = sequence_logps_from_hidden(hidden, weight, labels, chunk_size=5)
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+    assert rel(s1, s2.float()) < 1e-6
+    assert rel(h1.grad, h2.grad) < 1e-6
+    assert rel(w1.grad, w2.grad) < 1e-6
+    assert rel(plain, s2.float()) > 1e-2
 
 
 def test_token_logps_per_position_and_hidden_variant_agree():

@@ -377,23 +377,6 @@ def test_two_nodes_train_checkpoint_resume_and_equal_the_one_node_run(tmp_path, 
 # ----------------------------------------------------------------------------- in-process checkpoint checks
 
 
-@pytest.fixture
-def single_rank_group(monkeypatch):
-    """A one-process gloo group in this process (torchrun-free), torn down afterwards."""
-    import socket
-
-    import torch.distributed as dist
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(port)}.items():
-        monkeypatch.setenv(k, v)
-    yield training.setup_distributed()
-    dist.destroy_process_group()
-
-
 def _in_process_model(tiny_model_dir, tmp_path, extra=()):
     args = train_sft.parse_args(["--model", str(tiny_model_dir), "--data", "unused", "--output-dir",
                                  str(tmp_path / "out"), "--no-progress", *extra])
