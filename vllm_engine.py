@@ -66,6 +66,7 @@ engine's (another sampler implementation), so compare engines by their metrics, 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -148,6 +149,27 @@ def stop_ids_from_files(path, tokenizer):
     return stop_token_ids(SimpleNamespace(generation_config=generation_config), tokenizer)
 
 
+# What torchrun puts in every worker's environment. vLLM's engine and worker processes inherit the
+# environment they are spawned with and run their own init_process_group (NCCL on GPUs, even at tensor
+# parallel 1): with these set, torch's env:// rendezvous would read this rank's RANK/WORLD_SIZE/MASTER_*
+# and TORCHELASTIC_USE_AGENT_STORE would point it at torchrun's own store (a known source of hangs).
+LAUNCHER_ENV_PREFIXES = ("TORCHELASTIC_", "GROUP_", "ROLE_")
+LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def without_launcher_env(environ=os.environ):
+    """Build vLLM's engine as if launched alone: torchrun's variables are out of the environment while its
+    processes are spawned, and back afterwards (this rank's own process group keeps working)."""
+    saved = {k: v for k, v in environ.items() if k in LAUNCHER_ENV or k.startswith(LAUNCHER_ENV_PREFIXES)}
+    for name in saved:
+        del environ[name]
+    try:
+        yield
+    finally:
+        environ.update(saved)
+
+
 def load(path, dtype, tensor_parallel_size, seed):
     """(vllm.LLM, the Hugging Face tokenizer, stop ids, close) for --model `path`, on this rank's GPUs
     (or vLLM's CPU platform). close() stops the engine's processes; until then a watchdog child stops
@@ -174,8 +196,9 @@ def load(path, dtype, tensor_parallel_size, seed):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
     watchdog = start_watchdog()
     try:
-        llm = vllm.LLM(model=path, tensor_parallel_size=tensor_parallel_size, seed=seed, generation_config="vllm",
-                       **settings)
+        with without_launcher_env():
+            llm = vllm.LLM(model=path, tensor_parallel_size=tensor_parallel_size, seed=seed,
+                           generation_config="vllm", **settings)
     except BaseException:
         stop_watchdog(watchdog)
         raise

@@ -10,8 +10,9 @@ real `train_redi.main` / `train_sft.main` in this process (bf16 compute on GPU, 
 activation checkpointing, one pair per step, --no-save) for each case:
     REDI  every available layout (padded; packed = one causal SDPA call per sequence; packed with
           flash-attn varlen when flash_attn is installed) x L in {4k, 8k, 16k}
-    DPO   --precompute-ref (reference log-probs cached first, not timed), default layout, same L
-    SFT   the chosen traces, default layout, same L
+    DPO   --precompute-ref (reference log-probs cached first, not timed), the scripts' default layout
+          (default_layout: packed-varlen with flash-attn, else padded), same L
+    SFT   the chosen traces, the default layout, same L
 The first step of each case is warm-up; figures are medians of the others, read from metrics.jsonl.
 Peak memory is torch.cuda.max_memory_allocated, reset between cases after the previous case is
 garbage-collected (CPU: the process's peak RSS, which only grows). Work files go to a temp dir that is removed.
@@ -139,6 +140,13 @@ def layouts() -> list[tuple[str, str, str]]:
     return found
 
 
+def default_layout() -> tuple[str, str, str]:
+    """What the training scripts pick with --layout auto --attn-implementation auto (training.choose_kernels):
+    packed with flash-attn varlen when flash-attn imports on CUDA, else padded rows with SDPA."""
+    varlen = [case for case in layouts() if case[0] == "packed-varlen"]
+    return varlen[0] if varlen else layouts()[0]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny model, short sequences")
@@ -157,7 +165,7 @@ def main(argv=None):
         for length in lengths:
             pairs, sft = write_pairs(work, model_dir, length)
             cases = [("redi", name, layout, attn) for name, layout, attn in layouts()]
-            default = layouts()[-1]
+            default = default_layout()
             cases += [("dpo", default[0], default[1], default[2]), ("sft", default[0], default[1], default[2])]
             for loss, name, layout, attn in cases:
                 result = run_case(work, model_dir, loss, sft if loss == "sft" else pairs, layout, attn, steps, info,

@@ -55,6 +55,7 @@ class FakeLLM:
 
         self.kwargs, self.calls, self.shut_down = dict(model=model, **kwargs), [], False
         self.visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.environ = dict(os.environ)                 # what vLLM's engine processes would inherit
         self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self.shutdown))
         FakeLLM.made.append(self)
 
@@ -199,6 +200,23 @@ def test_each_torchrun_rank_gets_its_own_gpus(fake_vllm, tiny_model_dir, monkeyp
     llm, _, _, close = vllm_engine.load(str(tiny_model_dir), "auto", 2, 0)
     close()
     assert llm.visible_devices == "4,5"
+
+
+def test_vllm_is_built_without_torchruns_variables_and_the_rank_keeps_them(fake_vllm, tiny_model_dir, monkeypatch):
+    """Under torchrun, vLLM's engine is spawned with none of torchrun's rendezvous variables (RANK, MASTER_*,
+    TORCHELASTIC_USE_AGENT_STORE, GROUP_*/ROLE_*: its own init_process_group must not join the rank's), and
+    the rank process has them all back afterwards."""
+    launcher = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": "29511", "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RUN_ID": "x",
+                "GROUP_RANK": "0", "GROUP_WORLD_SIZE": "1", "ROLE_RANK": "1", "ROLE_NAME": "default"}
+    for name, value in launcher.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    llm, _, _, close = vllm_engine.load(str(tiny_model_dir), "auto", 1, 0)
+    close()
+    assert not set(launcher) & set(llm.environ), set(launcher) & set(llm.environ)
+    assert llm.visible_devices == "1" and llm.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    assert all(os.environ[name] == value for name, value in launcher.items())
 
 
 def test_stop_ids_from_files_agree_with_the_native_stop_set(tiny_model_dir, tmp_path):
