@@ -270,10 +270,12 @@ def test_hidden_variant_in_bf16_keeps_fp32_logits_and_matches_autograd():
     h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     s2, _ = naive_sequence_logps(h2.float() @ w2.float().t(), labels)
     (s2.float() * upstream).sum().backward()
-    rounded, _ = naive_sequence_logps((hidden @ weight.t()).float(), labels)
+    rounded, _ = naive_sequence_logps((hidden @ weight.t()).float(), labels)      # the old path: bf16 logits
+    exact, _ = naive_sequence_logps(hidden.double() @ weight.double().t(), labels)  # fp64 reference
     assert h1.grad.dtype == w1.grad.dtype == torch.bfloat16
     torch.testing.assert_close(s1, s2.float(), rtol=1e-5, atol=1e-5)
-    assert (rounded.float() - s2.float()).abs().max() > 1e-3        # what rounding to bf16 would cost
+    ours_error, rounded_error = (s1.double() - exact).abs().max(), (rounded.double() - exact).abs().max()
+    assert ours_error < 1e-4 and rounded_error > 1e-3 and rounded_error > 100 * ours_error, (ours_error, rounded_error)
     torch.testing.assert_close(h1.grad, h2.grad.bfloat16(), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(w1.grad, w2.grad.bfloat16(), rtol=2e-2, atol=2e-2)
 
