@@ -7,6 +7,7 @@ one-line exits for bad input, JSON Lines reading, output directories.
     data_error(...)             InputError 'PATH:LINE: field 'F': expected E, found X'
     read_jsonl(path)            (line number, record) for each non-blank line
     make_output_dir(path, what) a writable directory, or an InputError saying why not
+    add_system_prompt_option    --system-prompt, one definition for curate, both trainers and evaluate
 """
 from __future__ import annotations
 
@@ -108,3 +109,17 @@ def read_jsonl(path):
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{line_number}: invalid JSON: {e.msg} at column {e.colno}") from None
             yield line_number, record
+
+
+SYSTEM_PROMPT_HELP = (
+    "the system message of conversations that have none; same meaning in curate.py, train_sft.py, train_redi.py "
+    "and evaluate.py (docs/data_formats.md). Absent (default): the chat template's own default, if it has one "
+    "(Qwen2.5-Math: 'Please reason step by step, and put your final answer within \\boxed{}.'; SmolLM2: 'You "
+    "are a helpful AI assistant named SmolLM, ...'). TEXT: a system message with TEXT. '': an empty system "
+    "message, which stops such templates inserting their default (they render an empty system turn; no option "
+    "removes the turn itself). A data row's own system message is kept")
+
+
+def add_system_prompt_option(group, note: str = "") -> None:
+    """`--system-prompt TEXT` on an argparse parser or group (dest system_prompt; None when absent)."""
+    group.add_argument("--system-prompt", default=None, metavar="TEXT", help=SYSTEM_PROMPT_HELP + note)

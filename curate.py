@@ -5,6 +5,8 @@ problem, the lowest-index generation both verifiers accept as the SFT example an
 y_w, and the lowest-index generation they do not both accept as its rejected y_l; with a tokenizer,
 pairs whose prompt or either response is too long for training are dropped. The rules, where this
 departs from REDI's scripts and why, the output formats and the summary's fields: docs/curation.md.
+Lengths are counted exactly as training tokenizes (data.tokenize_examples, with the training run's
+`--system-prompt`), so a response's count is the number of tokens training supervises.
 The outputs load with data.py's `load_sft_examples` / `load_pairs`, as train_sft.py and
 train_redi.py read them.
 
@@ -32,8 +34,9 @@ from collections import Counter
 
 import numpy as np
 
-from cli import InputError, data_error, describe, exit_on_input_error, make_output_dir, read_jsonl
-from data import load_tokenizer
+from cli import (InputError, add_system_prompt_option, data_error, describe, exit_on_input_error, make_output_dir,
+                 read_jsonl)
+from data import IGNORE_INDEX, load_tokenizer, tokenize_examples
 
 
 # -----------------------------------------------------------------------------
@@ -66,6 +69,11 @@ PAIR_REFUSALS = {
     "chosen_equals_rejected": "chosen and rejected are the same text (--drop-identical-pairs); the SFT "
                               "example is kept",
 }
+
+# What the length filter's counts are (rule 7 of docs/curation.md), for the summary.
+COUNTED_AS = ("as training tokenizes (data.tokenize_examples, same --system-prompt): prompt = the chat-templated "
+              "prompt with its generation prompt, system prompt included; chosen / rejected = the supervised "
+              "tokens (the response through its end-of-turn token)")
 
 # Fields the rules read, with the JSON type they must have when present and not null. A wrong type
 # means the file is not OpenR1-Math-Raw: an error, never a silently skipped row.
@@ -224,7 +232,7 @@ class Candidate:
     chosen: str
     rejected_gen_idx: int | None = None
     rejected: str | None = None
-    prompt_tokens: int | None = None      # filled by measure_lengths (REDI's counting)
+    prompt_tokens: int | None = None      # filled by measure_lengths (training's tokenization)
     chosen_tokens: int | None = None
     rejected_tokens: int | None = None
 
@@ -320,38 +328,28 @@ def iter_candidates(files, id_prefix, excluded_sources, drop_identical_pairs, st
 # length filter (pairs only; rule 7 of docs/curation.md)
 
 
-def chat_token_counts(tokenizer, conversations: list[list[dict]]) -> list[int]:
-    """Tokens of each conversation chat-templated WITHOUT a generation prompt; one batched encode."""
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=False) for c in conversations]
-    encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    return [len(ids) for ids in encoded]
-
-
-def measure_lengths(tokenizer, batch: list[Candidate], stats: CurationStats) -> None:
-    """Set REDI's token counts on each candidate of the batch, with one batched encode.
-
-    prompt = the templated [user] message + 1; chosen / rejected = the templated lone [assistant]
-    message + 1 for EOS. With Qwen's template a lone message gains the default system block, so
-    responses are slightly overcounted, exactly as in REDI's filter.
-    """
+def measure_lengths(tokenizer, batch: list[Candidate], stats: CurationStats, system_prompt: str | None = None) -> None:
+    """Set each candidate's token counts exactly as training will tokenize it (data.tokenize_examples, with
+    the same --system-prompt), in one batched call: prompt = the chat-templated prompt with its generation
+    prompt (system prompt included); chosen / rejected = the supervised tokens, response + end of turn."""
+    sequences = [([{"role": "user", "content": c.problem}], c.chosen, f"{c.id} (chosen)") for c in batch]
     with_pair = [c for c in batch if c.rejected is not None]
-    conversations = ([[{"role": "user", "content": c.problem}] for c in batch]
-                     + [[{"role": "assistant", "content": c.chosen}] for c in batch]
-                     + [[{"role": "assistant", "content": c.rejected}] for c in with_pair])
+    sequences += [([{"role": "user", "content": c.problem}], c.rejected, f"{c.id} (rejected)") for c in with_pair]
     start = time.perf_counter()
-    counts = chat_token_counts(tokenizer, conversations)
+    tokenized = tokenize_examples(tokenizer, sequences, system_prompt=system_prompt)
     stats.tokenize_seconds += time.perf_counter() - start
-    stats.tokenized_texts += len(counts)
-    stats.tokenized_tokens += sum(counts)
-    n = len(batch)
+    stats.tokenized_texts += len(tokenized)
+    stats.tokenized_tokens += sum(len(t["input_ids"]) for t in tokenized)
+    prompts = [t["labels"].count(IGNORE_INDEX) for t in tokenized]      # labels are IGNORE_INDEX on the prompt only
+    responses = [len(t["input_ids"]) - n for t, n in zip(tokenized, prompts)]
     for i, c in enumerate(batch):
-        c.prompt_tokens, c.chosen_tokens = counts[i] + 1, counts[n + i] + 1
-    for c, count in zip(with_pair, counts[2 * n:]):
-        c.rejected_tokens = count + 1
+        c.prompt_tokens, c.chosen_tokens = prompts[i], responses[i]
+    for c, count in zip(with_pair, responses[len(batch):]):
+        c.rejected_tokens = count
 
 
 def over_limits(c: Candidate, max_prompt_tokens: int, max_response_tokens: int) -> list[str]:
-    """Which of REDI's limits a pair exceeds: a subset of ['prompt', 'chosen', 'rejected']."""
+    """Which limits a pair exceeds: a subset of ['prompt', 'chosen', 'rejected']."""
     checks = (("prompt", c.prompt_tokens, max_prompt_tokens), ("chosen", c.chosen_tokens, max_response_tokens),
               ("rejected", c.rejected_tokens, max_response_tokens))
     return [name for name, tokens, limit in checks if tokens > limit]
@@ -482,7 +480,7 @@ def emit_batch(batch, tokenizer, args, stats: CurationStats, sft_out: ShuffledJs
                pairs_out: ShuffledJsonlWriter) -> None:
     """Measure a batch of candidates (if a tokenizer is given), length-filter the pairs, spool both outputs."""
     if tokenizer is not None and batch:
-        measure_lengths(tokenizer, batch, stats)
+        measure_lengths(tokenizer, batch, stats, args.system_prompt)
     for c in batch:
         sft_out.add(sft_record(c))   # SFT examples are not length-filtered (REDI: 32k max sequence)
         if c.chosen_tokens is not None:
@@ -512,7 +510,7 @@ def curate(args) -> dict:
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
         raise InputError(f"--tokenizer {args.tokenizer}: the tokenizer has no chat template (tokenizer_config.json "
-                         f"'chat_template'); REDI's length filter counts chat-templated tokens")
+                         f"'chat_template'); the length filter counts tokens as training templates them")
     index = BenchmarkIndex(args.benchmarks, args.decontam_ngram) if args.benchmarks else None
     stats, hits = CurationStats(), []
     stats.setup_seconds = time.perf_counter() - start   # tokenizer and benchmark loading
@@ -596,7 +594,8 @@ def build_summary(args, stats: CurationStats, index, hits, seconds) -> dict:
                             "action": "dropped" if args.drop_identical_pairs else "kept"},
         "decontamination": None,
         "length_filter": {
-            "applied": args.tokenizer is not None, "tokenizer": args.tokenizer,
+            "applied": args.tokenizer is not None, "tokenizer": args.tokenizer, "system_prompt": args.system_prompt,
+            "counted_as": COUNTED_AS,
             "max_prompt_tokens": args.max_prompt_tokens, "max_response_tokens": args.max_response_tokens,
             "pairs_before": stats.pairs_before_length_filter, "dropped": stats.length_dropped,
             "dropped_by_limit": {k: stats.length_dropped_by_limit[k] for k in ("prompt", "chosen", "rejected")}},
@@ -702,6 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--max-response-tokens", type=int, default=19000,
                         help="keep pairs whose chosen AND rejected are <= this")
     length.add_argument("--batch-size", type=int, default=256, help="problems per batched tokenizer call")
+    add_system_prompt_option(length, note=". Here it changes only what the length filter counts (pass the training "
+                                          "run's): rows are written without a system message")
     decon = parser.add_argument_group("decontamination report")
     decon.add_argument("--benchmarks", nargs="+", default=None, metavar="FILE",
                        help="benchmark JSON Lines files (field 'problem') to check the curated problems against")
@@ -731,6 +732,8 @@ def validate_args(parser, args) -> None:
             parser.error(f"{option} {path} is the --raw input; it would be overwritten")
     if args.drop_contaminated and not args.benchmarks:
         parser.error("--drop-contaminated needs --benchmarks")
+    if args.system_prompt is not None and not args.tokenizer:
+        parser.error("--system-prompt needs --tokenizer: it only changes the length filter's counts")
 
 
 def run(args) -> int:

@@ -6,7 +6,9 @@ What train_sft.py and train_redi.py import, in the order a micro-batch is made:
     load_sft_examples(path)            SFT examples {"id", "prompt_messages", "response"}
     load_pairs(path)                   pairs {"id", "prompt_messages", "chosen", "rejected"}
     tokenize_sft / tokenize_pairs      chat template -> {"input_ids", "labels"}: labels IGNORE_INDEX on the
-                                       prompt, the response's tokens up to and including the end of turn
+                                       prompt, the response's tokens up to and including the end of turn;
+                                       `system_prompt` is --system-prompt (chat_messages: the rule)
+    describe_first_example             the log block showing an example exactly as tokenized, once per run
     num_tokens(example)                a sequence's length (a pair's: chosen + rejected)
     collate / collate_pairs            a padded or packed micro-batch; a pair micro-batch is ONE forward over
                                        [chosen_0..chosen_{n-1}, rejected_0..rejected_{n-1}]
@@ -227,38 +229,88 @@ def end_of_turn_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def tokenize_example(tokenizer, prompt_messages: list[dict], response: str, example_id: str,
-                     max_length: int | None = None) -> dict:
-    """Chat-template one (prompt, response) and return {"input_ids", "labels"} as int lists.
+def chat_messages(prompt_messages: list[dict], system_prompt: str | None = None) -> list[dict]:
+    """The prompt's messages as the chat template receives them, under `--system-prompt` (docs/data_formats.md).
 
-    The prompt is the conversation with the generation prompt (so with REDI's template it ends in
-    `<|im_start|>assistant\\n<think>\\n`); the labels are IGNORE_INDEX on it and cover the whole
-    response INCLUDING the end-of-turn token, so the model learns to stop. Anything the template
-    adds after the end-of-turn token (Qwen adds "\\n") is dropped. The prompt/response boundary is
-    found by tokenizing the prompt and the full conversation and checking that the first is a
-    prefix of the second, never by searching for a marker. Nothing is truncated: a sequence over
-    `max_length` is an error naming the example (filter long examples at curation).
+    None (the option absent): unchanged, so a template with a default system prompt (Qwen2.5-Math,
+    SmolLM2) inserts it. A string, "" included: a system message with that text first, unless the
+    conversation opens with a system message of its own, which is kept: it is part of the example.
     """
-    prompt_text = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(
-        list(prompt_messages) + [{"role": "assistant", "content": response}], tokenize=False)
-    if not full_text.startswith(prompt_text):
+    if system_prompt is None or prompt_messages[0]["role"] == "system":
+        return list(prompt_messages)
+    return [{"role": "system", "content": system_prompt}, *prompt_messages]
+
+
+def _render(tokenizer, messages, example_id, add_generation_prompt=False) -> str:
+    """apply_chat_template as text; a template that refuses the conversation is an InputError naming the example."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as e:   # e.g. a template that rejects the system role, given --system-prompt
+        raise InputError(f"example {example_id}: the chat template refuses the conversation (roles "
+                         f"{[m['role'] for m in messages]}): {e}") from None
+
+
+def prompt_text(tokenizer, prompt_messages: list[dict], system_prompt: str | None = None,
+                example_id: str = "the prompt") -> str:
+    """The prompt as the model sees it, generation prompt included: what training masks and what
+    evaluate.py samples from (one function, so the two cannot drift apart)."""
+    return _render(tokenizer, chat_messages(prompt_messages, system_prompt), example_id, add_generation_prompt=True)
+
+
+def tokenize_examples(tokenizer, examples, max_length: int | None = None,
+                      system_prompt: str | None = None) -> list[dict]:
+    """Chat-template (prompt_messages, response, example_id) triples; returns {"input_ids", "labels"} int lists.
+
+    The prompt is the conversation (`chat_messages`: the --system-prompt rule) with the generation
+    prompt (so with REDI's template it ends in `<|im_start|>assistant\\n<think>\\n`); the labels are
+    IGNORE_INDEX on it and cover the whole response INCLUDING the end-of-turn token, so the model
+    learns to stop. Anything the template adds after the end-of-turn token (Qwen adds "\\n") is
+    dropped. The prompt/response boundary is found by tokenizing the prompt and the full
+    conversation and checking that the first is a prefix of the second, never by searching for a
+    marker. Nothing is truncated: a sequence over `max_length` is an error naming the example
+    (filter long examples at curation). One batched encode for all prompts and one for all
+    conversations: curation's length filter counts thousands of examples this way at once.
+    """
+    prompt_texts, full_texts = [], []
+    for prompt_messages, response, example_id in examples:
+        prompt_texts.append(prompt_text(tokenizer, prompt_messages, system_prompt, example_id))
+        conversation = chat_messages(prompt_messages, system_prompt) + [{"role": "assistant", "content": response}]
+        full_texts.append(_render(tokenizer, conversation, example_id))
+        _check_prefix(prompt_texts[-1], full_texts[-1], response, example_id)
+    if not examples:
+        return []
+    unique_prompts = list(dict.fromkeys(prompt_texts))   # a pair's chosen and rejected share their prompt
+    prompt_ids = dict(zip(unique_prompts, tokenizer(unique_prompts, add_special_tokens=False)["input_ids"]))
+    full_ids = tokenizer(full_texts, add_special_tokens=False)["input_ids"]
+    eot = end_of_turn_id(tokenizer)
+    return [_split(prompt_ids[text], ids, eot, example_id, max_length)
+            for text, ids, (_, _, example_id) in zip(prompt_texts, full_ids, examples)]
+
+
+def _check_prefix(prompt, full, response, example_id) -> None:
+    """The templated prompt must open the templated conversation: where it ends is the prompt/response boundary."""
+    if not full.startswith(prompt):
         raise InputError(
             f"example {example_id}: the templated prompt is not a prefix of the templated conversation. "
-            f"The chat template's generation prompt ends with {prompt_text[-30:]!r}, but the conversation "
-            f"continues with {full_text[len(prompt_text) - 30:len(prompt_text)]!r}. With REDI's template the "
+            f"The chat template's generation prompt ends with {prompt[-30:]!r}, but the conversation "
+            f"continues with {full[len(prompt) - 30:len(prompt)]!r}. With REDI's template the "
             f"response must start with the text the generation prompt forces (e.g. '<think>\\n'); "
             f"the response starts with {response[:30]!r}")
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+
+
+def _split(prompt_ids, full_ids, eot, example_id, max_length) -> dict:
+    """{"input_ids", "labels"}: the conversation's ids through the response's last end-of-turn token,
+    labels IGNORE_INDEX on the prompt."""
     if full_ids[:len(prompt_ids)] != prompt_ids:
         raise InputError(f"example {example_id}: the prompt tokenizes differently alone and inside the "
                          f"conversation (a token merges across the prompt/response boundary)")
-    eot = end_of_turn_id(tokenizer)
-    ends = [i for i in range(len(prompt_ids), len(full_ids)) if full_ids[i] == eot]
-    if not ends:
+    # the LAST end-of-turn after the prompt, searched from the end: only the template's tail ("\\n") follows it
+    end = next((i for i in range(len(full_ids) - 1, len(prompt_ids) - 1, -1) if full_ids[i] == eot), None)
+    if end is None:
         raise InputError(f"example {example_id}: no end-of-turn token (id {eot}) after the response")
-    input_ids = full_ids[:ends[-1] + 1]
+    input_ids = full_ids[:end + 1]
     if len(input_ids) == len(prompt_ids):
         raise InputError(f"example {example_id}: empty response")
     if max_length is not None and len(input_ids) > max_length:
@@ -269,18 +321,27 @@ def tokenize_example(tokenizer, prompt_messages: list[dict], response: str, exam
     return {"input_ids": input_ids, "labels": labels}
 
 
-def tokenize_sft(tokenizer, examples: list[dict], max_length: int | None = None) -> list[dict]:
+def tokenize_example(tokenizer, prompt_messages: list[dict], response: str, example_id: str,
+                     max_length: int | None = None, system_prompt: str | None = None) -> dict:
+    """One (prompt, response) chat-templated: {"input_ids", "labels"}, as `tokenize_examples`."""
+    return tokenize_examples(tokenizer, [(prompt_messages, response, example_id)], max_length, system_prompt)[0]
+
+
+def tokenize_sft(tokenizer, examples: list[dict], max_length: int | None = None,
+                 system_prompt: str | None = None) -> list[dict]:
     """Canonical SFT examples ({"id", "prompt_messages", "response"}) -> tokenized dicts with "id"."""
-    return [dict(tokenize_example(tokenizer, e["prompt_messages"], e["response"], e["id"], max_length), id=e["id"])
-            for e in examples]
+    return [dict(tokenize_example(tokenizer, e["prompt_messages"], e["response"], e["id"], max_length, system_prompt),
+                 id=e["id"]) for e in examples]
 
 
-def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int | None = None) -> list[dict]:
+def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int | None = None,
+                   system_prompt: str | None = None) -> list[dict]:
     """Canonical pairs ({"id", "prompt_messages", "chosen", "rejected"}) -> {"id", "chosen", "rejected"} tokenized."""
     out = []
     for p in pairs:
-        chosen = tokenize_example(tokenizer, p["prompt_messages"], p["chosen"], f"{p['id']} (chosen)", max_length)
-        rejected = tokenize_example(tokenizer, p["prompt_messages"], p["rejected"], f"{p['id']} (rejected)", max_length)
+        sequences = [(p["prompt_messages"], p["chosen"], f"{p['id']} (chosen)"),
+                     (p["prompt_messages"], p["rejected"], f"{p['id']} (rejected)")]
+        chosen, rejected = tokenize_examples(tokenizer, sequences, max_length, system_prompt)
         out.append({"id": p["id"], "chosen": chosen, "rejected": rejected})
     return out
 
@@ -290,6 +351,85 @@ def num_tokens(example: dict) -> int:
     if "input_ids" in example:
         return len(example["input_ids"])
     return len(example["chosen"]["input_ids"]) + len(example["rejected"]["input_ids"])
+
+
+# -----------------------------------------------------------------------------
+# showing what the model sees: the first example of a run, logged once
+
+
+SHOWN_TOKENS = 1024          # a longer part of an example is shown as its first 512 and last 256 tokens
+_PROBE = "@@system-prompt-probe@@"
+
+
+def template_system_prompt(tokenizer) -> str | None:
+    """The system text the chat template inserts into a conversation that has none, or None.
+
+    Found by rendering one user turn with a probe system message and without one: what the probe
+    occupies in the first render is what the template inserted in the second (None when the two
+    do not line up, i.e. the template inserts no system turn, or refuses system messages)."""
+    user = [{"role": "user", "content": "Q"}]
+    from jinja2 import TemplateError
+
+    try:
+        probed = tokenizer.apply_chat_template([{"role": "system", "content": _PROBE}, *user], tokenize=False)
+    except TemplateError:        # a template that rejects the system role (Gemma's) inserts none either
+        return None
+    plain = tokenizer.apply_chat_template(user, tokenize=False)
+    before, _, after = probed.partition(_PROBE)
+    if plain.startswith(before) and plain.endswith(after) and len(plain) > len(before) + len(after):
+        return plain[len(before):len(plain) - len(after)]
+    return None
+
+
+def system_prompt_in_use(tokenizer, prompt_messages: list[dict], system_prompt: str | None) -> str:
+    """Where an example's system prompt comes from and its text, for the log (the rule: `chat_messages`)."""
+    if prompt_messages[0]["role"] == "system":
+        return f"{prompt_messages[0]['content']!r} (the data row's own system message, kept)"
+    if system_prompt == "":
+        return "'' (--system-prompt '': an empty system message, so the template inserts no default)"
+    if system_prompt is not None:
+        return f"{system_prompt!r} (--system-prompt)"
+    default = template_system_prompt(tokenizer)
+    return f"(template default: {default!r})" if default else "(none)"
+
+
+def show_tokens(tokenizer, ids: list[int]) -> str:
+    """`ids` decoded with special tokens shown; the middle of a part longer than SHOWN_TOKENS is elided, marked."""
+    if len(ids) <= SHOWN_TOKENS:
+        return tokenizer.decode(ids, skip_special_tokens=False)
+    head, tail = SHOWN_TOKENS // 2, SHOWN_TOKENS // 4
+    return (tokenizer.decode(ids[:head], skip_special_tokens=False)
+            + f"[... {len(ids) - head - tail} tokens not shown ...]"
+            + tokenizer.decode(ids[-tail:], skip_special_tokens=False))
+
+
+def describe_tokens(tokenizer, title: str, system: str, parts: list[tuple[str, list[int]]]) -> str:
+    """A log block: `title`, the system prompt in use, then each (name, ids) part decoded between markers."""
+    lines = [f"{title}; system prompt: {system}; decoded with special tokens shown, each part between markers:"]
+    for name, ids in parts:
+        lines += [f"----- {name}: {len(ids)} tokens -----", show_tokens(tokenizer, ids)]
+    return "\n".join(lines + ["----- end of the example -----"])
+
+
+def first_record(path) -> dict:
+    """The canonical first record of a data file (read alone: the log needs only it)."""
+    for line, record in read_jsonl(path):
+        return normalize_record(record, path, line)
+    raise InputError(f"{path}: no records (the file is empty)")
+
+
+def describe_first_example(tokenizer, path, example: dict, system_prompt: str | None) -> str:
+    """The training log's block for `example`, the first record of `path` exactly as tokenized for training
+    (an SFT example, or a pair): its prompt (not supervised) and each response (supervised)."""
+    sequences = ({"response": example} if "input_ids" in example
+                 else {"chosen response": example["chosen"], "rejected response": example["rejected"]})
+    prompt_length = [next(i for i, t in enumerate(s["labels"]) if t != IGNORE_INDEX) for s in sequences.values()]
+    first = next(iter(sequences.values()))
+    parts = [("prompt (not supervised)", first["input_ids"][:prompt_length[0]])]
+    parts += [(f"{name} (supervised: the loss's tokens)", s["input_ids"][n:])
+              for (name, s), n in zip(sequences.items(), prompt_length)]
+    system = system_prompt_in_use(tokenizer, first_record(path)["prompt_messages"], system_prompt)
+    return describe_tokens(tokenizer, f"first training example as tokenized (id {example['id']})", system, parts)
 
 
 # -----------------------------------------------------------------------------

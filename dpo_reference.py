@@ -22,8 +22,9 @@ from data import collate_pairs
 from training import print0
 
 
-def reference_cache_path(args) -> str:
-    """Cache file beside the data, keyed by the reference model's identity and numerics."""
+def reference_cache_path(args, tokens_key: str) -> str:
+    """Cache file beside the data, keyed by the reference model's identity and numerics and by the token
+    cache's key (`tokens_key`: data, tokenizer, template, --system-prompt), since log p_ref(y|x) depends on all."""
     ref = os.path.abspath(args.ref_model or args.model)
     h = hashlib.sha256()
     for name in sorted(os.listdir(ref)) if os.path.isdir(ref) else []:
@@ -31,7 +32,7 @@ def reference_cache_path(args) -> str:
             st = os.stat(os.path.join(ref, name))
             h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
     h.update(f"{ref}|{args.mixed_precision}|{args.max_position_embeddings}|{args.rope_theta}|"
-             f"{args.attn_implementation}".encode())
+             f"{args.attn_implementation}|{tokens_key}".encode())
     return f"{args.data}.ref-logps.{h.hexdigest()[:16]}.jsonl"
 
 
@@ -63,7 +64,7 @@ def compute_reference_logps(ref_model, pairs, pad_id, args, device) -> dict:
 def load_or_compute_reference(args, pairs, pad_id, device) -> dict:
     """--precompute-ref: read the cache if it covers every pair, else compute, write, and read it."""
     # The cache is keyed by pair id; data.load_pairs has already refused a file with a repeated id.
-    path = reference_cache_path(args)
+    path = reference_cache_path(args, os.path.basename(pairs.directory))
     if os.path.exists(path):
         cache = {r["id"]: (r["chosen"], r["rejected"]) for _, r in read_jsonl(path)}
         if all(p["id"] in cache for p in pairs):

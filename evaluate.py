@@ -2,9 +2,10 @@
 
 What it does
     1. Builds each problem's prompt (`--prompt-template`, see PROMPT_TEMPLATES) and renders it with
-       the tokenizer's chat template, generation prompt included. REDI's template opens the
-       assistant turn with `<think>\\n`, so sampling starts inside the thinking block, as the paper's
-       evaluation forced it.
+       the tokenizer's chat template, generation prompt included, and `--system-prompt` applied as
+       training applies it (data.prompt_text); rank 0 prints the first prompt as tokenized. REDI's
+       template opens the assistant turn with `<think>\\n`, so sampling starts inside the thinking
+       block, as the paper's evaluation forced it.
     2. Samples `--n` responses per problem (T=0.6, top-p 0.95, up to 32,768 new tokens in the paper)
        with continuous batching (sampler.sample_pool): a pool of `--batch-size` rows (auto: as many as
        fit in the free GPU memory) over a preallocated KV cache, each finished row refilled at once
@@ -23,8 +24,8 @@ What it does
        +- the paper's SEM, pass@k (unbiased estimator) for k = 1, 2, 4, ..., n, mean response length,
        truncation rate, and the reflection statistic (occurrences of "Wait" per response).
     `--engine vllm` replaces step 2's sampler with vLLM (vllm_engine.py: settings, supported
-    parallelism; tested on the real vLLM's CPU build, not on a GPU): the same prompts, per-sample seeds and record format, sent
-    `--engine-chunk` samples per call, each chunk appended as it returns; resume and grading unchanged.
+    parallelism; tested on the real vLLM's CPU build, not on a GPU): the same prompts, per-sample seeds and record format,
+    `--engine-chunk` samples in flight, each appended as it finishes; resume and grading unchanged.
 
 Launch
     # one GPU or CPU, a local benchmark file (schema: benchmarks/README.md)
@@ -63,11 +64,12 @@ import sys
 import time
 from importlib import metadata
 
-from cli import InputError, data_error, describe, exit_on_input_error, make_output_dir, read_jsonl, run_then_exit
+from cli import (InputError, add_system_prompt_option, data_error, describe, exit_on_input_error, make_output_dir,
+                 read_jsonl, run_then_exit)
 
 # The grader is its own module; its names stay importable from here for scripts and users.
-from sampler import (AUTO_ROWS_OFF_CUDA, PoolCache, check_model, load_model, sample_next, sample_pool,  # noqa: F401
-                     stop_token_ids)
+from sampler import (AUTO_ROWS_OFF_CUDA, PoolCache, check_engine, check_model, load_model, sample_next,  # noqa: F401
+                     sample_pool, stop_token_ids)
 from grader import (DEFAULT_EXTRACTION, DEFAULT_TIMEOUT, EXTRACTION_MODES, GRADER_STATS,  # noqa: F401
                     extract_answer, grade_many, grade_response, is_equivalent, judge, normalize_answer)
 import vllm_engine  # --engine vllm; vllm itself is imported only when that engine loads
@@ -195,10 +197,26 @@ PROMPT_TEMPLATES = {
 }
 
 
-def build_prompt(tokenizer, problem, template="redi"):
-    """The chat-templated prompt text, generation prompt included (REDI's opens `<think>\\n`)."""
-    messages = [{"role": "user", "content": PROMPT_TEMPLATES[template](problem)}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def prompt_messages(problem, template="redi"):
+    """The conversation a benchmark problem becomes: one user turn, `template`'s wording."""
+    return [{"role": "user", "content": PROMPT_TEMPLATES[template](problem)}]
+
+
+def build_prompt(tokenizer, problem, template="redi", system_prompt=None, example_id="the problem"):
+    """The chat-templated prompt text, generation prompt included (REDI's opens `<think>\\n`), with
+    --system-prompt applied by data.prompt_text, the function training's prompts come from."""
+    from data import prompt_text
+
+    return prompt_text(tokenizer, prompt_messages(problem, template), system_prompt, example_id)
+
+
+def describe_prompt(tokenizer, problem, ids, template, system_prompt):
+    """The log block showing the first prompt exactly as the engine gets it (data.describe_tokens)."""
+    from data import describe_tokens, system_prompt_in_use
+
+    title = f"first prompt as tokenized ({problem['benchmark']} id {problem['id']}, --prompt-template {template})"
+    system = system_prompt_in_use(tokenizer, prompt_messages(problem["problem"], template), system_prompt)
+    return describe_tokens(tokenizer, title, system, [("prompt (the model continues it)", ids)])
 
 
 def opened_think(prompt):
@@ -236,6 +254,7 @@ def parse_args(argv=None):
     g.add_argument("--prompt-template", choices=sorted(PROMPT_TEMPLATES), default="redi",
                    help="redi: the paper's instruction before the problem; rllm: problem + \"Let's think step "
                         "by step ...\"; raw: the problem alone (the toy task)")
+    add_system_prompt_option(g)
     g.add_argument("--n", "--num-samples", dest="n", type=int, default=16,
                    help="samples per problem (pass@1 averages over them); under torchrun spell it "
                         "--num-samples (torchrun's own parser rejects --n as ambiguous)")
@@ -256,8 +275,8 @@ def parse_args(argv=None):
     g.add_argument("--tensor-parallel-size", type=int, default=1,
                    help="vllm only: GPUs one model spans (under torchrun: per rank, N x K GPUs per node)")
     g.add_argument("--engine-chunk", type=int, default=512,
-                   help="vllm only: samples per LLM.generate call; a kill loses at most this many, a larger "
-                        "chunk idles the GPU less at each chunk's tail (--batch-size is native only)")
+                   help="vllm only: samples in vLLM's engine at once, each finished one replaced at once; a "
+                        "kill loses at most this many (--batch-size is native only)")
     g = p.add_argument_group("grading")
     g.add_argument("--responses", metavar="GENS.jsonl",
                    help="grade these responses (see the format above) instead of generating; no model needed")
@@ -481,12 +500,12 @@ def _record(p, j, seed, think, text, reason, num_tokens):
             "finish_reason": reason, "num_tokens": num_tokens}
 
 
-def prompts_of(tokenizer, work, template):
+def prompts_of(tokenizer, work, template, system_prompt=None):
     """{(benchmark, id): (prompt token ids, the `<think>` opening it ends with)} for the problems in work."""
     prompts = {}
     for p, _ in work:
         if (p["benchmark"], p["id"]) not in prompts:
-            text = build_prompt(tokenizer, p["problem"], template)
+            text = build_prompt(tokenizer, p["problem"], template, system_prompt, f"{p['benchmark']} {p['id']}")
             prompts[p["benchmark"], p["id"]] = (tokenizer(text, add_special_tokens=False)["input_ids"],
                                                 opened_think(text))
     return prompts
@@ -495,18 +514,19 @@ def prompts_of(tokenizer, work, template):
 def native_engine(args, device):
     """(tokenizer, sample, close): the model loaded here, sampled by sampler.sample_pool."""
     model, tokenizer = load_model(args.model, device, args.dtype)
+    check_engine(model)  # before any sample: a model whose forward the engine cannot reproduce is refused
     return tokenizer, functools.partial(sample_pool, model, max_new_tokens=args.max_new_tokens,
                                         temperature=args.temperature, top_p=args.top_p,
                                         stop_ids=stop_token_ids(model, tokenizer), rows=args.batch_size), lambda: None
 
 
 def vllm_engine_on_gpus(args, device):
-    """(tokenizer, sample, close): a vllm.LLM on this rank's GPUs (vllm_engine.py), `--engine-chunk` jobs per
-    call; close() stops vLLM's processes."""
+    """(tokenizer, sample, close): a vllm.LLM on this rank's GPUs (vllm_engine.py), `--engine-chunk` jobs in
+    flight; close() stops vLLM's processes."""
     llm, tokenizer, stops, close = vllm_engine.load(args.model, args.dtype, args.tensor_parallel_size, args.seed)
-    return tokenizer, functools.partial(vllm_engine.sample_chunks, llm, max_new_tokens=args.max_new_tokens,
+    return tokenizer, functools.partial(vllm_engine.sample_stream, llm, max_new_tokens=args.max_new_tokens,
                                         temperature=args.temperature, top_p=args.top_p, stop_ids=stops,
-                                        chunk=args.engine_chunk), close
+                                        in_flight=args.engine_chunk), close
 
 
 # --engine: each returns (tokenizer, sample(jobs) -> iterator of (key, new ids, "stop" | "length"), close()).
@@ -515,18 +535,22 @@ ENGINES = {"native": native_engine, "vllm": vllm_engine_on_gpus}
 
 def generate(args, work, out_path, rank, device):
     """Sample every (problem, sample) in `work` with --engine, appending one ungraded record per sample
-    to out_path as soon as the engine hands it over (flushed: a kill loses only the samples in flight,
-    or the vllm chunk in flight). Prompts are grouped by length, the n samples of a problem kept
-    together. Both engines share this loop, so their records have one shape and one decoding."""
+    to out_path as soon as the engine hands it over (flushed: a kill loses only the samples in flight).
+    Prompts are grouped by length, the n samples of a problem kept together. Both engines share this
+    loop, so their records have one shape and one decoding."""
     tokenizer, sample, close = ENGINES[args.engine](args, device)
     # close() in `finally`, on success, error or Ctrl-C: vLLM's processes would outlive this one, since
     # run_then_exit ends it with os._exit, which skips the exit handlers vLLM relies on.
     try:
-        prompts = prompts_of(tokenizer, work, args.prompt_template)
+        prompts = prompts_of(tokenizer, work, args.prompt_template, args.system_prompt)
+        if rank == 0:   # once per run: what the model sees
+            first = work[0][0]
+            print(describe_prompt(tokenizer, first, prompts[first["benchmark"], first["id"]][0], args.prompt_template,
+                                  args.system_prompt), flush=True)
         order = sorted(range(len(work)), key=lambda i: len(prompts[work[i][0]["benchmark"], work[i][0]["id"]][0]))
         jobs = [(i, prompts[work[i][0]["benchmark"], work[i][0]["id"]][0],
                  sample_seed(args.seed, work[i][0]["benchmark"], work[i][0]["id"], work[i][1])) for i in order]
-        # a progress line per chunk (vllm), per pool of rows (native), per 64 samples (--batch-size auto)
+        # a progress line per --engine-chunk samples (vllm), per pool of rows (native), per 64 (--batch-size auto)
         every = args.engine_chunk if args.engine == "vllm" else 64 if args.batch_size == "auto" else args.batch_size
         start, new_tokens = time.perf_counter(), 0
         with open(out_path, "a", encoding="utf-8") as f:

@@ -1,6 +1,6 @@
 """Tokenized training data, built once and shared: compact int32 arrays cached next to the data.
 
-    examples = token_cache.load(path, tokenizer, kind, max_length)   # collective: call on every rank
+    examples = token_cache.load(path, tokenizer, kind, max_length, system_prompt)   # collective: every rank
 
 At the paper's scale (53k pairs, ~14k tokens per response) Python lists of ids and labels cost
 about 37 bytes per token, ~28 GB per rank; here a token costs 4 bytes, once per machine (the
@@ -16,8 +16,9 @@ On disk, next to the data file:
     DATA.tokenized/.KEY.lock        lets one job build while the others wait (an optimisation only)
     DATA.tokenized/.KEY.tmp-NONCE/  one building job's parts and merged cache (a killed job's: swept after STALE_S)
 KEY = sha256 of (the data file's bytes, the tokenizer's vocabulary and merges, its chat template,
-`kind`, `max_length`, FORMAT_VERSION). A different key is a different directory, so a stale cache
-is never read; a cache whose files do not match meta.json (truncated, edited, torn) is rebuilt with a note.
+`kind`, `max_length`, `system_prompt` (--system-prompt; None and "" differ), FORMAT_VERSION). A
+different key is a different directory, so a stale cache is never read; a cache whose files do not
+match meta.json (truncated, edited, torn) is rebuilt with a note.
 
 Building is shared: rank r tokenizes examples r, r+W, ... into a part, then rank 0 merges the
 parts in file order and publishes the complete cache with one atomic rename; the other ranks wait
@@ -90,14 +91,16 @@ class TokenizedExamples(Sequence):
 # the collective entry point
 
 
-def load(path: str, tokenizer, kind: str, max_length: int | None) -> TokenizedExamples:
-    """The tokenized examples of `path` (a curated or bring-your-own file), from the cache or built now."""
+def load(path: str, tokenizer, kind: str, max_length: int | None,
+         system_prompt: str | None = None) -> TokenizedExamples:
+    """The tokenized examples of `path` (a curated or bring-your-own file), from the cache or built now;
+    `system_prompt` is --system-prompt (data.chat_messages)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     rank, world = dist.get_rank(), dist.get_world_size()
     key = directory = lock = None
     if rank == 0:
-        key = cache_key(path, tokenizer, kind, max_length)
+        key = cache_key(path, tokenizer, kind, max_length, system_prompt)
         directory = os.path.join(f"{path}.tokenized", key)
     since, noted = time.monotonic(), False
     try:
@@ -118,7 +121,7 @@ def load(path: str, tokenizer, kind: str, max_length: int | None) -> TokenizedEx
         if step == "error":
             raise InputError(problem)
         if step == "build":
-            build(path, tokenizer, kind, max_length, directory, key, problem, work, rank, world)
+            build(path, tokenizer, kind, max_length, directory, key, problem, work, rank, world, system_prompt)
     finally:
         if lock:
             lock.close()    # releases the flock
@@ -168,7 +171,7 @@ def _try_lock(directory):
         return None
 
 
-def build(path, tokenizer, kind, max_length, directory, key, problem, work, rank, world) -> None:
+def build(path, tokenizer, kind, max_length, directory, key, problem, work, rank, world, system_prompt=None) -> None:
     """Every rank tokenizes its share into a part in this job's own `work` dir; rank 0 merges and
     publishes; a failure anywhere stops all. The work dir is removed however it ends."""
     if rank == 0:
@@ -177,7 +180,8 @@ def build(path, tokenizer, kind, max_length, directory, key, problem, work, rank
     try:
         try:
             records = load_pairs(path) if kind == "pairs" else load_sft_examples(path)
-            write_part(os.path.join(work, f"part-{rank}"), records[rank::world], tokenizer, kind, max_length)
+            write_part(os.path.join(work, f"part-{rank}"), records[rank::world], tokenizer, kind, max_length,
+                       system_prompt)
         except InputError as e:
             error = str(e)
         except OSError as e:
@@ -187,7 +191,8 @@ def build(path, tokenizer, kind, max_length, directory, key, problem, work, rank
             try:
                 built = os.path.join(work, "cache")
                 merge_parts(work, world, built, key,
-                            {"data": os.path.abspath(path), "kind": kind, "max_length": max_length})
+                            {"data": os.path.abspath(path), "kind": kind, "max_length": max_length,
+                             "system_prompt": system_prompt})
                 note = publish(built, directory, key)
                 if note:
                     print(f"tokenized cache {directory}: {note}", flush=True)
@@ -253,8 +258,9 @@ def sweep_stale(parent) -> None:
 # key, parts, merge, check
 
 
-def cache_key(path, tokenizer, kind, max_length) -> str:
-    h = hashlib.sha256(f"v{FORMAT_VERSION}|{kind}|{max_length}|".encode())
+def cache_key(path, tokenizer, kind, max_length, system_prompt=None) -> str:
+    # json.dumps keeps None (the template's default) and "" (an empty system message) apart
+    h = hashlib.sha256(f"v{FORMAT_VERSION}|{kind}|{max_length}|{json.dumps(system_prompt)}|".encode())
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
             h.update(block)
@@ -264,7 +270,7 @@ def cache_key(path, tokenizer, kind, max_length) -> str:
     return h.hexdigest()[:16]
 
 
-def write_part(prefix, records, tokenizer, kind, max_length) -> None:
+def write_part(prefix, records, tokenizer, kind, max_length, system_prompt=None) -> None:
     """prefix.bin (int32 ids), prefix.npy (int64 [S, 2]: length, prompt length), prefix.json (ids)."""
     rows = []
     with open(prefix + ".bin", "wb") as f:
@@ -272,7 +278,7 @@ def write_part(prefix, records, tokenizer, kind, max_length) -> None:
             responses = [r["response"]] if kind == "sft" else [r["chosen"], r["rejected"]]
             names = [r["id"]] if kind == "sft" else [f"{r['id']} (chosen)", f"{r['id']} (rejected)"]
             for response, name in zip(responses, names):
-                seq = tokenize_example(tokenizer, r["prompt_messages"], response, name, max_length)
+                seq = tokenize_example(tokenizer, r["prompt_messages"], response, name, max_length, system_prompt)
                 prompt = next(i for i, t in enumerate(seq["labels"]) if t != IGNORE_INDEX)
                 f.write(np.asarray(seq["input_ids"], dtype=np.int32).tobytes())
                 rows.append((len(seq["input_ids"]), prompt))
@@ -343,7 +349,7 @@ def main(argv=None):
     import argparse
 
     import training
-    from cli import exit_on_input_error
+    from cli import add_system_prompt_option, exit_on_input_error
     from data import load_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -351,11 +357,12 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="model (or tokenizer) directory whose tokenizer and template to use")
     p.add_argument("--kind", required=True, choices=KINDS, help="sft examples or preference pairs")
     p.add_argument("--max-seq-len", type=int, default=None, help="as the training script's --max-seq-len")
+    add_system_prompt_option(p, note=" (as the training script's: the cache is per system prompt)")
     args = p.parse_args(argv)
     training.setup_distributed("cpu")
     try:
         with exit_on_input_error("token_cache.py"):
-            examples = load(args.data, load_tokenizer(args.model), args.kind, args.max_seq_len)
+            examples = load(args.data, load_tokenizer(args.model), args.kind, args.max_seq_len, args.system_prompt)
         print(f"{len(examples)} {args.kind} examples, {len(examples.tokens)} tokens in {examples.directory}")
     finally:
         training.cleanup()

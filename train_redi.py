@@ -26,6 +26,8 @@ Launch:
 
 Per-loss defaults: the paper's tuned values for Qwen2.5-Math-1.5B (PAPER_DEFAULTS below; `--help`
 prints them); override with the flags.
+At start, rank 0 prints the first pair exactly as tokenized (prompt, supervised chosen and rejected
+responses, special tokens shown) and the system prompt in use (--system-prompt; docs/data_formats.md).
 
 Names: `chosen_logps` / `rejected_logps` are SUMMED log-probs log p(y|x) of each trace [B], as in
 redi_loss.py; `chosen_lengths` / `rejected_lengths` their token counts [B]. The paper's "LogPS" is
@@ -65,7 +67,7 @@ import torch.distributed as dist
 import token_cache
 import training
 from cli import exit_on_input_error, read_jsonl, run_then_exit
-from data import collate_pairs, num_tokens
+from data import collate_pairs, describe_first_example, num_tokens
 from dpo_reference import build_reference
 from redi_loss import dpo_loss, redi_loss, simpo_loss
 from training import print0
@@ -246,9 +248,10 @@ def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, referen
                 loss = (pair_loss(lp, args) * weights).sum() / denominator
                 loss.backward()
                 local_stats[:-1] += pair_stats(loss, lp, weights, batch_pairs, args)
-            # Clip, then ONE all-reduce, the step's only host sync: every rank gets the same sums, so a
-            # NaN/inf on any rank (in the loss or the global grad norm) and a stop signal that reached
-            # any rank (the last slot) are agreed without another collective.
+            # Clip, then ONE all-reduce of the step's sums: every rank gets the same numbers, so a NaN/inf
+            # on any rank (in the loss or the global grad norm) and a stop signal that reached any rank
+            # (the last slot) are agreed without another collective. (Not the only host sync: each
+            # micro-batch also waits for its supervised positions (nonzero) and the zero-length check.)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             local_stats[-1] = float(stop_signals.received is not None)
@@ -278,7 +281,8 @@ def main(argv=None):
     try:
         with exit_on_input_error(f"train_redi.py [rank {os.environ.get('RANK', 0)}]"):
             rank, world_size, device, tokenizer, model, lm, optimizer = training.prepare(args)
-            pairs = token_cache.load(args.data, tokenizer, "pairs", args.max_seq_len)
+            pairs = token_cache.load(args.data, tokenizer, "pairs", args.max_seq_len, args.system_prompt)
+            print0(describe_first_example(tokenizer, args.data, pairs[0], args.system_prompt))   # what the model sees
             print0(f"{len(pairs)} pairs from {args.data} ({pairs.directory}); loss {args.loss} "
                    f"{loss_hyperparameters(args)}, lr {args.lr:g}")
             sampler = training.build_sampler(args, pairs.lengths.tolist(), world_size, rank)

@@ -23,6 +23,8 @@ Paper recipe (Qwen2.5-Math-1.5B): lr 5e-5, global batch 128, 3 or 5 epochs, Adam
 1e-8, weight decay 1e-4), 10% linear warmup then linear decay to 0, no gradient clipping.
 Per-step metrics beyond training.py's: data/response_tokens, logps/response (mean log-prob per
 response token).
+At start, rank 0 prints the first example exactly as tokenized (prompt, supervised response, special
+tokens shown) and the system prompt in use (--system-prompt; docs/data_formats.md).
 
 Departures from the paper's setup (TRL + DeepSpeed): micro-batches may be formed by a token budget
 (--max-tokens-per-micro-batch); the last, smaller global batch of an epoch is kept (zero-weight
@@ -40,7 +42,7 @@ import torch.distributed as dist
 import token_cache
 import training
 from cli import exit_on_input_error, run_then_exit
-from data import collate
+from data import collate, describe_first_example
 from redi_loss import sft_loss
 from training import print0
 
@@ -86,9 +88,10 @@ def train(args, model, lm, tokenizer, optimizer, examples, sampler, device, stat
                 local_stats[:-1] += torch.stack([loss.detach().double(), torch.tensor(tokens, device=device).double(),
                                                  (lengths * weights).sum().double(),
                                                  (logps.detach() * weights).sum().double()])
-            # Clip, then ONE all-reduce, the step's only host sync: every rank gets the same sums, so a
-            # NaN/inf on any rank (in the loss or the global grad norm) and a stop signal that reached
-            # any rank (the last slot) are agreed without another collective.
+            # Clip, then ONE all-reduce of the step's sums: every rank gets the same numbers, so a NaN/inf
+            # on any rank (in the loss or the global grad norm) and a stop signal that reached any rank
+            # (the last slot) are agreed without another collective. (Not the only host sync: each
+            # micro-batch also waits for its supervised positions (nonzero) and the zero-length check.)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             local_stats[-1] = float(stop_signals.received is not None)
@@ -125,7 +128,8 @@ def main(argv=None):
     try:
         with exit_on_input_error(f"train_sft.py [rank {os.environ.get('RANK', 0)}]"):
             rank, world_size, device, tokenizer, model, lm, optimizer = training.prepare(args)
-            examples = token_cache.load(args.data, tokenizer, "sft", args.max_seq_len)
+            examples = token_cache.load(args.data, tokenizer, "sft", args.max_seq_len, args.system_prompt)
+            print0(describe_first_example(tokenizer, args.data, examples[0], args.system_prompt))  # what the model sees
             print0(f"{len(examples)} SFT examples from {args.data} ({examples.directory})")
             sampler = training.build_sampler(args, examples.lengths.tolist(), world_size, rank)
             state = training.resume(args, model, optimizer)

@@ -21,7 +21,7 @@ arguments; 2 bad input found before any compute (data file, --model, --output-di
 one line "PROG [rank R]: error: ..." per rank, no traceback); 3 a non-finite loss or gradient with
 --on-nonfinite stop (the last finite state is saved first); 4 a checkpoint could not be written
 (the previous checkpoint and `latest` are untouched); 75 stopped by SIGTERM or SIGUSR1 (preemption:
-every rank finishes the step, the step is saved, `--resume` continues bitwise; torchrun forwards
+every rank finishes the step, the step is saved, `--resume` continues (bitwise on CPU); torchrun forwards
 SIGTERM to its workers and gives them 30 s before SIGKILL, SIGUSR1 must reach the workers, e.g.
 SLURM's `--signal=USR1@120` on an srun step); 76 the worker's torchrun launcher died (each worker
 exits within a second, writing nothing more). Any other exit is a bug: it has a traceback.

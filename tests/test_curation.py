@@ -152,19 +152,17 @@ def test_without_tokenizer_the_length_filter_is_skipped_and_says_so(tmp_path):
     assert summary["length_stats"] is None
 
 
-def test_length_counts_are_redis_counting(tiny_tokenizer):
-    """prompt = templated [user] + 1; response = templated lone [assistant] + 1 (REDI's length study)."""
+def test_length_counts_are_what_training_tokenizes(tiny_tokenizer):
+    """prompt = the prompt training masks (generation prompt included); response = the tokens training supervises."""
     c = curate.Candidate(id="x", original_index=0, source=None, problem="What is 12+35?", chosen_gen_idx=0,
-                       chosen="<think>\n12+35=47\n</think>\n\n$\\boxed{47}$", rejected_gen_idx=1, rejected="48")
+                         chosen="<think>\n12+35=47\n</think>\n\n$\\boxed{47}$", rejected_gen_idx=1,
+                         rejected="<think>\n48\n</think>")
     curate.measure_lengths(tiny_tokenizer, [c], curate.CurationStats())
-
-    def templated(message):
-        text = tiny_tokenizer.apply_chat_template([message], tokenize=False, add_generation_prompt=False)
-        return len(tiny_tokenizer.encode(text, add_special_tokens=False))
-
-    assert c.prompt_tokens == templated({"role": "user", "content": c.problem}) + 1
-    assert c.chosen_tokens == templated({"role": "assistant", "content": c.chosen}) + 1
-    assert c.rejected_tokens == templated({"role": "assistant", "content": "48"}) + 1
+    prompt = [{"role": "user", "content": c.problem}]
+    chosen, rejected = (data.tokenize_example(tiny_tokenizer, prompt, text, "x") for text in (c.chosen, c.rejected))
+    assert c.prompt_tokens == chosen["labels"].count(data.IGNORE_INDEX) == rejected["labels"].count(data.IGNORE_INDEX)
+    assert c.chosen_tokens == sum(t != data.IGNORE_INDEX for t in chosen["labels"])
+    assert c.rejected_tokens == sum(t != data.IGNORE_INDEX for t in rejected["labels"])
     assert curate.over_limits(c, c.prompt_tokens, c.rejected_tokens) == ["chosen"]
 
 
