@@ -60,14 +60,21 @@ def _chunk_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+_MM_OUT_DTYPE = True   # torch.mm(out_dtype=) is used on CUDA until it raises once
+
+
 def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b with an fp32 result. bf16/fp16 operands are multiplied with fp32 accumulation and NOT
     rounded to bf16 on the way out: rounding logits of 16-32 to bf16 costs up to ~0.06 nats per token
     (the error TRL's bf16 path makes). CUDA: torch.mm(out_dtype=fp32); elsewhere: upcast first."""
+    global _MM_OUT_DTYPE
     if a.dtype == torch.float32 and b.dtype == torch.float32:
         return a @ b
-    if a.is_cuda:
-        return torch.mm(a, b, out_dtype=torch.float32)
+    if a.is_cuda and _MM_OUT_DTYPE:
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):   # a torch or GPU without aten::mm.dtype: upcast from now on
+            _MM_OUT_DTYPE = False
     return a.float() @ b.float()
 
 
