@@ -99,8 +99,8 @@ class _LogpsFromHidden(torch.autograd.Function):
     G = g * (onehot - p), built in place in the recomputed logits' buffer, then chained through the
     head (times (1 - tanh^2) when soft-capped, times logit_scale); dh = G @ W, dW = sum of G.T @ h
     over the chunks, summed in fp32 and cast to W's dtype once (bf16 sums over ~32 chunks would
-    round away small contributions). Only h, W (references, not copies), the targets and the
-    logsumexp [N] are saved.
+    round away small contributions; the fp32 [V, H] sum is 0.93 GB at Qwen2.5-1.5B's sizes, alive only
+    during this backward). Only h, W (references, not copies), the targets and the logsumexp [N] are saved.
     """
 
     @staticmethod

