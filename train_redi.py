@@ -259,14 +259,23 @@ def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, referen
             values = torch.cat([local_stats, grad_norm.reshape(1).to(local_stats)]).tolist()
             stats = dict(zip([*PAIR_STATS, "stop_requests", "grad_norm"], values))
             if math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"]):
-                fields = {"optim/update_norm": training.apply_update(model, optimizer), **pair_metrics(stats, args)}
+                before = [p.clone() for p in training.local_shards(model)]     # for the update's norm
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                fields = {"optim/update_norm": training.update_norm(before, model), **pair_metrics(stats, args)}
                 fields["logps/collapse_warning"] = collapse.check(step + 1, fields["logps/chosen"],
                                                                   fields["logps/rejected"])
-            else:   # no update; --on-nonfinite stop saves and raises here, skip logs the step as skipped
-                fields = checkpoints.skip_or_stop(step, stats)
+            else:   # a NaN/inf on some rank: every rank agrees (one all-reduce) and none updates
+                optimizer.zero_grad(set_to_none=True)
+                if args.on_nonfinite == "stop":
+                    raise training.NonFiniteError(checkpoints.for_nonfinite(step, stats))
+                print0(training.nonfinite_message(step, stats) + "; skipping this step (--on-nonfinite skip)")
+                fields = {"optim/skipped": True}
             metrics.log_step(step + 1, epoch + (step_in_epoch + 1) / sampler.steps_per_epoch, lr, stats, fields)
             step += 1
-            checkpoints.end_of_step(step, stats["stop_requests"])
+            checkpoints.save_if_due(step)
+            if stats["stop_requests"] and step < total_steps:     # SIGTERM/SIGUSR1 reached some rank
+                raise training.Preempted(checkpoints.for_stop(step))
     finally:
         metrics.close()
     print0(f"done: {step} steps of {args.loss} in {clock.elapsed():.1f}s; final model: {args.output_dir}/final")

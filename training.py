@@ -648,17 +648,23 @@ def build_sampler(args, lengths, world_size, rank):
 # the end of an optimizer step
 
 
-def apply_update(model, optimizer) -> float:
-    """optimizer.step(); returns the global norm of the parameter change ||theta_new - theta_old||."""
-    before = [p.detach().to_local().clone() if hasattr(p, "to_local") else p.detach().clone()
-              for p in model.parameters()]
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    after = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in model.parameters()]
-    torch._foreach_sub_(before, after)                       # before now holds -delta, shard by shard
+def local_shards(model) -> list[torch.Tensor]:
+    """This rank's shard of every parameter (FSDP2 DTensors' local part), detached: no copy."""
+    return [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in model.parameters()]
+
+
+def update_norm(before: list[torch.Tensor], model) -> float:
+    """Global norm of the parameter change ||theta_new - theta_old|| from copies of the shards taken before
+    optimizer.step() (`before`, overwritten); one all-reduce."""
+    torch._foreach_sub_(before, local_shards(model))         # before now holds -delta, shard by shard
     update_sq = torch.stack(torch._foreach_norm(before)).double().pow(2).sum()
     dist.all_reduce(update_sq)
     return math.sqrt(update_sq.item())
+
+
+def nonfinite_message(step, stats) -> str:
+    return (f"non-finite loss ({stats['loss']}) or gradient norm ({stats['grad_norm']}) at step {step}; "
+            f"no optimizer step was taken")
 
 
 class NonFiniteError(RuntimeError):
@@ -792,9 +798,8 @@ def _install_checkpoint(out_dir, ckpt_root, name, tmp):
 
 
 class Checkpoints:
-    """This run's checkpoints: save(step) on demand; end_of_step(step, stop_requests) saves every
-    --save-every steps and the last one, and after a stop signal saves and raises Preempted;
-    skip_or_stop(step, stats) handles a non-finite step per --on-nonfinite."""
+    """This run's checkpoints: save(step) on demand; save_if_due(step) every --save-every steps and the
+    last one; for_stop(step) and for_nonfinite(step, stats) save what a stop keeps and say what it saved."""
 
     def __init__(self, args, model, lm, optimizer, tokenizer, total_steps, clock):
         self.args, self.model, self.lm, self.optimizer, self.tokenizer = args, model, lm, optimizer, tokenizer
@@ -809,33 +814,26 @@ class Checkpoints:
         every = self.args.save_every
         return not self.args.no_save and (step == self.total_steps or (bool(every) and step % every == 0))
 
-    def end_of_step(self, step: int, stop_requests: float) -> None:
-        """After step `step` (1-based count of steps done): the periodic save; after a stop signal that
-        reached any rank (stop_requests > 0, all-reduced), that step saved and Preempted raised: the
-        checkpoint holds the state after it, and --resume continues with the next."""
+    def save_if_due(self, step: int) -> None:
         if self.is_save_step(step):
             self.save(step)
-        if not stop_requests or step == self.total_steps:
-            return
+
+    def for_stop(self, step: int) -> str:
+        """After a stop signal that reached any rank, following step `step` (1-based count of steps done,
+        already saved if due): that step saved; returns the stop line. --resume continues with the next."""
         if self.args.no_save:
-            raise Preempted(f"stop signal after step {step}; --no-save: nothing saved")
+            return f"stop signal after step {step}; --no-save: nothing saved"
         if not self.is_save_step(step):
             self.save(step)
-        raise Preempted(f"stop signal after step {step}; saved checkpoint step-{step:07d}; continue with --resume")
+        return f"stop signal after step {step}; saved checkpoint step-{step:07d}; continue with --resume"
 
-    def skip_or_stop(self, step, stats) -> dict:
-        """After a non-finite loss or gradient (no update applied): zero the gradients, then
-        --on-nonfinite stop: save the last finite state and raise; skip: the step's fields to log."""
-        self.optimizer.zero_grad(set_to_none=True)
-        message = (f"non-finite loss ({stats['loss']}) or gradient norm ({stats['grad_norm']}) at step {step}; "
-                   f"no optimizer step was taken")
-        if self.args.on_nonfinite == "stop":
-            if self.args.no_save:
-                raise NonFiniteError(message + " (--no-save: nothing saved)")
-            self.save(step, {"stopped": message})
-            raise NonFiniteError(message + f"; saved the last finite state as checkpoint step-{step:07d}")
-        print0(message + "; skipping this step (--on-nonfinite skip)")
-        return {"optim/skipped": True}
+    def for_nonfinite(self, step, stats) -> str:
+        """--on-nonfinite stop: the last finite state (no update was applied) saved; returns the stop line."""
+        message = nonfinite_message(step, stats)
+        if self.args.no_save:
+            return message + " (--no-save: nothing saved)"
+        self.save(step, {"stopped": message})
+        return message + f"; saved the last finite state as checkpoint step-{step:07d}"
 
 
 def resume(args, model, optimizer) -> dict | None:
