@@ -162,7 +162,9 @@ def test_convert_without_the_packages_is_one_line_naming_the_pip_line(tmp_path):
             "runpy.run_path(sys.argv[0], run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "tools", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr
-    assert proc.stderr.splitlines() == [f"convert_smollm2.py: error: needs gguf (not installed): {smollm2.INSTALL}"]
+    lines = proc.stderr.splitlines()             # gguf, and whichever of the others this venv lacks too
+    assert len(lines) == 1 and lines[0].startswith("convert_smollm2.py: error: needs gguf"), lines
+    assert lines[0].endswith(f"(not installed): {smollm2.INSTALL}"), lines
     assert os.listdir(tmp_path) == []
 
 
