@@ -43,7 +43,10 @@ DIGIT, PLAIN = (2, 9), (10, 99)   # inclusive ranges: a factor of a product, the
 # form -> (expression pattern, range of each operand in the order they are written)
 FORMS = {"ab-cd": ("{}*{}-{}*{}", (DIGIT, DIGIT, DIGIT, DIGIT)),
          "ab-c": ("{}*{}-{}", (DIGIT, DIGIT, PLAIN)),
-         "c-ab": ("{}-{}*{}", (PLAIN, DIGIT, DIGIT))}
+         "c-ab": ("{}-{}*{}", (PLAIN, DIGIT, DIGIT)),
+         # the guess variant's form: five dependent steps when worked, so that a student cannot
+         # compute the answer in one go on the guess path (docs/toy_task.md); no slips are defined for it
+         "ab+cd-ef": ("{}*{}+{}*{}-{}*{}", (DIGIT,) * 6)}
 SLIP_TYPES = ("sign", "borrow", "extra_borrow", "precedence", "ones")
 # Labels `classify_trace` can return: correct, a slip type, a wrong guess (the risky path of the
 # `guess` variant), or a mistake no teacher makes.
@@ -68,7 +71,7 @@ def _problem(form, operands):
     return problem
 
 
-def make_problem(rng, form_weights=(1.0, 1.0, 1.0)):
+def make_problem(rng, form_weights=(1.0, 1.0, 1.0, 0.0)):
     """A random problem: {"form", "operands", "expr", "text", "answer" (int)}.
 
     `form_weights` are relative weights of the FORMS, in their order.
@@ -94,6 +97,8 @@ def canonical_key(problem):
         return form, tuple(sorted(ops[:2])), tuple(sorted(ops[2:]))
     if form == "ab-c":
         return form, tuple(sorted(ops[:2])), ops[2]
+    if form == "ab+cd-ef":   # the two added products may also swap
+        return form, tuple(sorted((tuple(sorted(ops[:2])), tuple(sorted(ops[2:4]))))), tuple(sorted(ops[4:]))
     return form, ops[0], tuple(sorted(ops[1:]))
 
 
@@ -123,7 +128,8 @@ def _final_step(x, y, slip):
 def _products(problem):
     """The (a, b) factor pairs of the problem's products, in written order."""
     ops = problem["operands"]
-    return {"ab-cd": [ops[0:2], ops[2:4]], "ab-c": [ops[0:2]], "c-ab": [ops[1:3]]}[problem["form"]]
+    return {"ab-cd": [ops[0:2], ops[2:4]], "ab-c": [ops[0:2]], "c-ab": [ops[1:3]],
+            "ab+cd-ef": [ops[0:2], ops[2:4], ops[4:6]]}[problem["form"]]
 
 
 def _final_operands(problem):
@@ -138,6 +144,8 @@ def _final_operands(problem):
 
 def eligible_slips(problem):
     """Slip types whose rule is WRONG for this problem (only there can the teacher slip)."""
+    if problem["form"] == "ab+cd-ef":
+        return ()
     x, y = _final_operands(problem)
     out = []
     if x < y:
@@ -158,6 +166,10 @@ def trace_steps(problem, slip=None):
         raise ValueError(f"slip {slip!r} is not a mistake for {problem['expr']}; "
                          f"eligible: {eligible_slips(problem)}")
     ops = problem["operands"]
+    if problem["form"] == "ab+cd-ef":   # p + q - r, products first, then left to right
+        (a, b), (c, d), (e, f) = _products(problem)
+        p, q, r = a * b, c * d, e * f
+        return [(a, "*", b, p), (c, "*", d, q), (e, "*", f, r), (p, "+", q, p + q), (p + q, "-", r, p + q - r)]
     if slip == "precedence" and problem["form"] == "ab-cd":  # (a*b - c) * d
         a, b, c, d = ops
         return [(a, "*", b, a * b), (a * b, "-", c, a * b - c), (a * b - c, "*", d, (a * b - c) * d)]
@@ -350,7 +362,7 @@ def make_row(problem, gens, source, problem_is_valid):
 
 # p_* chosen so ~36% of problems give a pair (4000 problems -> ~1,390 pairs) with the tens-digit
 # slips, the student's own kind of error, as most negatives; see docs/toy_task.md.
-DEFAULT_KNOBS = dict(form_weights=(1.0, 1.0, 1.0), max_generations=4,
+DEFAULT_KNOBS = dict(form_weights=(1.0, 1.0, 1.0, 0.0), max_generations=4,
                      p_sign=0.15, p_borrow=0.3, p_extra_borrow=0.3, p_precedence=0.1, p_ones=0.0,
                      judge_flip=0.02, frac_invalid=0.02, frac_cn_k12=0.02, p_guess=0.0, guess_right=0.2)
 
@@ -360,7 +372,7 @@ DEFAULT_KNOBS = dict(form_weights=(1.0, 1.0, 1.0), max_generations=4,
 #          positives teaches guessing and only the negatives show that it fails (docs/toy_task.md)
 VARIANTS = {
     "slips": {},
-    "guess": dict(form_weights=(0.0, 1.0, 0.0), p_sign=0.0, p_borrow=0.0, p_extra_borrow=0.0,
+    "guess": dict(form_weights=(0.0, 0.0, 0.0, 1.0), p_sign=0.0, p_borrow=0.0, p_extra_borrow=0.0,
                   p_precedence=0.0, p_guess=0.68, guess_right=0.2),
 }
 
@@ -500,8 +512,8 @@ def parse_args(argv=None):
     g.add_argument("--variant", choices=sorted(VARIANTS), default="slips",
                    help="slips: the default task (slips in the work, the null case); guess: the teacher often "
                         "guesses, lucky guesses land among the positives (informative negatives)")
-    g.add_argument("--form-weights", type=float, nargs=3, default=None,
-                   metavar=("AB_CD", "AB_C", "C_AB"),
+    g.add_argument("--form-weights", type=float, nargs=len(FORMS), default=None,
+                   metavar=("AB_CD", "AB_C", "C_AB", "AB_CD_EF"),
                    help=f"relative weights of the forms {', '.join(FORMS)} (default {DEFAULT_KNOBS['form_weights']})")
     g = p.add_argument_group("teacher (slips are exclusive; each fires only where its rule is wrong)")
     g.add_argument("--p-sign", type=float, default=None,

@@ -385,7 +385,7 @@ def test_guess_traces_are_labelled_guess_path_and_lucky_guesses_are_positives(gu
     lucky = guesses = worked = 0
     for row in guess_rows:
         problem = T.parse_problem(row["problem"])
-        assert problem["form"] == "ab-c"
+        assert problem["form"] == "ab+cd-ef"
         for text, exact in zip(row["generations"], row["correctness"]["math_verify_reparsed_answer"]):
             label = T.classify_trace(problem, text)
             if T.trace_path(text) == "guess":
