@@ -58,8 +58,8 @@ CONFIGS = {
     # the guess variant (informative negatives): the recipe of Probe E in
     # ../shared/notes/informative_negatives_probe.md (stage 1 near its plateau, ~8 minutes there)
     "full": {"variant": "guess", "num_problems": 4000, "num_test": 300, "hidden": 128, "layers": 4, "heads": 4,
-             "kv_heads": 2, "vocab": 512, "sft_epochs": 20, "sft_lr": 2e-3, "sft_batch": 32, "sft_micro": 16,
-             "stage2_lr": 3e-5, "stage2_batch": 32, "stage2_micro": 16, "stage2_epochs": 1, "save_every": 14,
+             "kv_heads": 2, "vocab": 512, "sft_epochs": 16, "sft_lr": 2e-3, "sft_batch": 32, "sft_micro": 16,
+             "stage2_lr": 3e-5, "stage2_batch": 32, "stage2_micro": 16, "stage2_epochs": 1, "save_every": 28,
              "eval_n": 4, "eval_max_new_tokens": 64, "eval_batch": 300},
     # the default slip task (the null case), the README's earlier demo (measured 2026-11-26)
     "slips": {"variant": "slips", "num_problems": 8000, "num_test": 300, "hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2,
