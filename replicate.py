@@ -73,15 +73,16 @@ SYSTEM_PROMPT = "Box the answer."
 # ~4,000 problems, stage 1 at lr 2e-3, batch 32) with stage 1 longer: `guess` 28 epochs (its earlier
 # 20-epoch run was still rising on validation: 66.0 -> 79.0 from epoch 16 to 20, seed 0), `slips` 36
 # (its 24-epoch stage 1 of 2026-12-05 failed the length check: a 32-epoch run +4.3 +- 1.8). The guess variant's
-# `ab-c` problems number only ~4,450, so it trains on 3,800. "smoke" only proves every job runs.
+# (`guess` trained on 3,800 while its form was `ab-c`, ~4,450 problems in all; its `ab+cd-ef` form has ~23,000,
+# so both variants train on 4,000.) "smoke" only proves every job runs.
 # est: seconds per job kind on the 2-core box, one job per core, forked (the means of the 2026-12-06 run from scratch).
 CONFIGS = {
-    "full": {"num_problems": 4000, "num_problems_guess": 3800, "num_val": 150, "num_test": 300, "hidden": 128,
+    "full": {"num_problems": 4000, "num_problems_guess": 4000, "num_val": 150, "num_test": 300, "hidden": 128,
              "layers": 4, "heads": 4, "kv_heads": 2, "vocab": 512, "sft_epochs": {"slips": 36, "guess": 28},
              "sft_lr": 2e-3, "sft_batch": 32, "curve_every": 4, "stage2_batch": 32, "val_n": 2, "test_n": 4,
              "max_new_tokens": 64, "eval_batch": 300,
              "pilot_lrs": (1e-5, 3e-5, 1e-4), "settings_per_method": 4,
-             "est": {"prepare": 1, "stage1_problem_epoch": {"slips": 0.0069, "guess": 0.0056}, "stage2": 21.4,
+             "est": {"prepare": 1, "stage1_problem_epoch": {"slips": 0.0069, "guess": 0.009}, "stage2": 21.4,
                      "stage2_dpo": 22.7, "val": 2.1, "test": 5.5}},
     "smoke": {"num_problems": 120, "num_val": 8, "num_test": 8, "hidden": 32, "layers": 1, "heads": 2,
               "kv_heads": 1, "vocab": 400, "sft_epochs": {"slips": 2, "guess": 2}, "sft_lr": 1e-3, "sft_batch": 16,
