@@ -5,10 +5,8 @@ problem, the lowest-index generation both verifiers accept as the SFT example an
 y_w, and the lowest-index generation they do not both accept as its rejected y_l; with a tokenizer,
 pairs whose prompt or either response is too long for training are dropped. The rules, where this
 departs from REDI's scripts and why, the output formats and the summary's fields: docs/curation.md.
-Lengths are counted exactly as training tokenizes (data.tokenize_examples, with the training run's
-`--system-prompt`), so a response's count is the number of tokens training supervises.
-The outputs load with data.py's `load_sft_examples` / `load_pairs`, as train_sft.py and
-train_redi.py read them.
+Lengths are counted as training tokenizes (data.tokenize_examples, the run's `--system-prompt`); the
+outputs load with data.py's `load_sft_examples` / `load_pairs`, as the training scripts read them.
 
     python curate.py --raw OpenR1-Math-Raw/data --id-prefix openr1-math-raw \\
         --sft-out runs/data/sft.jsonl --pairs-out runs/data/pairs.jsonl --tokenizer Qwen/Qwen2.5-Math-1.5B \\

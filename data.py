@@ -3,28 +3,20 @@
 What train_sft.py and train_redi.py import, in the order a micro-batch is made:
 
     load_tokenizer(name)               a Hugging Face tokenizer; EOS pads when it has no pad token
-    load_sft_examples(path)            SFT examples {"id", "prompt_messages", "response"}
-    load_pairs(path)                   pairs {"id", "prompt_messages", "chosen", "rejected"}
-    tokenize_sft / tokenize_pairs      chat template -> {"input_ids", "labels"}: labels IGNORE_INDEX on the
-                                       prompt, the response's tokens up to and including the end of turn;
-                                       `system_prompt` is --system-prompt (chat_messages: the rule)
+    load_sft_examples / load_pairs     SFT examples {"id", "prompt_messages", "response"}, pairs {.., "chosen", "rejected"}
+    tokenize_sft / tokenize_pairs      chat template -> {"input_ids", "labels"}: labels IGNORE_INDEX on the prompt
     describe_first_example             the log block showing an example exactly as tokenized, once per run
-    num_tokens(example)                a sequence's length (a pair's: chosen + rejected)
+    example_tokens(example)            all tokens of a tokenized example (a pair's: chosen + rejected)
     collate / collate_pairs            a padded or packed micro-batch; a pair micro-batch is ONE forward over
                                        [chosen_0..chosen_{n-1}, rejected_0..rejected_{n-1}]
-    StepSampler                        which examples each rank sees in each optimizer step, a pure function
+    BatchOrder                         which examples each rank sees in each optimizer step, a pure function
                                        of (seed, epoch, step): deterministic and resumable from the step
 
-The loaders read what curate.py writes from OpenR1-Math-Raw and the common formats (TRL's
-conversational prompt/chosen/rejected, implicit-prompt pairs, "messages", prompt/completion), one
-kind per file; the formats, the tokenization and the two batch layouts: docs/data_formats.md.
-
     python data.py check --data runs/data/sft.jsonl my_pairs.jsonl   # validate curated / own files
-    python curate.py --raw OpenR1-Math-Raw/data --sft-out runs/data/sft.jsonl --pairs-out runs/data/pairs.jsonl
 
-Bad input (a missing file, a row that is not what a loader expects) is one line,
-`data.py check: error: FILE:LINE: field 'F': expected ..., found ...`, and exit status 2 (cli.py's
-InputError); the training scripts report it the same way.
+The accepted formats (curate.py's output, TRL's and other common ones), the tokenization and the two
+batch layouts: docs/data_formats.md. Bad input is one line, `FILE:LINE: field 'F': expected ..., found ...`,
+and exit status 2 (cli.py's InputError).
 """
 from __future__ import annotations
 
@@ -346,8 +338,8 @@ def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int | None = None,
     return out
 
 
-def num_tokens(example: dict) -> int:
-    """Sequence length of a tokenized SFT example or pair (chosen + rejected: they share a micro-batch)."""
+def example_tokens(example: dict) -> int:
+    """All tokens, prompt included, of a tokenized SFT example or pair (chosen + rejected: they share a micro-batch)."""
     if "input_ids" in example:
         return len(example["input_ids"])
     return len(example["chosen"]["input_ids"]) + len(example["rejected"]["input_ids"])
@@ -491,7 +483,7 @@ def collate_pairs(pairs: list[dict], pad_id: int, packed: bool = False, device=N
 # sharding: which examples each rank sees in each optimizer step
 
 
-class StepSampler:
+class BatchOrder:
     """Deterministic assignment of examples to (epoch, step, rank, micro-batch).
 
     Each epoch is a permutation of the examples drawn from (seed, epoch). Step s of the epoch

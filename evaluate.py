@@ -1,53 +1,23 @@
 """Evaluate a model the way the REDI paper (arXiv 2505.24850) did: sample, grade, report.
 
-What it does
-    1. Builds each problem's prompt (`--prompt-template`, see PROMPT_TEMPLATES) and renders it with
-       the tokenizer's chat template, generation prompt included, and `--system-prompt` applied as
-       training applies it (data.prompt_text); rank 0 prints the first prompt as tokenized. REDI's
-       template opens the assistant turn with `<think>\\n`, so sampling starts inside the thinking
-       block, as the paper's evaluation forced it.
-    2. Samples `--n` responses per problem (T=0.6, top-p 0.95, up to 32,768 new tokens in the paper)
-       with continuous batching (sampler.sample_pool): a pool of `--batch-size` rows (auto: as many as
-       fit in the free GPU memory) over a preallocated KV cache, each finished row refilled at once
-       with the next (problem, sample), prompts grouped by length and prefilled once per problem,
-       one host sync every 16 tokens. Data-parallel over
-       torchrun ranks (rank r takes problems r, r+W, ...). Every response is appended to
-       OUT/generations.jsonl as soon as it finishes, so a killed run resumes where it stopped,
-       without losing or duplicating samples.
-    3. Grades each response with grader.py (docs/grading.md is the grader's spec): the last `\\boxed{}`
-       after `</think>` (a response without `</think>` is wrong, as in rllm, unless
-       `--no-require-think-close`; several boxes in the final answer are one answer, and
-       `--answer-extraction lenient` also reads unboxed final math), compared with every gold
-       answer by `is_equivalent` (string, numeric and sympy checks; sympy runs in a killable
-       subprocess under a hard time limit). Grading runs in a process pool across the cores.
-    4. Writes OUT/summary.json and prints a table per benchmark: pass@1 (mean over the n samples)
-       +- the paper's SEM, pass@k (unbiased estimator) for k = 1, 2, 4, ..., n, mean response length,
-       truncation rate, and the reflection statistic (occurrences of "Wait" per response).
-    `--engine vllm` replaces step 2's sampler with vLLM (vllm_engine.py: settings, supported
-    parallelism; tested on the real vLLM's CPU build, not on a GPU): the same prompts, per-sample seeds and record format,
-    `--engine-chunk` samples in flight, each appended as it finishes; resume and grading unchanged.
+Builds each problem's chat-templated prompt (as training formats it), samples --n responses per problem
+(native continuous-batching engine, sampler.py, or --engine vllm), grades each with grader.py, and writes
+OUT/generations.jsonl (appended as samples finish: a killed run resumes) and OUT/summary.json (pass@1 +-
+SEM, pass@k, lengths, truncation, "Wait" per response), printing a table per benchmark.
 
-Launch
+Launch:
     # one GPU or CPU, a local benchmark file (schema: benchmarks/README.md)
-    # (under torchrun spell --n as --num-samples: torchrun's own parser rejects --n as ambiguous)
     python evaluate.py --model runs/redi --data benchmarks/math500.jsonl --n 16 \\
         --temperature 0.6 --top-p 0.95 --max-new-tokens 32768 --output-dir out/redi_math500
-    # 8 GPUs, all five benchmarks of the paper (rank r takes problems r, r+8, ...)
+    # 8 GPUs, the paper's five benchmarks (under torchrun spell --n as --num-samples)
     torchrun --standalone --nproc_per_node 8 evaluate.py --model runs/redi --num-samples 16 \\
         --data benchmarks/{math500,aime24,amc23,minerva,olympiadbench}.jsonl --output-dir out/redi
-    # tiny CPU smoke run (the toy task's model was trained on bare problems)
-    python evaluate.py --model runs/tiny --data benchmarks/math500_sample20.jsonl --n 2 \\
-        --max-new-tokens 16 --prompt-template raw --output-dir out/smoke
-    # vLLM (pip install vllm): one process over K GPUs, or one model per rank (N x K GPUs per node)
-    python evaluate.py --engine vllm --tensor-parallel-size 2 --model runs/redi --n 16 \\
-        --data benchmarks/aime24.jsonl --output-dir out/redi_aime24_vllm
-    torchrun --standalone --nproc_per_node 8 evaluate.py --engine vllm --model runs/redi --num-samples 16 \\
-        --data benchmarks/{math500,aime24,amc23,minerva,olympiadbench}.jsonl --output-dir out/redi_vllm
-    # grade responses produced by another engine (vLLM, ...), no model loaded
+    # grade responses produced by another engine, no model loaded
     python evaluate.py --responses gens.jsonl --data benchmarks/aime24.jsonl --output-dir out/vllm
 
-Outputs (generations.jsonl, summary.json), the --responses format, errors and where this departs
-from the paper's pipeline: docs/evaluation.md. Importing this module does not import torch.
+What each step does, more launch lines (vLLM, a CPU smoke run), the outputs, the --responses format,
+errors and where this departs from the paper's pipeline: docs/evaluation.md. Importing this module does
+not import torch.
 """
 from __future__ import annotations
 

@@ -3,23 +3,7 @@
 Standard library only (sympy runs in a child process): no torch, no transformers, and the file can be
 copied into another project alone. evaluate.py re-exports its public names. The rules, with their
 examples, and where they depart from the paper's grader (rllm) and why: docs/grading.md; every
-convention is a row of tests/test_grading_table.py. In brief:
-
-    extract_answer   only the text after the last `</think>`; the last complete `\\boxed{}` (boxes
-                     joined to it by separators only are parts of one answer: `\\boxed{1}, \\boxed{2}`
-                     -> `1, 2`), else the phrase after "the answer is"; "lenient" also takes the math
-                     the response ends with. A response without `</think>` is wrong (rllm's rule).
-    judge            normalise both sides (`normalize_answer`), compare their structure (tuples and
-                     intervals in order, lists and sets as multisets, equations up to a factor,
-                     matrices), decide numbers exactly as Fractions (a decimal within REL_TOL), and
-                     send only what is left to sympy
-    sympy            a persistent child process (`SympyWorker`) that reads answers as mathematics only
-                     (no Python builtins), under a hard deadline per call (DEFAULT_TIMEOUT = 3 s,
-                     counted once the child has booted); past it the child is killed and the answer
-                     is "not equivalent", timed_out=True
-    errors           sympy raising or its child dying is a GradingError: `judge` raises it,
-                     `is_equivalent` says False and counts it, `grade_response` reports it as
-                     "grading_error"; none of them is folded into a silent "no"
+convention is a row of tests/test_grading_table.py.
 
 Python API
     extract_answer(text, extraction) -> str | None; judge(pred, gold, timeout) -> (equivalent,

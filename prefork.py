@@ -41,7 +41,7 @@ PRELOAD = ("numpy", "torch", "torch.distributed", "torch.distributed.checkpoint"
            "transformers.models.qwen2.configuration_qwen2", "transformers.generation",
            "transformers.integrations.sdpa_attention", "transformers.tokenization_utils_fast", "sympy",
            "sympy.parsing.sympy_parser", "tqdm",
-           "cli", "data", "token_cache", "redi_loss", "training", "sampler", "grader", "evaluate", "dpo_reference",
+           "cli", "data", "token_cache", "redi_loss", "run_safety", "training", "sampler", "grader", "evaluate", "dpo_reference",
            "curate", "toy_task", "tiny_model")   # not train_sft / train_redi: scripts only run, never imported
 _CHILD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD)
 _LAZY_ATTRIBUTES = ("AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "PreTrainedTokenizerFast",

@@ -219,7 +219,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     """Summed log p(response | prompt) per row and its token count.
 
     logits [B, T, V] (any float dtype), labels [B, T] with ignore_index on prompt and padding.
-    Returns (sum_logps [B] fp32, num_tokens [B] int64). Rows with no supervised token give (0, 0).
+    Returns (logps [B] fp32, lengths [B] int64: supervised tokens |y|). Rows with no supervised token give (0, 0).
     """
     per_token = token_logps(logits, labels, ignore_index, chunk_size)
     return per_token.sum(-1), (labels[:, 1:] != ignore_index).sum(-1)
@@ -246,17 +246,18 @@ def _check_lengths(**lengths: torch.Tensor) -> None:
 # losses
 
 
-def sft_loss(sum_logps: torch.Tensor, num_tokens: torch.Tensor, total_tokens: torch.Tensor | int | None = None) -> torch.Tensor:
+def sft_loss(logps: torch.Tensor, lengths: torch.Tensor, total_length: torch.Tensor | float | None = None) -> torch.Tensor:
     """Eq. (1): token-mean negative log-likelihood over the batch it is given. Returns a scalar.
 
-    sum_logps [B], num_tokens [B]. When this batch is one micro-batch of a larger optimizer step,
-    pass `total_tokens` = supervised tokens of the WHOLE step (all micro-batches and ranks) so
-    that summing the micro-batch losses gives the step's token mean. Paper recipe: lr 5e-5,
-    global batch 128, 3-5 epochs.
+    logps [B] summed log p(y|x), lengths [B] = |y|. When this batch is one micro-batch of a larger
+    optimizer step, pass `total_length` = sum of |y| over the WHOLE step (all micro-batches and ranks)
+    so that summing the micro-batch losses gives the step's token mean. Unlike the pair losses it is
+    reduced: a token mean is not a mean of per-example values. Paper recipe: lr 5e-5, global batch 128,
+    3-5 epochs.
     """
-    _check_lengths(num_tokens=num_tokens)
-    denominator = num_tokens.sum() if total_tokens is None else total_tokens
-    return -sum_logps.sum() / denominator
+    _check_lengths(lengths=lengths)
+    denominator = lengths.sum() if total_length is None else total_length
+    return -logps.sum() / denominator
 
 
 def redi_loss(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor, rejected_logps: torch.Tensor,
@@ -300,11 +301,13 @@ def simpo_loss(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor, rejecte
     return -F.logsigmoid(beta * margin - gamma)
 
 
-# Pair losses by name. Every argument is named after the per-pair statistic it takes
-# (chosen_logps, chosen_lengths, rejected_logps, rejected_lengths, ref_chosen_logps,
-# ref_rejected_logps) or after its hyperparameter, so a caller can pass them by keyword.
+# The objectives by name (train_redi.py --loss). A pair loss's arguments are named after the per-pair
+# statistic it takes (chosen_logps, chosen_lengths, rejected_logps, rejected_lengths, ref_chosen_logps,
+# ref_rejected_logps) or after its hyperparameter, so a caller can pass them by keyword; "sft" is
+# Eq. (1), stage 1's loss and stage 2's "just more SFT" control on the chosen traces.
 LOSSES = {
     "redi": redi_loss,
     "dpo": dpo_loss,
     "simpo": simpo_loss,
+    "sft": sft_loss,
 }

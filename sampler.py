@@ -14,7 +14,7 @@ The engine builds every attention mask itself, per row and per layer type (full,
 runs any decoder whose layers take a ready mask (Llama, Mistral, Qwen2/3, Gemma2/3, Phi3, OLMo2, Granite,
 SmolLM3, Cohere: tests/test_families_generate.py); samples end at max_new_tokens or the model's context.
 torch is imported inside the functions, so `import evaluate` (and `--help`, `--responses`) stays
-free of it. How the pool works and where reproducibility can break: evaluate.py's docstring.
+free of it. How the pool works and where reproducibility can break: docs/evaluation.md.
 """
 from __future__ import annotations
 

@@ -1,32 +1,16 @@
 """Tokenized training data, built once and shared: compact int32 arrays cached next to the data.
 
     examples = token_cache.load(path, tokenizer, kind, max_length, system_prompt)   # collective: every rank
+    python token_cache.py --data pairs.jsonl --model runs/sft/final --kind pairs    # build before a long run
 
-At the paper's scale (53k pairs, ~14k tokens per response) Python lists of ids and labels cost
-about 37 bytes per token, ~28 GB per rank; here a token costs 4 bytes, once per machine (the
-arrays are memory-mapped, so every rank on a node shares the page cache), and labels are not
-stored at all: they are the ids with the prompt masked, so a sequence's prompt length says it all.
-
-On disk, next to the data file:
-    DATA.tokenized/KEY/tokens.bin   int32, every sequence's ids back to back
-                       index.npy    int64 [S, 3]: offset, length, prompt length of each sequence
-                                    (pairs: sequence 2i is pair i's chosen, 2i+1 its rejected)
-                       ids.json     the examples' ids, in file order
-                       meta.json    key inputs, sizes and sha256 of the three files above
-    DATA.tokenized/.KEY.lock        lets one job build while the others wait (an optimisation only)
-    DATA.tokenized/.KEY.tmp-NONCE/  one building job's parts and merged cache (a killed job's: swept after STALE_S)
-KEY = sha256 of (the data file's bytes, the tokenizer's vocabulary and merges, its chat template,
-`kind`, `max_length`, `system_prompt` (--system-prompt; None and "" differ), FORMAT_VERSION). A
-different key is a different directory, so a stale cache is never read; a cache whose files do not
-match meta.json (truncated, edited, torn) is rebuilt with a note.
-
-Building is shared: rank r tokenizes examples r, r+W, ... into a part, then rank 0 merges the
-parts in file order and publishes the complete cache with one atomic rename; the other ranks wait
-and then memory-map the result. Any number of jobs may load one file at once (a REDI and a DPO run
-side by side, a sweep, several nodes): each builds in its own temp dir, builds of one key are equal,
-so whichever rename lands first is the cache and the others verify and read it. A bad example
-(InputError: over-long, template mismatch) on any rank stops every rank with that message. The
-data directory must be on a file system every rank sees (as the output directory must be).
+A token costs 4 bytes, once per machine (memory-mapped, so the ranks of a node share the page cache),
+and labels are not stored: they are the ids with the prompt masked. The cache lives in
+DATA.tokenized/KEY/, KEY a hash of everything tokenization depends on (data bytes, tokenizer, chat
+template, kind, max length, --system-prompt), so a stale cache is never read and a torn one is rebuilt.
+Ranks build it together (rank r tokenizes examples r, r+W, ...; rank 0 merges and publishes it with one
+atomic rename); jobs sharing a data file build in their own temp dirs and read whichever landed first.
+A bad example on any rank stops every rank with its message. The on-disk layout and the rules:
+docs/training.md ("Tokenized data").
 """
 from __future__ import annotations
 
@@ -45,6 +29,7 @@ import torch.distributed as dist
 from cli import InputError
 from data import load_pairs, load_sft_examples, tokenize_example
 from redi_loss import IGNORE_INDEX
+from run_safety import raise_on_every_rank
 
 FORMAT_VERSION = 1
 KINDS = ("sft", "pairs")
@@ -186,7 +171,7 @@ def build(path, tokenizer, kind, max_length, directory, key, problem, work, rank
             error = str(e)
         except OSError as e:
             error = f"{directory}: could not write the tokenized cache: {e}"
-        _raise_if_any(error, InputError)
+        raise_on_every_rank(error)
         if rank == 0:
             try:
                 built = os.path.join(work, "cache")
@@ -198,19 +183,11 @@ def build(path, tokenizer, kind, max_length, directory, key, problem, work, rank
                     print(f"tokenized cache {directory}: {note}", flush=True)
             except OSError as e:
                 error = f"{directory}: could not write the tokenized cache: {e}"
-        _raise_if_any(error, InputError)
+        raise_on_every_rank(error)
     finally:
         if rank == 0:
             shutil.rmtree(work, ignore_errors=True)
             sweep_stale(os.path.dirname(directory))
-
-
-def _raise_if_any(error, kind):
-    found = [None] * dist.get_world_size()
-    dist.all_gather_object(found, error)
-    problems = [e for e in found if e is not None]
-    if problems:
-        raise kind(problems[0] if len(set(problems)) == 1 else "; ".join(sorted(set(problems))))
 
 
 def publish(built, directory, key) -> str | None:

@@ -1,17 +1,13 @@
 """Stage 2 of REDI: learn from the teacher's correct AND incorrect traces (paper Eq. 5).
 
 On (problem x, correct trace y_w, incorrect trace y_l) pairs, starting from the stage-1 SFT model:
-
     L_REDI = - log p(y_w|x) / |y_w|  +  alpha * log p(y_l|x) / |y_l|          averaged over pairs
-
-with no reference model. The same script trains the paper's baselines on the same pairs:
-    --loss dpo     Eq. (2), against a frozen reference (the starting model, or --ref-model)
-    --loss simpo   Eq. (3), length-normalised, margin gamma, no reference
-    --loss sft     the "just more SFT" control: token-mean NLL (Eq. 1) of the chosen traces only
-The losses live in redi_loss.py (copy it into your project) and the loop calls them directly
-(OBJECTIVES); the shared machinery (distributed setup, FSDP2 model loading, schedule, checkpoints,
-metrics, exit codes) is in training.py, DPO's reference model in dpo_reference.py. The whole
-optimizer step is `train()` below: read it top to bottom.
+with no reference model. The same script trains the paper's baselines on the same pairs: --loss dpo
+(Eq. 2, against a frozen reference), --loss simpo (Eq. 3), --loss sft (Eq. 1 on the chosen traces: the
+"just more SFT" control). The losses are redi_loss.py's; one optimizer step is `train()` below, read top to
+bottom; what both stages share is in training.py, DPO's reference model in dpo_reference.py. A flag left
+unset takes the paper's value for the chosen loss (PAPER_DEFAULTS). Metrics, the collapse warning and
+where this departs from the paper's code: docs/training.md.
 
 Launch:
     # REDI from the stage-1 checkpoint, 8 GPUs (paper: lr 1e-6, alpha 0.8, 32 pairs/step, 1 epoch)
@@ -23,53 +19,23 @@ Launch:
     # CPU, 2 processes, as the tests run it
     torchrun --nproc_per_node 2 train_redi.py --model runs/sft/final --data pairs.jsonl \\
         --output-dir runs/redi --global-batch-size 4 --max-steps 3
-
-Per-loss defaults: the paper's tuned values for Qwen2.5-Math-1.5B (PAPER_DEFAULTS below; `--help`
-prints them); override with the flags.
-At start, rank 0 prints the first pair exactly as tokenized (prompt, supervised chosen and rejected
-responses, special tokens shown) and the system prompt in use (--system-prompt; docs/data_formats.md).
-
-Names: `chosen_logps` / `rejected_logps` are SUMMED log-probs log p(y|x) of each trace [B], as in
-redi_loss.py; `chosen_lengths` / `rejected_lengths` their token counts [B]. The paper's "LogPS" is
-the per-token mean, logps / lengths; the metrics below always log that mean.
-
-Per-step metrics in metrics.jsonl, beyond training.py's (means over the step's real pairs, all ranks):
-    logps/chosen, logps/rejected   LogPS = log p(y|x) / |y| of the chosen and rejected traces
-    logps/margin                   logps/chosen - logps/rejected
-    logps/accuracy                 fraction of pairs with logps/chosen > logps/rejected
-    rewards/chosen, rewards/rejected, rewards/accuracy   (DPO only) implicit rewards
-                                   beta * (log p - log p_ref) and how often chosen's is larger
-    data/pairs                     real pairs in the step
-    logps/collapse_warning         the collapse check below fired at this step
-
-Collapse warning: the paper shows that at high learning rates (or alpha near 1) the
-log-likelihoods of BOTH chosen and rejected traces fall together and accuracy collapses. Each step
-we compare the mean LogPS of the last --collapse-window steps with the first step's; when both
-chosen and rejected have fallen by more than --collapse-threshold nats per token (default 0.5:
-the LogPS of a trained model's own data sits near 0 to -0.5, so a 0.5 drop means the model has
-moved far from the traces it was trained on), the step is flagged and a warning is printed once.
-
-Where this departs from the paper's code (TRL DPOTrainer-based):
-  1. Chosen and rejected go through ONE forward (concatenated), as TRL does; with --loss sft the
-     rejected traces are still forwarded, so that their LogPS is logged for the control too.
-  2. Log-probs come from hidden states in chunks (redi_loss.token_logps_from_hidden), never full
-     logits; numerically the same as TRL's log-softmax gather.
-  3. The last, smaller batch of the epoch is trained on, not dropped.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 
 import torch
 import torch.distributed as dist
 
+import run_safety
 import token_cache
 import training
 from cli import exit_on_input_error, read_jsonl, run_then_exit
-from data import collate_pairs, describe_first_example, num_tokens
+from data import collate_pairs, describe_first_example, example_tokens
 from dpo_reference import build_reference
-from redi_loss import dpo_loss, redi_loss, simpo_loss
+from redi_loss import LOSSES, sft_loss
 from training import print0
 
 # The paper's tuned settings for Qwen2.5-Math-1.5B, per --loss; a flag left unset takes these.
@@ -94,7 +60,7 @@ def parse_args(argv=None):
     parser = training.build_parser(__doc__, lr=None, global_batch=32, epochs=1,
                                     lr_help=f"peak learning rate; {_paper_default('lr')}")
     g = parser.add_argument_group("stage-2 loss")
-    g.add_argument("--loss", default="redi", choices=list(OBJECTIVES), help="objective (default redi)")
+    g.add_argument("--loss", default="redi", choices=list(LOSSES), help="objective (default redi)")
     g.add_argument("--alpha", type=float, default=None, help=f"REDI weight on the rejected term; {_paper_default('alpha')}")
     g.add_argument("--beta", type=float, default=None, help=f"DPO/SimPO inverse temperature; {_paper_default('beta')}")
     g.add_argument("--gamma", type=float, default=None, help=f"SimPO target margin; {_paper_default('gamma')}")
@@ -105,6 +71,7 @@ def parse_args(argv=None):
                    help="warn when chosen AND rejected LogPS fall this many nats/token below their start")
     g.add_argument("--collapse-window", type=int, default=5, help="steps averaged for the collapse check")
     args = parser.parse_args(argv)
+    # Part of parsing: an unset flag takes the chosen loss's paper value, so vars(args) holds what runs.
     for key, value in PAPER_DEFAULTS[args.loss].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -122,20 +89,18 @@ def loss_hyperparameters(args) -> dict:
 
 
 # -----------------------------------------------------------------------------
-# the stage-2 objectives: --loss -> (per-pair loss [n] from a micro-batch's log-probs `lp`, and what
-# the step's summed loss is divided by: "pairs", or "chosen_tokens" for the SFT control)
+# the loss of a micro-batch
 
 
-OBJECTIVES = {
-    "redi": (lambda lp, args: redi_loss(lp["chosen_logps"], lp["chosen_lengths"], lp["rejected_logps"],
-                                        lp["rejected_lengths"], alpha=args.alpha), "pairs"),
-    "dpo": (lambda lp, args: dpo_loss(lp["chosen_logps"], lp["rejected_logps"], lp["ref_chosen_logps"],
-                                      lp["ref_rejected_logps"], beta=args.beta), "pairs"),
-    "simpo": (lambda lp, args: simpo_loss(lp["chosen_logps"], lp["chosen_lengths"], lp["rejected_logps"],
-                                          lp["rejected_lengths"], beta=args.beta, gamma=args.gamma), "pairs"),
-    # Eq. (1) on the chosen traces: the summed NLL; the step divides by its chosen-token count.
-    "sft": (lambda lp, args: -lp["chosen_logps"], "chosen_tokens"),
-}
+def micro_batch_loss(args, per_pair: dict, weights, denominator: float):
+    """This micro-batch's share of the step's --loss: its pairs' losses (padding weighs 0) divided by the
+    step's global count (pairs; the SFT control: chosen tokens), so the step's sum is the step's mean.
+    `per_pair`: the statistics redi_loss's losses are named after ([n] each)."""
+    loss_fn = LOSSES[args.loss]
+    if loss_fn is sft_loss:        # the control: Eq. (1) on the chosen traces, a token mean over the step
+        return sft_loss(per_pair["chosen_logps"] * weights, per_pair["chosen_lengths"], total_length=denominator)
+    inputs = {name: per_pair[name] for name in inspect.signature(loss_fn).parameters if name in per_pair}
+    return (loss_fn(**inputs, **loss_hyperparameters(args)) * weights).sum() / denominator      # [n] -> scalar
 
 
 # -----------------------------------------------------------------------------
@@ -146,20 +111,20 @@ PAIR_STATS = ("loss", "tokens", "pairs", "chosen", "rejected", "margin", "accura
               "reward_chosen", "reward_rejected", "reward_accuracy")
 
 
-def pair_stats(loss, lp, weights, batch_pairs, args):
+def pair_stats(loss, per_pair, weights, batch_pairs, args):
     """[len(PAIR_STATS)] float64: this micro-batch's weighted sums behind the step's metrics."""
-    chosen = (lp["chosen_logps"] / lp["chosen_lengths"]).detach()               # LogPS [B]
-    rejected = (lp["rejected_logps"] / lp["rejected_lengths"]).detach()
-    if "ref_chosen_logps" in lp:
-        reward_chosen = args.beta * (lp["chosen_logps"] - lp["ref_chosen_logps"]).detach()
-        reward_rejected = args.beta * (lp["rejected_logps"] - lp["ref_rejected_logps"]).detach()
+    chosen = (per_pair["chosen_logps"] / per_pair["chosen_lengths"]).detach()               # LogPS [B]
+    rejected = (per_pair["rejected_logps"] / per_pair["rejected_lengths"]).detach()
+    if "ref_chosen_logps" in per_pair:
+        reward_chosen = args.beta * (per_pair["chosen_logps"] - per_pair["ref_chosen_logps"]).detach()
+        reward_rejected = args.beta * (per_pair["rejected_logps"] - per_pair["ref_rejected_logps"]).detach()
     else:
         reward_chosen = reward_rejected = torch.zeros_like(chosen)
-    tokens = sum(num_tokens(p) for p, w in zip(batch_pairs, weights.tolist()) if w > 0)
+    tokens = sum(example_tokens(p) for p, w in zip(batch_pairs, weights.tolist()) if w > 0)
     columns = [loss.detach().reshape(1), torch.tensor([tokens], device=weights.device), weights.sum().reshape(1)]
-    for per_pair in (chosen, rejected, chosen - rejected, (chosen > rejected).float(),
-                     reward_chosen, reward_rejected, (reward_chosen > reward_rejected).float()):
-        columns.append((per_pair * weights).sum().reshape(1))
+    for values in (chosen, rejected, chosen - rejected, (chosen > rejected).float(),
+                   reward_chosen, reward_rejected, (reward_chosen > reward_rejected).float()):      # [B] each
+        columns.append((values * weights).sum().reshape(1))
     return torch.cat([c.double() for c in columns])
 
 
@@ -210,44 +175,45 @@ def first_logged_logps(args):
 # the stage-2 step loop (its twin, the SFT loop, is train_sft.train)
 
 
-def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, reference=None, state=None):
+def train(args, setup: training.Setup, pairs, batch_order, reference=None, state=None):
     """Optimizer steps over the pairs until the end of training."""
-    total_steps = training.total_training_steps(args, sampler.steps_per_epoch)
+    model, optimizer, device, pad_id = setup.model, setup.optimizer, setup.device, setup.tokenizer.pad_token_id
+    total_steps = training.total_training_steps(args, batch_order.steps_per_epoch)
     step = state["step"] if state else 0
     clock = training.StepClock(state)
-    metrics = training.Metrics(args, total_steps, step, clock, device)   # repairs metrics.jsonl first
-    checkpoints = training.Checkpoints(args, model, lm, optimizer, tokenizer, total_steps, clock)
-    stop_signals = training.StopSignals()
+    metrics = training.Metrics(args, setup, total_steps, step, clock)   # repairs metrics.jsonl first
+    checkpoints = training.Checkpoints(args, setup, total_steps, clock)
+    stop_signals = run_safety.StopSignals()
     collapse = CollapseMonitor(args.collapse_threshold, args.collapse_window, first_logged_logps(args) if step else None)
-    pair_loss, normalise_by = OBJECTIVES[args.loss]
-    cost = [1.0] * len(pairs) if normalise_by == "pairs" else pairs.supervised      # chosen tokens [N]
+    # what a step's loss is a mean over: its pairs, or for the SFT control its chosen tokens ([N] each)
+    per_pair_count = pairs.supervised if args.loss == "sft" else [1.0] * len(pairs)
     print0(f"training: {total_steps} steps of {args.global_batch_size} pairs = {dist.get_world_size()} ranks x "
-           f"{sampler.per_rank}, {len(sampler.micro_batches(0, 0))} micro-batches per step")
+           f"{batch_order.per_rank}, {len(batch_order.micro_batches(0, 0))} micro-batches per step")
     try:
         while step < total_steps:
             clock.start_step()
-            epoch, step_in_epoch = divmod(step, sampler.steps_per_epoch)
+            epoch, step_in_epoch = divmod(step, batch_order.steps_per_epoch)
             lr = training.lr_at(step, total_steps, args.lr, args.warmup_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # The loss is a mean over the step's pairs on ALL ranks (chosen tokens for the SFT control):
             # each rank divides its sum by that global count and FSDP SUMS the gradients (load_model), so
             # a step is the same for any world size and accumulation (tests/test_train.py checks it).
-            denominator = sampler.global_count(epoch, step_in_epoch, cost)
+            denominator = batch_order.global_count(epoch, step_in_epoch, per_pair_count)
             local_stats = torch.zeros(len(PAIR_STATS) + 1, dtype=torch.float64, device=device)
-            for items in sampler.micro_batches(epoch, step_in_epoch):
+            for items in batch_order.micro_batches(epoch, step_in_epoch):
                 batch_pairs = [pairs[i] for i, _ in items]
                 n = len(batch_pairs)
                 weights = torch.tensor([w for _, w in items], device=device)          # [n]; 0 = padding item
-                batch = collate_pairs(batch_pairs, tokenizer.pad_token_id, args.packed, device)
-                logps, lengths = model(**batch)                 # [2n] summed log-probs, tokens: chosen, rejected
-                lp = {"chosen_logps": logps[:n], "chosen_lengths": lengths[:n],
-                      "rejected_logps": logps[n:], "rejected_lengths": lengths[n:]}
+                batch = collate_pairs(batch_pairs, pad_id, setup.kernels.packed, device)
+                sums, lengths = model(**batch)           # [2n] summed log-probs, response lengths: chosen, rejected
+                per_pair = {"chosen_logps": sums[:n], "chosen_lengths": lengths[:n],
+                            "rejected_logps": sums[n:], "rejected_lengths": lengths[n:]}
                 if reference is not None:
-                    lp["ref_chosen_logps"], lp["ref_rejected_logps"] = reference(batch, batch_pairs)
-                loss = (pair_loss(lp, args) * weights).sum() / denominator
+                    per_pair["ref_chosen_logps"], per_pair["ref_rejected_logps"] = reference(batch, batch_pairs)
+                loss = micro_batch_loss(args, per_pair, weights, denominator)
                 loss.backward()
-                local_stats[:-1] += pair_stats(loss, lp, weights, batch_pairs, args)
+                local_stats[:-1] += pair_stats(loss, per_pair, weights, batch_pairs, args)
             # Clip, then ONE all-reduce of the step's sums: every rank gets the same numbers, so a NaN/inf
             # on any rank (in the loss or the global grad norm) and a stop signal that reached any rank
             # (the last slot) are agreed without another collective. (Not the only host sync: each
@@ -268,14 +234,14 @@ def train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, referen
             else:   # a NaN/inf on some rank: every rank agrees (one all-reduce) and none updates
                 optimizer.zero_grad(set_to_none=True)
                 if args.on_nonfinite == "stop":
-                    raise training.NonFiniteError(checkpoints.for_nonfinite(step, stats))
+                    raise run_safety.NonFiniteError(checkpoints.for_nonfinite(step, stats))
                 print0(training.nonfinite_message(step, stats) + "; skipping this step (--on-nonfinite skip)")
                 fields = {"optim/skipped": True}
-            metrics.log_step(step + 1, epoch + (step_in_epoch + 1) / sampler.steps_per_epoch, lr, stats, fields)
+            metrics.log_step(step + 1, epoch + (step_in_epoch + 1) / batch_order.steps_per_epoch, lr, stats, fields)
             step += 1
             checkpoints.save_if_due(step)
             if stats["stop_requests"] and step < total_steps:     # SIGTERM/SIGUSR1 reached some rank
-                raise training.Preempted(checkpoints.for_stop(step))
+                raise run_safety.Preempted(checkpoints.for_stop(step))
     finally:
         metrics.close()
     print0(f"done: {step} steps of {args.loss} in {clock.elapsed():.1f}s; final model: {args.output_dir}/final")
@@ -289,17 +255,18 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         with exit_on_input_error(f"train_redi.py [rank {os.environ.get('RANK', 0)}]"):
-            rank, world_size, device, tokenizer, model, lm, optimizer = training.prepare(args)
-            pairs = token_cache.load(args.data, tokenizer, "pairs", args.max_seq_len, args.system_prompt)
+            setup = training.prepare(args)
+            tokenizer = setup.tokenizer
+            pairs = token_cache.load(args.data, tokenizer, "pairs", setup.max_seq_len, args.system_prompt)
             print0(describe_first_example(tokenizer, args.data, pairs[0], args.system_prompt))   # what the model sees
             print0(f"{len(pairs)} pairs from {args.data} ({pairs.directory}); loss {args.loss} "
                    f"{loss_hyperparameters(args)}, lr {args.lr:g}")
-            sampler = training.build_sampler(args, pairs.lengths.tolist(), world_size, rank)
-            reference = build_reference(args, pairs, tokenizer.pad_token_id, device) if args.loss == "dpo" else None
-            state = training.resume(args, model, optimizer)
-        train(args, model, lm, tokenizer, optimizer, pairs, sampler, device, reference, state)
-    except training.STOPS as e:
-        training.exit_stopped(e)
+            batch_order = training.build_batch_order(args, pairs.lengths.tolist(), setup.world_size, setup.rank)
+            reference = build_reference(args, setup, pairs) if args.loss == "dpo" else None
+            state = training.resume(args, setup.model, setup.optimizer)
+        train(args, setup, pairs, batch_order, reference, state)
+    except run_safety.STOPS as e:
+        run_safety.exit_stopped(e)
     finally:
         training.cleanup()
 

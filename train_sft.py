@@ -1,13 +1,11 @@
 """Stage 1 of REDI: supervised fine-tuning on the teacher's correct traces (paper Eq. 1).
 
-Minimises the token-mean negative log-likelihood of the response tokens (the whole assistant
-turn, including its end-of-turn token) over the GLOBAL batch:
-
-    L = - sum_{i in step} log p(y_i | x_i) / sum_{i in step} |y_i|
-
-The step loop is `train()` below; what both stages share (distributed setup, FSDP2 model loading,
-schedule, checkpoints, metrics, exit codes, the output layout) is in training.py. Plain
-torch.distributed + FSDP2 (`fully_shard`), no Trainer/accelerate/DeepSpeed.
+Minimises the token-mean negative log-likelihood of the responses (each whole assistant turn, its
+end-of-turn token included) over the GLOBAL batch: L = - sum_i log p(y_i|x_i) / sum_i |y_i|.
+The step loop is `train()` below; what both stages share is in training.py. Plain torch.distributed +
+FSDP2 (`fully_shard`), no Trainer/accelerate/DeepSpeed. Paper recipe (Qwen2.5-Math-1.5B): lr 5e-5,
+global batch 128, 3 or 5 epochs, AdamW, 10% warmup then linear decay, no clipping (the flags' defaults).
+Outputs, metrics, exit codes and where this departs from the paper's setup: docs/training.md.
 
 Launch:
     # one GPU / CPU (a process group of one is created for you)
@@ -18,18 +16,6 @@ Launch:
     # CPU, 2 processes (gloo), as the tests run it
     torchrun --nproc_per_node 2 train_sft.py --model runs/tiny --data sft.jsonl --output-dir runs/sft \\
         --global-batch-size 8 --micro-batch-size 2 --max-steps 3
-
-Paper recipe (Qwen2.5-Math-1.5B): lr 5e-5, global batch 128, 3 or 5 epochs, AdamW (0.9, 0.999,
-1e-8, weight decay 1e-4), 10% linear warmup then linear decay to 0, no gradient clipping.
-Per-step metrics beyond training.py's: data/response_tokens, logps/response (mean log-prob per
-response token).
-At start, rank 0 prints the first example exactly as tokenized (prompt, supervised response, special
-tokens shown) and the system prompt in use (--system-prompt; docs/data_formats.md).
-
-Departures from the paper's setup (TRL + DeepSpeed): micro-batches may be formed by a token budget
-(--max-tokens-per-micro-batch); the last, smaller global batch of an epoch is kept (zero-weight
-padding keeps ranks in lock-step) rather than dropped; the data order comes from our own seeded
-permutation, not the `datasets` sampler.
 """
 from __future__ import annotations
 
@@ -39,6 +25,7 @@ import os
 import torch
 import torch.distributed as dist
 
+import run_safety
 import token_cache
 import training
 from cli import exit_on_input_error, run_then_exit
@@ -54,35 +41,36 @@ SFT_STATS = ("loss", "tokens", "data/response_tokens", "logps/response_sum")
 # the SFT step loop
 
 
-def train(args, model, lm, tokenizer, optimizer, examples, sampler, device, state=None):
+def train(args, setup: training.Setup, examples, batch_order, state=None):
     """Optimizer steps over the SFT examples until the end of training (Eq. 1 over the global batch)."""
-    total_steps = training.total_training_steps(args, sampler.steps_per_epoch)
+    model, optimizer, device, pad_id = setup.model, setup.optimizer, setup.device, setup.tokenizer.pad_token_id
+    total_steps = training.total_training_steps(args, batch_order.steps_per_epoch)
     step = state["step"] if state else 0
     clock = training.StepClock(state)
-    metrics = training.Metrics(args, total_steps, step, clock, device)   # repairs metrics.jsonl first
-    checkpoints = training.Checkpoints(args, model, lm, optimizer, tokenizer, total_steps, clock)
-    stop_signals = training.StopSignals()
-    response_tokens = examples.supervised                                  # [N] supervised tokens per example
-    print0(f"training: {total_steps} steps ({sampler.steps_per_epoch} per epoch), global batch "
-           f"{args.global_batch_size} = {dist.get_world_size()} ranks x {sampler.per_rank} examples; "
-           f"micro-batches per step: {len(sampler.micro_batches(0, 0))}")
+    metrics = training.Metrics(args, setup, total_steps, step, clock)   # repairs metrics.jsonl first
+    checkpoints = training.Checkpoints(args, setup, total_steps, clock)
+    stop_signals = run_safety.StopSignals()
+    response_lengths = examples.supervised                                 # [N] |y|: supervised tokens per example
+    print0(f"training: {total_steps} steps ({batch_order.steps_per_epoch} per epoch), global batch "
+           f"{args.global_batch_size} = {dist.get_world_size()} ranks x {batch_order.per_rank} examples; "
+           f"micro-batches per step: {len(batch_order.micro_batches(0, 0))}")
     try:
         while step < total_steps:
             clock.start_step()
-            epoch, step_in_epoch = divmod(step, sampler.steps_per_epoch)
+            epoch, step_in_epoch = divmod(step, batch_order.steps_per_epoch)
             lr = training.lr_at(step, total_steps, args.lr, args.warmup_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # Eq. (1) over the GLOBAL batch: each micro-batch's summed NLL is divided by the response
             # tokens of the whole step on all ranks, and FSDP SUMS gradients over ranks (load_model),
             # so the step is the same for any world size and accumulation.
-            global_tokens = sampler.global_count(epoch, step_in_epoch, response_tokens)
+            global_length = batch_order.global_count(epoch, step_in_epoch, response_lengths)
             local_stats = torch.zeros(len(SFT_STATS) + 1, dtype=torch.float64, device=device)
-            for items in sampler.micro_batches(epoch, step_in_epoch):
-                batch = collate([examples[i] for i, _ in items], tokenizer.pad_token_id, args.packed, device)
+            for items in batch_order.micro_batches(epoch, step_in_epoch):
+                batch = collate([examples[i] for i, _ in items], pad_id, setup.kernels.packed, device)
                 weights = torch.tensor([w for _, w in items], device=device)      # [B]; 0 = padding item
-                logps, lengths = model(**batch)                                   # [B] summed log-probs, tokens
-                loss = sft_loss(logps * weights, lengths, total_tokens=global_tokens)
+                logps, lengths = model(**batch)                           # [B] summed log-probs, response lengths
+                loss = sft_loss(logps * weights, lengths, total_length=global_length)
                 loss.backward()
                 tokens = sum(len(examples[i]["input_ids"]) for i, w in items if w > 0)
                 local_stats[:-1] += torch.stack([loss.detach().double(), torch.tensor(tokens, device=device).double(),
@@ -108,14 +96,14 @@ def train(args, model, lm, tokenizer, optimizer, examples, sampler, device, stat
             else:   # a NaN/inf on some rank: every rank agrees (one all-reduce) and none updates
                 optimizer.zero_grad(set_to_none=True)
                 if args.on_nonfinite == "stop":
-                    raise training.NonFiniteError(checkpoints.for_nonfinite(step, stats))
+                    raise run_safety.NonFiniteError(checkpoints.for_nonfinite(step, stats))
                 print0(training.nonfinite_message(step, stats) + "; skipping this step (--on-nonfinite skip)")
                 fields = {"optim/skipped": True}
-            metrics.log_step(step + 1, epoch + (step_in_epoch + 1) / sampler.steps_per_epoch, lr, stats, fields)
+            metrics.log_step(step + 1, epoch + (step_in_epoch + 1) / batch_order.steps_per_epoch, lr, stats, fields)
             step += 1
             checkpoints.save_if_due(step)
             if stats["stop_requests"] and step < total_steps:     # SIGTERM/SIGUSR1 reached some rank
-                raise training.Preempted(checkpoints.for_stop(step))
+                raise run_safety.Preempted(checkpoints.for_stop(step))
     finally:
         metrics.close()
     print0(f"done: {step} steps in {clock.elapsed():.1f}s; model in {os.path.join(args.output_dir, 'final')}")
@@ -136,15 +124,16 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         with exit_on_input_error(f"train_sft.py [rank {os.environ.get('RANK', 0)}]"):
-            rank, world_size, device, tokenizer, model, lm, optimizer = training.prepare(args)
-            examples = token_cache.load(args.data, tokenizer, "sft", args.max_seq_len, args.system_prompt)
+            setup = training.prepare(args)
+            tokenizer = setup.tokenizer
+            examples = token_cache.load(args.data, tokenizer, "sft", setup.max_seq_len, args.system_prompt)
             print0(describe_first_example(tokenizer, args.data, examples[0], args.system_prompt))  # what the model sees
             print0(f"{len(examples)} SFT examples from {args.data} ({examples.directory})")
-            sampler = training.build_sampler(args, examples.lengths.tolist(), world_size, rank)
-            state = training.resume(args, model, optimizer)
-        train(args, model, lm, tokenizer, optimizer, examples, sampler, device, state)
-    except training.STOPS as e:
-        training.exit_stopped(e)
+            batch_order = training.build_batch_order(args, examples.lengths.tolist(), setup.world_size, setup.rank)
+            state = training.resume(args, setup.model, setup.optimizer)
+        train(args, setup, examples, batch_order, state)
+    except run_safety.STOPS as e:
+        run_safety.exit_stopped(e)
     finally:
         training.cleanup()
 

@@ -1,30 +1,12 @@
-"""What both training stages share: arguments, distributed setup, FSDP2 model loading, schedule,
-the end of an optimizer step, checkpoints and resume, metrics. train_sft.py (stage 1) and
-train_redi.py (stage 2) are scripts with their step loops written out; this module is their library.
+"""What both training stages share: arguments, distributed setup, the FSDP2 policy, schedule, checkpoints, metrics.
 
-Outputs in --output-dir:
-    metrics.jsonl              first line {"args", "versions", "world_size", "total_steps",
-                               "resumed_from_step"} (again after each resume); then one object per
-                               optimizer step, all-reduced over ranks: step, epoch, lr, loss,
-                               optim/grad_norm, optim/update_norm, data/tokens, perf/tokens_per_s,
-                               perf/step_time_s, perf/peak_mem_gb, perf/elapsed_s, and each stage's
-                               own metrics. A skipped step (--on-nonfinite skip) has optim/skipped
-                               true and the common and perf fields only.
-    checkpoints/step-NNNNNNN/  a Hugging Face model dir (safetensors, config, tokenizer, generation
-                               config) + train_state/ (DCP shards of model and optimizer) +
-                               trainer_state.json + rng-rank*.pt; written to a temp dir and renamed
-    checkpoints/latest         name of the newest complete checkpoint (replaced atomically)
-    final -> checkpoints/step-N   the model at the end of training (symlink)
-
-Exit codes (every rank agrees, none waits for the process-group timeout): 0 done; 1 invalid
-arguments; 2 bad input found before any compute (data file, --model, --output-dir, disk space;
-one line "PROG [rank R]: error: ..." per rank, no traceback); 3 a non-finite loss or gradient with
---on-nonfinite stop (the last finite state is saved first); 4 a checkpoint could not be written
-(the previous checkpoint and `latest` are untouched); 75 stopped by SIGTERM or SIGUSR1 (preemption:
-every rank finishes the step, the step is saved, `--resume` continues (bitwise on CPU); torchrun forwards
-SIGTERM to its workers and gives them 30 s before SIGKILL, SIGUSR1 must reach the workers, e.g.
-SLURM's `--signal=USR1@120` on an srun step); 76 the worker's torchrun launcher died (each worker
-exits within a second, writing nothing more). Any other exit is a bug: it has a traceback.
+train_sft.py (stage 1) and train_redi.py (stage 2) are scripts with their step loops written out; this
+module is their library, in the order a run meets it: arguments -> process group -> model (LogpsModel:
+per-sequence log-probs instead of logits; attention kernel choice; FSDP2 sharding; rank 0's weights
+broadcast) -> `prepare` (all of that as one Setup) -> lr schedule and optimizer -> update norm ->
+checkpoint save and resume (with RNG) -> metrics. What keeps a long multi-rank run safe (every rank
+stopping together, preflight checks, atomic file installs, stop signals, exit codes) is run_safety.py.
+Outputs, metric keys and exit codes: docs/training.md.
 """
 from __future__ import annotations
 
@@ -41,10 +23,10 @@ import platform
 import random
 import resource
 import shutil
-import signal
 import sys
-import threading
 import time
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -56,9 +38,11 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from transformers import AutoConfig, AutoModelForCausalLM
 
+import run_safety
 from cli import InputError, add_system_prompt_option
-from data import StepSampler, load_tokenizer
+from data import BatchOrder, load_tokenizer
 from redi_loss import IGNORE_INDEX, token_logps_from_hidden
+from run_safety import CheckpointError, raise_on_every_rank
 
 # -----------------------------------------------------------------------------
 # arguments
@@ -166,7 +150,7 @@ def setup_distributed(device: str = "auto", timeout_minutes: float = 30.0):
     so the same collectives run everywhere. `device`: "auto" (cuda when available), "cuda", "cpu".
     Used by train_sft.py, train_redi.py and evaluate.py alike.
     """
-    exit_if_launcher_dies()
+    run_safety.exit_if_launcher_dies()
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
@@ -178,64 +162,6 @@ def setup_distributed(device: str = "auto", timeout_minutes: float = 30.0):
     else:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-
-
-def exit_if_launcher_dies(poll_seconds: float = 0.5) -> None:
-    """Under torchrun, end this worker within a second of its launcher's death.
-
-    torchrun starts each worker in a session of its own, so when torchrun itself is killed (kill -9,
-    the OOM killer) nothing stops the workers: they would train on, orphaned, and write checkpoints
-    into an output dir a user may already be resuming into. On Linux the kernel sends this process
-    SIGKILL when its parent exits (prctl PR_SET_PDEATHSIG; torchrun starts workers from its main
-    thread, the thread the kernel watches); that works even while a collective blocks the
-    interpreter. A daemon thread also watches the parent pid (other systems; a launcher gone before
-    the prctl). Either way nothing more is
-    written; checkpoints are atomic, so the output dir stays consistent."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
-        return
-    launcher = os.getppid()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-
-    def watch():
-        while os.getppid() == launcher:
-            time.sleep(poll_seconds)
-        # one raw write, no flush of Python's streams: nothing may hold up the exit
-        os.write(2, f"[rank {os.environ.get('RANK', '?')}] launcher (pid {launcher}) is gone; exiting\n".encode())
-        os._exit(EXIT_LAUNCHER_GONE)
-    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
-
-
-def rank_line(text: str) -> None:
-    """One '[rank R] text' line on stderr in a single write(2): ranks share the launcher's stderr,
-    and print() writes the text and its newline separately, so two ranks' lines could interleave
-    ('...--resume[rank 0] stopped: ...'). A pipe write up to PIPE_BUF (4 KiB) bytes is atomic."""
-    sys.stderr.flush()
-    data = f"[rank {os.environ.get('RANK', 0)}] {text}\n".encode()
-    while data:
-        data = data[os.write(2, data):]
-
-
-class StopSignals:
-    """SIGTERM and SIGUSR1 (schedulers' "you will be killed soon": SLURM --signal, spot instances)
-    only raise a flag; the step loop all-reduces it with the step's statistics, so every rank learns
-    of a signal that reached any rank at the same step, finishes that step, saves and exits
-    EXIT_PREEMPTED. A second signal while saving is ignored: the save is what it asks for."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.received = None
-        for signum in self.SIGNALS:
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.received is None:
-            self.received = signal.Signals(signum).name
-            rank_line(f"{self.received}: will save after this step and exit")
 
 
 def is_main() -> bool:
@@ -266,7 +192,7 @@ def cleanup() -> None:
 class LogpsModel(torch.nn.Module):
     """A causal LM whose forward returns per-sequence response log-probs, not logits.
 
-    forward(...) -> (sum_logps [S], num_tokens [S]): for each of the S sequences in the batch,
+    forward(...) -> (sum_logps [S], lengths [S]): for each of the S sequences in the batch,
     sum_t log p(y_t | x, y_<t) over its supervised tokens (labels != IGNORE_INDEX) and how many
     there are. Log-probs come from the decoder's final hidden states and the output embedding, a
     chunk of tokens at a time (redi_loss.token_logps_from_hidden), so [T, V] logits never exist.
@@ -377,35 +303,53 @@ def supports_attention(cls, implementation: str) -> bool:
     return bool(getattr(cls, "_supports_flash_attn", False) or getattr(cls, "_supports_flash_attn_2", False))
 
 
-def choose_kernels(args, device, config=None) -> str:
-    """Resolve --attn-implementation auto and --layout auto (in place); returns a line for the log.
+class Kernels(NamedTuple):
+    """--attn-implementation and --layout as they run: "auto" resolved for this device and model."""
+    attn_implementation: str
+    layout: str                       # "padded" | "packed"
+
+    @property
+    def packed(self) -> bool:
+        return self.layout == "packed"
+
+    def describe(self) -> str:
+        varlen = self.attn_implementation.startswith("flash_attention")
+        how = ("flash-attn varlen" if varlen else "one causal SDPA call per sequence") if self.packed else "causal, no mask"
+        return f"layout: {self.layout} ({how}), attention {self.attn_implementation}"
+
+
+def choose_kernels(args, device, config=None) -> Kernels:
+    """--attn-implementation and --layout for this device and model (`config`); args is left as parsed.
 
     auto: flash_attention_2 on CUDA when flash-attn imports, the model supports it and compute is bf16
     (flash-attn rejects fp32); else SDPA where the model supports it; else eager (Gemma2: SDPA cannot
-    soft-cap attention scores). An explicit choice the model (`config`) does not support is an InputError."""
+    soft-cap attention scores). An explicit choice the model does not support is an InputError."""
     cls = None if config is None else model_class(config, args.model)
     supported = (lambda impl: True) if cls is None else (lambda impl: supports_attention(cls, impl))
     bf16 = computes_in_bf16(args, device) if hasattr(args, "mixed_precision") else device.type == "cuda"
-    if args.attn_implementation == "auto":
+    attn = args.attn_implementation
+    if attn == "auto":
         flash_error = flash_attn_import_error() if device.type == "cuda" else "not on CUDA"
         if flash_error not in (None, "not installed", "not on CUDA"):
             print0(f"warning: flash_attn is installed but does not import ({flash_error}); using SDPA")
         usable = flash_error is None and bf16 and supported("flash_attention_2")
-        args.attn_implementation = "flash_attention_2" if usable else "sdpa" if supported("sdpa") else "eager"
-    elif not supported(args.attn_implementation):
-        raise InputError(f"--attn-implementation {args.attn_implementation}: {cls.__name__} ({args.model}) does not "
+        attn = "flash_attention_2" if usable else "sdpa" if supported("sdpa") else "eager"
+    else:
+        check_attention(attn, cls, args.model, bf16)
+    # Packed without varlen runs the decoder once per sequence: faster for a few long, uneven
+    # sequences, ~2x slower for many short ones (BENCHMARKS.md); padded rows need no mask either.
+    layout = ("packed" if attn.startswith("flash_attention") else "padded") if args.layout == "auto" else args.layout
+    return Kernels(attn, layout)
+
+
+def check_attention(attn: str, cls, path, bf16: bool) -> None:
+    """InputError unless model class `cls` (None: not known yet) supports attention `attn`, with bf16 for flash-attn."""
+    if cls is not None and not supports_attention(cls, attn):
+        raise InputError(f"--attn-implementation {attn}: {cls.__name__} ({path}) does not "
                          f"support it; use --attn-implementation auto (picks what the model supports)")
-    elif args.attn_implementation.startswith("flash_attention") and not bf16:
-        raise InputError(f"--attn-implementation {args.attn_implementation} needs bf16 compute (flash-attn rejects fp32); "
+    if attn.startswith("flash_attention") and not bf16:
+        raise InputError(f"--attn-implementation {attn} needs bf16 compute (flash-attn rejects fp32); "
                          f"use --mixed-precision bf16, or --attn-implementation sdpa with fp32")
-    varlen = args.attn_implementation.startswith("flash_attention")
-    if args.layout == "auto":
-        # Packed without varlen runs the decoder once per sequence: faster for a few long, uneven
-        # sequences, ~2x slower for many short ones (BENCHMARKS.md); padded rows need no mask either.
-        args.layout = "packed" if varlen else "padded"
-    args.packed = args.layout == "packed"
-    how = ("flash-attn varlen" if varlen else "one causal SDPA call per sequence") if args.packed else "causal, no mask"
-    return f"layout: {args.layout} ({how}), attention {args.attn_implementation}"
 
 
 PROBE_TOKENS = 48           # check_logps_match's probe: cheap on a 7B model, long enough to exercise attention
@@ -453,29 +397,29 @@ def load_config(path, args):
     return config
 
 
-def load_model(path, args, device, trainable: bool = True):
+def load_model(path, args, device, kernels: Kernels | None = None, trainable: bool = True):
     """Load a HF causal LM in fp32, wrap it as LogpsModel, and shard it with FSDP2.
 
     Each decoder layer is its own FSDP unit, then the root (embeddings, final norm, lm_head; tied
     embeddings are one parameter, sharded once). Master weights and optimizer state stay fp32;
     on GPU (or --mixed-precision bf16) the forward/backward run in bf16 with fp32 gradient
-    reduction: at lr 1e-6, bf16 master weights would round most updates away.
+    reduction: at lr 1e-6, bf16 master weights would round most updates away. `kernels`: prepare()'s
+    choice (DPO's reference model runs the policy's), checked for this model; None: chosen here.
     """
     config, rank, world = load_config(path, args), dist.get_rank(), dist.get_world_size()
-    choose_kernels(args, device, config)          # resolved by prepare(); checks an explicit choice for this model
+    if kernels is None:
+        kernels = choose_kernels(args, device, config)
+    else:
+        check_attention(kernels.attn_implementation, model_class(config, path), path, computes_in_bf16(args, device))
     if rank == 0 or world == 1:
         lm = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32,
-                                                  attn_implementation=args.attn_implementation)
+                                                  attn_implementation=kernels.attn_implementation)
     else:   # only shapes: rank 0 broadcasts the weights after sharding, so a node holds one full copy
         with torch.device("meta"):
             lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32,
-                                                  attn_implementation=args.attn_implementation)
-    # Every rank stops, or none: rank 0 alone holds the weights to check.
-    problem = [check_logps_match(lm, path) if rank == 0 or world == 1 else None]
-    if world > 1:
-        dist.broadcast_object_list(problem, src=0)
-    if problem[0] is not None:
-        raise InputError(problem[0])
+                                                  attn_implementation=kernels.attn_implementation)
+    # rank 0 alone holds the weights to check; every rank stops, or none
+    raise_on_every_rank(check_logps_match(lm, path) if rank == 0 else None)
     if args.activation_checkpointing and trainable:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = LogpsModel(lm, args.logps_chunk_size)
@@ -512,82 +456,6 @@ def broadcast_weights(model, full_state: dict, device) -> None:
         dist.broadcast(buffer, src=0)
 
 
-def preflight(args) -> None:
-    """Checks before any compute, on every rank; a problem on any rank stops every rank (InputError)
-    instead of leaving the others waiting at the first collective."""
-    problems = []
-    try:
-        config = _check_model_dir(args, problems)
-        if config is not None:
-            _check_output_dir(args, config, problems)
-    except OSError as e:
-        problems.append(str(e))
-    found = [None] * dist.get_world_size()
-    dist.all_gather_object(found, problems)
-    messages = sorted({p for rank_problems in found for p in rank_problems})
-    if messages:
-        raise InputError("; ".join(messages))
-
-
-def _check_model_dir(args, problems):
-    """--model is a model directory with a config and a chat-templated tokenizer; context fits."""
-    if not os.path.isdir(args.model):
-        problems.append(f"--model {args.model}: no such directory (a Hugging Face model dir, e.g. from "
-                        f"`huggingface-cli download Qwen/Qwen2.5-Math-1.5B --local-dir DIR`)")
-        return None
-    if not os.path.isfile(os.path.join(args.model, "config.json")):
-        problems.append(f"--model {args.model}: no config.json; not a Hugging Face model directory")
-        return None
-    try:
-        config = load_config(args.model, args)
-    except (ValueError, KeyError) as e:  # transformers' words for an unknown model type or remote code
-        problems.append(f"--model {args.model}: transformers {transformers.__version__} cannot read its config "
-                        f"({(str(e).strip().splitlines() or [type(e).__name__])[0]}); remote code is not run")
-        return None
-    try:
-        cls = model_class(config, args.model)
-    except InputError as e:
-        problems.append(str(e))
-        return None
-    with torch.device("meta"):
-        head = cls(config).get_output_embeddings()
-    if getattr(head, "bias", None) is not None:
-        problems.append(f"--model {args.model}: {cls.__name__} has an lm_head bias, which the chunked log-prob code "
-                        f"does not add; models with a bias-free output layer only")
-    if not getattr(load_tokenizer(args.model), "chat_template", None):
-        problems.append(f"--model {args.model}: the tokenizer has no chat template (tokenizer_config.json "
-                        f"'chat_template'); prompts and responses are formatted with it")
-    context = config.max_position_embeddings
-    if args.max_seq_len is not None and args.max_seq_len > context:
-        problems.append(f"--max-seq-len {args.max_seq_len} exceeds the model's context {context} "
-                        f"(--max-position-embeddings extends it)")
-    return config
-
-
-def checkpoint_bytes(config) -> int:
-    """Estimated size of one checkpoint: fp32 export (4 B/param) + DCP fp32 weights (4) + AdamW (8)."""
-    with torch.device("meta"):
-        numel = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    return 16 * numel
-
-
-def _check_output_dir(args, config, problems):
-    """--output-dir is writable and has room for one checkpoint."""
-    try:
-        os.makedirs(args.output_dir, exist_ok=True)
-        probe = os.path.join(args.output_dir, f".write-test-rank{dist.get_rank()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        problems.append(f"--output-dir {args.output_dir}: not writable ({e.strerror or e})")
-        return
-    need, free = checkpoint_bytes(config), shutil.disk_usage(args.output_dir).free
-    if free < need:
-        problems.append(f"--output-dir {args.output_dir}: {free / 2**30:.2f} GiB free, one checkpoint needs "
-                        f"about {need / 2**30:.2f} GiB (16 bytes per parameter)")
-
-
 def computes_in_bf16(args, device) -> bool:
     return args.mixed_precision == "bf16" or (args.mixed_precision == "auto" and device.type == "cuda")
 
@@ -599,19 +467,39 @@ def export_dtype(args, device) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[args.save_dtype]
 
 
-def prepare(args):
+@dataclass
+class Setup:
+    """What prepare() builds for a stage, and the options it settled for this device and model."""
+    rank: int
+    world_size: int
+    device: torch.device
+    tokenizer: object
+    model: LogpsModel               # FSDP2-sharded; forward -> per-sequence summed log-probs, token counts
+    lm: torch.nn.Module             # the Hugging Face model inside it (config, export)
+    optimizer: torch.optim.Optimizer
+    kernels: Kernels                # --attn-implementation / --layout, auto resolved
+    max_seq_len: int                # --max-seq-len, default the model's context
+
+    def saved_args(self, args) -> dict:
+        """The run's options as metrics.jsonl and every checkpoint record them: vars(args), the settled ones
+        in place of "auto" / None, and the layout's `packed` bool last."""
+        return {**vars(args), "attn_implementation": self.kernels.attn_implementation, "layout": self.kernels.layout,
+                "max_seq_len": self.max_seq_len, "packed": self.kernels.packed}
+
+
+def prepare(args) -> Setup:
     """Shared start of both stages: process group, checks, seeds, tokenizer, policy, optimizer."""
     rank, world_size, device = setup_distributed()
-    preflight(args)
-    print0(choose_kernels(args, device, load_config(args.model, args)))   # resolves --layout / --attn-implementation auto
+    run_safety.preflight(args, load_config, model_class)
+    kernels = choose_kernels(args, device, load_config(args.model, args))
+    print0(kernels.describe())
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     tokenizer = load_tokenizer(args.model)
-    model, lm = load_model(args.model, args, device)
-    if args.max_seq_len is None:
-        args.max_seq_len = lm.config.max_position_embeddings
+    model, lm = load_model(args.model, args, device, kernels)
     optimizer = build_optimizer(model, args)
-    return rank, world_size, device, tokenizer, model, lm, optimizer
+    max_seq_len = lm.config.max_position_embeddings if args.max_seq_len is None else args.max_seq_len
+    return Setup(rank, world_size, device, tokenizer, model, lm, optimizer, kernels, max_seq_len)
 
 
 # -----------------------------------------------------------------------------
@@ -638,10 +526,11 @@ def build_optimizer(model, args):
                              weight_decay=args.weight_decay, foreach=not fused, fused=fused)
 
 
-def build_sampler(args, lengths, world_size, rank):
-    return StepSampler(lengths, args.global_batch_size, world_size, rank, args.seed,
-                       micro_batch_size=None if args.max_tokens_per_micro_batch else args.micro_batch_size,
-                       max_tokens=args.max_tokens_per_micro_batch, balance=True)
+def build_batch_order(args, lengths, world_size, rank) -> BatchOrder:
+    """Which examples each rank sees in each step (data.BatchOrder), as the options ask."""
+    return BatchOrder(lengths, args.global_batch_size, world_size, rank, args.seed,
+                      micro_batch_size=None if args.max_tokens_per_micro_batch else args.micro_batch_size,
+                      max_tokens=args.max_tokens_per_micro_batch, balance=True)
 
 
 # -----------------------------------------------------------------------------
@@ -667,18 +556,6 @@ def nonfinite_message(step, stats) -> str:
             f"no optimizer step was taken")
 
 
-class NonFiniteError(RuntimeError):
-    pass
-
-
-class Preempted(RuntimeError):
-    """SIGTERM/SIGUSR1 reached a rank: the run saved its state and stops (exit EXIT_PREEMPTED)."""
-
-
-EXIT_PREEMPTED = 75       # sysexits' EX_TEMPFAIL: "try again later", i.e. requeue with --resume
-EXIT_LAUNCHER_GONE = 76
-
-
 class StepClock:
     """Wall time of the current step and of the whole run (carried over a resume)."""
 
@@ -700,28 +577,22 @@ class StepClock:
 # checkpoints
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written (disk full, read-only, ...); the previous one is intact."""
+def _raise_if_any_rank_failed(error: Exception | None, what: str) -> None:
+    """CheckpointError on EVERY rank if any rank failed `what` (run_safety.raise_on_every_rank)."""
+    raise_on_every_rank(None if error is None else f"rank {dist.get_rank()}: {type(error).__name__}: {error}",
+                        CheckpointError, f"{what} failed ({{}}); the previous checkpoint is untouched")
 
 
-def _agree(error: Exception | None, what: str) -> None:
-    """Raise CheckpointError on EVERY rank if any rank failed `what`, so no rank is left waiting
-    at the next collective until the process-group timeout."""
-    failed = [None] * dist.get_world_size()
-    dist.all_gather_object(failed, None if error is None else f"{type(error).__name__}: {error}")
-    problems = [f"rank {r}: {e}" for r, e in enumerate(failed) if e is not None]
-    if problems:
-        raise CheckpointError(f"{what} failed ({'; '.join(problems)}); the previous checkpoint is untouched")
-
-
-def save_checkpoint(out_dir, step, model, lm, optimizer, tokenizer, args, extra=None, with_state=True):
+def save_checkpoint(out_dir, step, model, lm, optimizer, tokenizer, args, extra=None, with_state=True,
+                    saved_args: dict | None = None):
     """Write checkpoints/step-N atomically: HF export + (optionally) resumable training state.
 
     Everything goes to a temp dir first; only a complete dir is renamed into place, and the
     `latest` pointer is replaced with os.replace, so a crash mid-save never leaves a corrupt
     latest checkpoint. A failure on any rank (disk full, read-only) raises CheckpointError on
     every rank; re-saving an existing step moves the old copy aside before the new one takes its
-    name, and `latest` names a complete checkpoint at every moment.
+    name, and `latest` names a complete checkpoint at every moment. `saved_args`: the options recorded
+    in trainer_state.json (Setup.saved_args; default vars(args)).
     """
     ckpt_root = os.path.join(out_dir, "checkpoints")
     name = f"step-{step:07d}"
@@ -745,7 +616,7 @@ def save_checkpoint(out_dir, step, model, lm, optimizer, tokenizer, args, extra=
         except OSError as e:
             error = e
     del full
-    _agree(error, f"saving checkpoint {name} (model export)")
+    _raise_if_any_rank_failed(error, f"saving checkpoint {name} (model export)")
     if with_state:
         try:
             dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)},
@@ -753,16 +624,17 @@ def save_checkpoint(out_dir, step, model, lm, optimizer, tokenizer, args, extra=
             torch.save(_rng_state(), os.path.join(tmp, f"rng-rank{dist.get_rank()}.pt"))
         except (OSError, dcp.api.CheckpointException) as e:
             error = e
-        _agree(error, f"saving checkpoint {name} (training state)")
+        _raise_if_any_rank_failed(error, f"saving checkpoint {name} (training state)")
     if is_main():
         try:
-            _atomic_write(os.path.join(tmp, "trainer_state.json"),
-                          json.dumps({"step": step, "args": vars(args), **(extra or {})}, indent=1))
-            _install_checkpoint(out_dir, ckpt_root, name, tmp)
-            _prune(ckpt_root, args.keep_last)
+            run_safety.atomic_write(os.path.join(tmp, "trainer_state.json"),
+                                    json.dumps({"step": step, "args": vars(args) if saved_args is None else saved_args, **(extra or {})},
+                                               indent=1))
+            run_safety.install_checkpoint(out_dir, ckpt_root, name, tmp)
+            run_safety.prune_checkpoints(ckpt_root, args.keep_last)
         except OSError as e:
             error = e
-    _agree(error, f"saving checkpoint {name} (finalising)")
+    _raise_if_any_rank_failed(error, f"saving checkpoint {name} (finalising)")
     return final
 
 
@@ -777,37 +649,20 @@ def save_config(config, directory) -> None:
     theta = (saved.get("rope_parameters") or {}).get("rope_theta")
     if theta is not None and saved.get("rope_theta") != theta:
         saved["rope_theta"] = theta
-        _atomic_write(path, json.dumps(saved, indent=2, sort_keys=True) + "\n")
-
-
-def _install_checkpoint(out_dir, ckpt_root, name, tmp):
-    """Rename the complete temp dir to `name` and point `latest` and `final` at it.
-
-    If `name` already exists (the same step saved again), `latest` is first pointed at the old
-    copy under a new name, so it never names a directory that is missing."""
-    final = os.path.join(ckpt_root, name)
-    replaced = os.path.join(ckpt_root, f".replaced-{name}")
-    if os.path.exists(final):
-        shutil.rmtree(replaced, ignore_errors=True)
-        os.replace(final, replaced)
-        _atomic_write(os.path.join(ckpt_root, "latest"), os.path.basename(replaced))
-    os.replace(tmp, final)
-    _atomic_write(os.path.join(ckpt_root, "latest"), name)
-    _atomic_symlink(os.path.join("checkpoints", name), os.path.join(out_dir, "final"))
-    shutil.rmtree(replaced, ignore_errors=True)
+        run_safety.atomic_write(path, json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
 
 class Checkpoints:
     """This run's checkpoints: save(step) on demand; save_if_due(step) every --save-every steps and the
     last one; for_stop(step) and for_nonfinite(step, stats) save what a stop keeps and say what it saved."""
 
-    def __init__(self, args, model, lm, optimizer, tokenizer, total_steps, clock):
-        self.args, self.model, self.lm, self.optimizer, self.tokenizer = args, model, lm, optimizer, tokenizer
-        self.total_steps, self.clock = total_steps, clock
+    def __init__(self, args, setup: Setup, total_steps, clock):
+        self.args, self.setup, self.total_steps, self.clock = args, setup, total_steps, clock
 
     def save(self, step, extra=None):
-        return save_checkpoint(self.args.output_dir, step, self.model, self.lm, self.optimizer, self.tokenizer,
-                               self.args, {"elapsed_s": self.clock.elapsed(), **(extra or {})})
+        s = self.setup
+        return save_checkpoint(self.args.output_dir, step, s.model, s.lm, s.optimizer, s.tokenizer, self.args,
+                               {"elapsed_s": self.clock.elapsed(), **(extra or {})}, saved_args=s.saved_args(self.args))
 
     def is_save_step(self, step: int) -> bool:
         """The last step is saved, and every --save-every N steps; nothing with --no-save."""
@@ -892,29 +747,6 @@ def _set_rng_state(state):
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _atomic_write(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-
-
-def _atomic_symlink(target, link):
-    tmp = link + ".tmp"
-    if os.path.lexists(tmp):
-        os.remove(tmp)
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-
-
-def _prune(ckpt_root, keep_last):
-    steps = sorted(d for d in os.listdir(ckpt_root) if d.startswith("step-"))
-    if keep_last > 0:
-        for d in steps[:-keep_last]:
-            shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
-
-
 # -----------------------------------------------------------------------------
 # metrics
 
@@ -922,8 +754,8 @@ def _prune(ckpt_root, keep_last):
 class Metrics:
     """metrics.jsonl on rank 0 (+ optional wandb/tensorboard) and a tqdm bar when available."""
 
-    def __init__(self, args, total_steps, start_step, clock, device):
-        self.clock, self.device = clock, device
+    def __init__(self, args, setup: Setup, total_steps, start_step, clock):
+        self.clock, self.device = clock, setup.device
         world_size = dist.get_world_size()
         self.enabled = is_main()
         self.bar = self.writer = self.wandb = None
@@ -931,13 +763,13 @@ class Metrics:
             return
         os.makedirs(args.output_dir, exist_ok=True)
         self.path = os.path.join(args.output_dir, "metrics.jsonl")
-        _truncate_metrics(self.path, start_step)
+        run_safety.truncate_metrics(self.path, start_step)
         self.file = open(self.path, "a")
-        self._write({"args": vars(args), "versions": library_versions(), "world_size": world_size,
+        self._write({"args": setup.saved_args(args), "versions": library_versions(), "world_size": world_size,
                      "total_steps": total_steps, "resumed_from_step": start_step or None})
         if args.report_to == "wandb":
             self.wandb = _optional_import("wandb", "--report-to wandb")
-            self.wandb.init(config=vars(args), dir=args.output_dir)
+            self.wandb.init(config=setup.saved_args(args), dir=args.output_dir)
         elif args.report_to == "tensorboard":
             tb = _optional_import("torch.utils.tensorboard", "--report-to tensorboard (pip install tensorboard)")
             self.writer = tb.SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
@@ -990,34 +822,6 @@ class Metrics:
         self.file.close()
 
 
-def _truncate_metrics(path, start_step):
-    """On resume keep only the lines up to the resumed step, so a restart never duplicates steps.
-
-    A last line cut short by a kill mid-write is not JSON; it is dropped with a note."""
-    if not start_step:
-        if os.path.exists(path):
-            os.remove(path)
-        return
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    kept = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise SystemExit(f"{path}:{number}: not JSON ({line[:60]!r}); only a cut-short last line is "
-                                 f"repaired on --resume")
-            print0(f"{path}:{number}: dropped a cut-short last line (killed mid-write?)")
-            continue
-        if record.get("step", 0) <= start_step:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    with open(path, "w") as f:
-        f.writelines(kept)
-
-
 def _optional_import(module, what):
     try:
         return importlib.import_module(module)
@@ -1033,16 +837,3 @@ def peak_memory_gb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20    # Linux reports KiB
-
-
-# -----------------------------------------------------------------------------
-# how a run ends early
-
-STOPS = (NonFiniteError, CheckpointError, Preempted)
-
-
-def exit_stopped(e) -> None:
-    """A run stopped by a non-finite step (exit 3), a failed save (exit 4) or a stop signal
-    (exit EXIT_PREEMPTED, after saving): one line per rank."""
-    rank_line(f"stopped: {e}")
-    sys.exit({NonFiniteError: 3, CheckpointError: 4, Preempted: EXIT_PREEMPTED}[type(e)])

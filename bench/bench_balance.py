@@ -7,7 +7,7 @@ OpenR1-Math-Raw's curated pairs (median ~11k, a tail to the 2 x 19k length cap).
 one epoch, each rank's load is the tokens it forwards (zero-weight padding repeats included);
 a step lasts as long as its most loaded rank, so the figure of merit is max / mean rank load
 (1.0 = no rank waits). Printed: mean and 95th percentile over steps, and the share of rank-time
-spent waiting, 1 - mean/max, for both assignments. The assignment is data.StepSampler's.
+spent waiting, 1 - mean/max, for both assignments. The assignment is data.BatchOrder's.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data import StepSampler  # noqa: E402
+from data import BatchOrder  # noqa: E402
 
 
 def openr1_like_lengths(n: int, seed: int) -> list[int]:
@@ -29,11 +29,11 @@ def openr1_like_lengths(n: int, seed: int) -> list[int]:
 
 
 def imbalance(lengths, world, global_batch, balance: bool, seed: int) -> np.ndarray:
-    samplers = [StepSampler(lengths, global_batch, world, r, seed, micro_batch_size=1, balance=balance)
+    orders = [BatchOrder(lengths, global_batch, world, r, seed, micro_batch_size=1, balance=balance)
                 for r in range(world)]
     ratios = []
-    for step in range(samplers[0].steps_per_epoch):
-        loads = [sum(lengths[i] for i, _ in s.rank_slice(0, step, r)) for r, s in enumerate(samplers)]
+    for step in range(orders[0].steps_per_epoch):
+        loads = [sum(lengths[i] for i, _ in s.rank_slice(0, step, r)) for r, s in enumerate(orders)]
         ratios.append(max(loads) / np.mean(loads))
     return np.asarray(ratios)
 

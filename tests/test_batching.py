@@ -1,10 +1,10 @@
-"""data.py tokenizer, formatting, collation and sharding: pad token, labels, layouts and the step sampler."""
+"""data.py tokenizer, formatting, collation and sharding: pad token, labels, layouts and the batch order."""
 from collections import Counter
 
 import pytest
 import torch
 
-from data import (IGNORE_INDEX, StepSampler, collate, collate_pairs, load_tokenizer, tokenize_example,
+from data import (IGNORE_INDEX, BatchOrder, collate, collate_pairs, load_tokenizer, tokenize_example,
                   tokenize_pairs)
 
 QUESTION = [{"role": "user", "content": "What is 12+7?"}]
@@ -121,26 +121,26 @@ def test_packed_and_padded_give_identical_per_sequence_logps(tiny_model_dir, tin
 
 
 def _all_ranks(lengths, world, **kw):
-    return [StepSampler(lengths, world_size=world, rank=r, **kw) for r in range(world)]
+    return [BatchOrder(lengths, world_size=world, rank=r, **kw) for r in range(world)]
 
 
 @pytest.mark.parametrize("mode", [{"micro_batch_size": 2}, {"max_tokens": 40}])
 def test_every_rank_gets_the_same_number_of_micro_batches_on_uneven_data(mode):
     """13 examples, global batch 8, 2 ranks: equal counts per step; each example once per epoch with weight 1."""
     lengths = [5 + (7 * i) % 23 for i in range(13)]
-    samplers = _all_ranks(lengths, 2, global_batch=8, seed=0, **mode)
-    assert samplers[0].steps_per_epoch == 2
+    orders = _all_ranks(lengths, 2, global_batch=8, seed=0, **mode)
+    assert orders[0].steps_per_epoch == 2
     for epoch in range(3):
         seen = Counter()
         for step in range(2):
-            plans = [s.micro_batches(epoch, step) for s in samplers]
+            plans = [s.micro_batches(epoch, step) for s in orders]
             assert len(plans[0]) == len(plans[1])
             assert all(mb for plan in plans for mb in plan)            # no empty micro-batch
             for plan in plans:
                 for mb in plan:
                     seen.update(i for i, w in mb if w == 1.0)
         assert seen == Counter(range(13))                              # nothing dropped, nothing twice
-    last = [it for s in samplers for mb in s.micro_batches(0, 1) for it in mb]
+    last = [it for s in orders for mb in s.micro_batches(0, 1) for it in mb]
     assert sum(w for _, w in last) == 5 and len(last) == 8             # 3 zero-weight repeats
 
 
@@ -162,17 +162,17 @@ def test_step_membership_is_deterministic_and_independent_of_world_size():
                       for mb in s.micro_batches(epoch, step) for i, w in mb)
     assert step_members(1, 0, 3) == step_members(2, 0, 3) == step_members(4, 0, 3)
     assert step_members(2, 0, 3) == step_members(2, 0, 3)
-    order = StepSampler(lengths, 8, 1, 0, seed=5, micro_batch_size=1).epoch_order
+    order = BatchOrder(lengths, 8, 1, 0, seed=5, micro_batch_size=1).epoch_order
     assert order(0) != order(1) and sorted(order(0)) == list(range(37))
-    assert StepSampler(lengths, 8, 1, 0, seed=6, micro_batch_size=1).epoch_order(0) != order(0)
+    assert BatchOrder(lengths, 8, 1, 0, seed=6, micro_batch_size=1).epoch_order(0) != order(0)
 
 
 def test_resuming_mid_epoch_needs_only_the_step_counter():
-    """A fresh sampler asked for (epoch 1, step 2) returns what the original returned there."""
+    """A fresh BatchOrder asked for (epoch 1, step 2) returns what the original returned there."""
     lengths = list(range(1, 30))
-    a = StepSampler(lengths, 4, 2, 1, seed=9, max_tokens=25)
+    a = BatchOrder(lengths, 4, 2, 1, seed=9, max_tokens=25)
     plans = {(e, s): a.micro_batches(e, s) for e in range(2) for s in range(a.steps_per_epoch)}
-    b = StepSampler(lengths, 4, 2, 1, seed=9, max_tokens=25)
+    b = BatchOrder(lengths, 4, 2, 1, seed=9, max_tokens=25)
     assert b.micro_batches(1, 2) == plans[(1, 2)]
     with pytest.raises(IndexError, match="past the end"):
         b.micro_batches(0, a.steps_per_epoch)

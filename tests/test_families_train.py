@@ -209,11 +209,9 @@ def test_auto_attention_never_picks_flash_for_fp32_compute(tmp_path, monkeypatch
     config = AutoConfig.from_pretrained(family_dirs["llama"])
     cuda = torch.device("cuda")
     args = argparse.Namespace(attn_implementation="auto", layout="auto", mixed_precision="fp32", model="m")
-    training.choose_kernels(args, cuda, config)
-    assert args.attn_implementation == "sdpa"
+    assert training.choose_kernels(args, cuda, config).attn_implementation == "sdpa"
     args = argparse.Namespace(attn_implementation="auto", layout="auto", mixed_precision="auto", model="m")
-    training.choose_kernels(args, cuda, config)
-    assert args.attn_implementation == "flash_attention_2"
+    assert training.choose_kernels(args, cuda, config).attn_implementation == "flash_attention_2"
     args = argparse.Namespace(attn_implementation="flash_attention_2", layout="auto", mixed_precision="fp32", model="m")
     with pytest.raises(training.InputError, match="bf16"):
         training.choose_kernels(args, cuda, config)

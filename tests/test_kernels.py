@@ -23,8 +23,8 @@ def test_broken_flash_attn_falls_back_to_sdpa_with_one_warning(tmp_path, monkeyp
     """A flash_attn that is installed but fails to import (wheel for another torch) means SDPA, one warning line."""
     _fake_flash_attn(tmp_path, monkeypatch, f"raise {error}\n")
     args = argparse.Namespace(attn_implementation="auto", layout="auto")
-    training.choose_kernels(args, torch.device("cuda"))
-    assert (args.attn_implementation, args.layout) == ("sdpa", "padded")
+    kernels = training.choose_kernels(args, torch.device("cuda"))
+    assert (kernels.attn_implementation, kernels.layout) == ("sdpa", "padded")
     warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
     assert len(warnings) == 1 and error.split("(")[0] in warnings[0] and "flash_attn" in warnings[0]
 
@@ -33,11 +33,11 @@ def test_importable_flash_attn_is_chosen_on_cuda_only(tmp_path, monkeypatch, cap
     """flash_attn that imports: flash_attention_2 + packed on CUDA, SDPA on CPU; no warning either way."""
     _fake_flash_attn(tmp_path, monkeypatch, "__version__ = '2.8.3'\n")
     args = argparse.Namespace(attn_implementation="auto", layout="auto")
-    training.choose_kernels(args, torch.device("cuda"))
-    assert (args.attn_implementation, args.layout) == ("flash_attention_2", "packed")
-    args = argparse.Namespace(attn_implementation="auto", layout="auto")
-    training.choose_kernels(args, torch.device("cpu"))
-    assert (args.attn_implementation, args.layout) == ("sdpa", "padded")
+    kernels = training.choose_kernels(args, torch.device("cuda"))
+    assert (kernels.attn_implementation, kernels.layout, kernels.packed) == ("flash_attention_2", "packed", True)
+    kernels = training.choose_kernels(args, torch.device("cpu"))
+    assert (kernels.attn_implementation, kernels.layout, kernels.packed) == ("sdpa", "padded", False)
+    assert (args.attn_implementation, args.layout) == ("auto", "auto")        # the parsed options stay as parsed
     assert "warning" not in capsys.readouterr().out
 
 

@@ -15,7 +15,7 @@ import torch
 
 from conftest import ROOT
 
-import training
+import run_safety
 
 ARGS = ["--no-progress", "--seed", "3", "--loss", "redi", "--global-batch-size", "2", "--micro-batch-size", "1",
         "--lr", "1e-3", "--epochs", "100"]
@@ -125,7 +125,7 @@ def test_a_stop_signal_saves_the_step_exits_75_and_resume_is_bitwise(how, tmp_pa
     assert len(stopped) == 2, err[-3000:]                           # both ranks, the same step
     step = int(stopped[0].split("after step ")[1].split(";")[0])
     assert all(f"after step {step};" in line for line in stopped) and 3 <= step < 30
-    assert f"exitcode  : {training.EXIT_PREEMPTED}" in err or how == "SIGTERM to torchrun"
+    assert f"exitcode  : {run_safety.EXIT_PREEMPTED}" in err or how == "SIGTERM to torchrun"
     assert [r["step"] for r in _steps(out)] == list(range(1, step + 1))
     assert (out / "checkpoints" / "latest").read_text() == f"step-{step:07d}"
     assert sorted(p for p in os.listdir(out / "checkpoints") if p.startswith("step-")) == [f"step-{step:07d}"]
@@ -169,10 +169,10 @@ def test_ranks_lines_on_a_shared_stderr_never_interleave():
     """Two ranks writing their stop lines into one pipe at once (torchrun's shared stderr): every line whole.
     With print() (text, then newline: two writes) about a tenth of the lines came out joined."""
     code = ("import os, sys, time; sys.path.insert(0, sys.argv[1]); os.environ['RANK'] = sys.argv[2]\n"
-            "import training\n"
+            "import run_safety\n"
             "time.sleep(max(0.0, float(sys.argv[3]) - time.time()))\n"     # both start writing together
             "for i in range(2000):\n"
-            "    training.rank_line('stopped: stop signal after step 4; saved checkpoint step-0000004; continue')\n")
+            "    run_safety.rank_line('stopped: stop signal after step 4; saved checkpoint step-0000004; continue')\n")
     read, write = os.pipe()
     start = str(time.time() + 8)
     procs = [subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(rank), start], stderr=write)

@@ -42,9 +42,9 @@ def test_redi_loss_imports_only_torch():
     assert modules <= {"torch", "__future__"}, modules
 
 
-def test_losses_mapping_names_pair_losses():
-    """The name -> function mapping the training script dispatches on."""
-    assert LOSSES == {"redi": redi, "dpo": dpo_loss, "simpo": simpo_loss}
+def test_losses_mapping_names_every_objective():
+    """The one name -> function mapping train_redi.py's --loss dispatches on: the three pair losses and SFT."""
+    assert LOSSES == {"redi": redi, "dpo": dpo_loss, "simpo": simpo_loss, "sft": sft_loss}
 
 
 # ----------------------------------------------------------------------------- hand-derived values
@@ -83,10 +83,10 @@ def test_simpo_value_at_known_margin():
 
 
 def test_sft_loss_is_token_mean_and_global_normaliser():
-    """(-(-3) - (-5)) / (2 + 6) = 1; with total_tokens=16 (a micro-batch of a larger step) 0.5."""
+    """(-(-3) - (-5)) / (2 + 6) = 1; with total_length=16 (a micro-batch of a larger step) 0.5."""
     s, n = torch.tensor([-3.0, -5.0]), torch.tensor([2, 6])
     assert sft_loss(s, n).item() == pytest.approx(1.0)
-    assert sft_loss(s, n, total_tokens=16).item() == pytest.approx(0.5)
+    assert sft_loss(s, n, total_length=16).item() == pytest.approx(0.5)
 
 
 # ----------------------------------------------------------------------------- invariants and limits

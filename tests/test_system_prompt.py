@@ -158,8 +158,8 @@ def test_the_dpo_reference_cache_is_per_token_cache(tiny_model_dir):
     from dpo_reference import reference_cache_path
 
     args = argparse.Namespace(model=str(tiny_model_dir), ref_model=None, mixed_precision="fp32", data="pairs.jsonl",
-                              max_position_embeddings=None, rope_theta=None, attn_implementation="sdpa")
-    assert reference_cache_path(args, "key-a") != reference_cache_path(args, "key-b")
+                              max_position_embeddings=None, rope_theta=None)
+    assert reference_cache_path(args, "key-a", "sdpa") != reference_cache_path(args, "key-b", "sdpa")
 
 
 # ---- curation counts what training supervises ---------------------------------------------------

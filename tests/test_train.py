@@ -10,6 +10,7 @@ import torch
 
 from conftest import torchrun
 
+import run_safety
 import train_sft
 import training
 
@@ -49,10 +50,10 @@ def test_lr_schedule_warmup_then_linear_decay_to_zero():
 
 def test_accumulation_must_divide_with_a_message_naming_the_numbers():
     """global 8 on 2 ranks with micro-batch 3: the error shows 8 / (2 x 3)."""
-    from data import StepSampler
+    from data import BatchOrder
 
     with pytest.raises(ValueError, match=r"8 / \(2 x 3\)"):
-        StepSampler([5] * 20, global_batch=8, world_size=2, rank=0, seed=0, micro_batch_size=3)
+        BatchOrder([5] * 20, global_batch=8, world_size=2, rank=0, seed=0, micro_batch_size=3)
 
 
 def test_redi_per_loss_paper_defaults_and_validation():
@@ -135,12 +136,12 @@ def test_packed_without_varlen_on_ranks_with_unequal_sequence_counts_finishes_wi
         tmp_path, tiny_model_dir):
     """2 ranks, packed (one decoder call per sequence), micro-batches of [1, 3] vs [2, 2] pairs: no hang, same step."""
     from transformers import AutoTokenizer
-    from data import StepSampler, load_pairs, num_tokens, tokenize_pairs
+    from data import BatchOrder, load_pairs, example_tokens, tokenize_pairs
 
     data = _uneven_pairs(tmp_path / "pairs.jsonl", [64] + [0] * 7)
-    lengths = [num_tokens(p) for p in tokenize_pairs(AutoTokenizer.from_pretrained(tiny_model_dir), load_pairs(data))]
+    lengths = [example_tokens(p) for p in tokenize_pairs(AutoTokenizer.from_pretrained(tiny_model_dir), load_pairs(data))]
     budget = max(lengths)
-    per_rank = [[len(mb) for mb in StepSampler(lengths, 8, 2, r, 3, max_tokens=budget, balance=True).micro_batches(0, 0)]
+    per_rank = [[len(mb) for mb in BatchOrder(lengths, 8, 2, r, 3, max_tokens=budget, balance=True).micro_batches(0, 0)]
                 for r in range(2)]
     assert per_rank == [[1, 3], [2, 2]]           # the fixture provokes unequal decoder-call counts
     padded = _probe(tmp_path, 1, "redi", tiny_model_dir, data,
@@ -412,7 +413,7 @@ def test_crash_mid_save_keeps_the_last_good_checkpoint(single_rank_group, tiny_m
     def crash(*a, **k):
         raise OSError("disk full (simulated)")
     monkeypatch.setattr(tok, "save_pretrained", crash)
-    with pytest.raises(training.CheckpointError, match=r"rank 0: OSError: disk full \(simulated\)"):
+    with pytest.raises(run_safety.CheckpointError, match=r"rank 0: OSError: disk full \(simulated\)"):
         training.save_checkpoint(args.output_dir, 2, model, lm, optimizer, tok, args)
     ckpts = tmp_path / "out" / "checkpoints"
     assert (ckpts / "latest").read_text() == "step-0000001"
@@ -430,13 +431,13 @@ def test_resaving_a_step_keeps_latest_on_a_complete_checkpoint_at_every_moment(s
     _one_step(model, optimizer, _batch(tok))
     training.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
     ckpts = tmp_path / "out" / "checkpoints"
-    named, write = [], training._atomic_write
+    named, write = [], run_safety.atomic_write
 
     def checked_write(path, text):
         write(path, text)
         if os.path.basename(path) == "latest":
             named.append((text, (ckpts / text / "trainer_state.json").is_file()))
-    monkeypatch.setattr(training, "_atomic_write", checked_write)
+    monkeypatch.setattr(run_safety, "atomic_write", checked_write)
     training.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
     assert named == [(".replaced-step-0000001", True), ("step-0000001", True)]
     replace = os.replace
@@ -446,11 +447,15 @@ def test_resaving_a_step_keeps_latest_on_a_complete_checkpoint_at_every_moment(s
             raise OSError(28, "No space left on device (simulated)")
         replace(src, dst)
     monkeypatch.setattr(os, "replace", crash_on_install)
-    with pytest.raises(training.CheckpointError, match="finalising"):
+    with pytest.raises(run_safety.CheckpointError, match="finalising"):
         training.save_checkpoint(args.output_dir, 1, model, lm, optimizer, tok, args)
     monkeypatch.setattr(os, "replace", replace)
     args.resume = "latest"
     assert training.load_checkpoint(training.resolve_resume(args), model, optimizer)["step"] == 1
+
+
+def _preflight(args):
+    run_safety.preflight(args, training.load_config, training.model_class)
 
 
 def _preflight_args(tmp_path, model, *extra):
@@ -484,12 +489,12 @@ def test_preflight_names_each_problem_before_any_compute(single_rank_group, tiny
     cases.append((args, r"--output-dir .*a-file/out: not writable"))
     for args, message in cases:
         with pytest.raises(InputError, match=message):
-            training.preflight(args)
-    training.preflight(_preflight_args(tmp_path, tiny_model_dir))                 # all fine: no error
-    need = training.checkpoint_bytes(training.load_config(str(tiny_model_dir), _preflight_args(tmp_path, tiny_model_dir)))
+            _preflight(args)
+    _preflight(_preflight_args(tmp_path, tiny_model_dir))                 # all fine: no error
+    need = run_safety.checkpoint_bytes(training.load_config(str(tiny_model_dir), _preflight_args(tmp_path, tiny_model_dir)))
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 * need, 10 * need, need - 1))
     with pytest.raises(InputError, match=r"GiB free, one checkpoint needs about"):
-        training.preflight(_preflight_args(tmp_path, tiny_model_dir))
+        _preflight(_preflight_args(tmp_path, tiny_model_dir))
 
 
 @pytest.mark.slow

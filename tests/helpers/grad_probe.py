@@ -34,18 +34,18 @@ def build_optimizer_with_probe(model, args, build=training.build_optimizer):
     return optimizer
 
 
-def count_micro_batches(build=training.build_sampler):
-    def build_sampler(*a, **k):
-        sampler = build(*a, **k)
-        captured["micro_batches"] = len(sampler.micro_batches(0, 0))
-        return sampler
-    return build_sampler
+def count_micro_batches(build=training.build_batch_order):
+    def build_batch_order(*a, **k):
+        batch_order = build(*a, **k)
+        captured["micro_batches"] = len(batch_order.micro_batches(0, 0))
+        return batch_order
+    return build_batch_order
 
 
 def main():
     out, stage, argv = sys.argv[1], sys.argv[2], sys.argv[3:] + ["--max-steps", "1"]
     training.build_optimizer = build_optimizer_with_probe
-    training.build_sampler = count_micro_batches()
+    training.build_batch_order = count_micro_batches()
     if stage == "sft":
         train_sft.main(argv)
     else:
