@@ -1,42 +1,20 @@
-"""The whole REDI pipeline on the built-in task, end to end, on a laptop CPU, with the real CLIs.
+"""The whole REDI pipeline on the built-in task, end to end on a laptop CPU, with the real command lines.
 
-    python demo.py                       # the guess variant (informative negatives); see README for its time
-    python demo.py --variant slips       # the default slip task, the null case (8,000 problems, ~8.5 min measured)
+    python demo.py                       # the guess variant (informative negatives), about 10-15 min on 2 cores
+    python demo.py --variant slips       # the slip task, the null case
     python demo.py --quick               # CI smoke size (a few steps of everything)
     python demo.py --out runs/demo2 --seed 1
 
-By default the demo runs toy_task.py's `guess` variant, where the paper's premise holds: the
-teacher sometimes skips the work and guesses, its lucky guesses are among the positives (so SFT
-on positives teaches guessing), and only the negatives show that guessing fails. Its recipe is
-the informative-negatives probe's Probe E (4,000 `ab-c` problems, the 128-wide 4-layer Qwen2, stage
-1 20 epochs at lr 2e-3, stage 2 one epoch at lr 3e-5); it ran in 599 s on 2 idle CPU cores
-(2026-12-02; its table is in README). The table shows, next to pass@k, the share of samples
-that guess and the accuracy on each path (`toy_task.path_stats`), so the reason REDI helps or does not is visible:
-the accuracy at stake is (guess share) x (accuracy when working - accuracy of guesses).
-
-Every stage runs the project's own command line in a subprocess (nothing is re-implemented
-here), its output streamed as it goes; everything lands in one run directory (--out):
-
-    1. python toy_task.py            data/raw.jsonl (OpenR1-Math-Raw schema), data/test.jsonl
-    2. python tiny_model.py          init/: a tokenizer trained on the raw data + a random tiny Qwen2
-    3. python curate.py              data/sft.jsonl, data/pairs.jsonl, data/sft.summary.json
-    4. torchrun train_sft.py         sft/        stage 1 on the correct traces
-    5. torchrun train_redi.py        redi/       stage 2, --loss redi, from sft/final
-       torchrun train_redi.py        sft_control/  stage 2's control, --loss sft on the same pairs
-    6. python evaluate.py            sft/evals/final, and <run>/evals/step-N for every saved
-                                     checkpoint of both stage-2 runs (step 0 = the stage-1 model)
-    7. a table in the paper's style (pass@1 +- SEM, pass@k, guess share and accuracy per path,
-       mean length) -> results.md/.json,
-       and python plot.py -> dynamics.png (held-out accuracy, chosen/rejected LogPS and update
-       size against step, the panels of the paper's Figure 6)
-
-A second invocation with the same --seed reproduces the same numbers (training on CPU is
-deterministic, sampling is seeded per sample). Stages whose outputs exist are re-run, not
-skipped: use a fresh --out to keep an old run.
-
-A stage that fails stops the demo: its own output (above, or in the log it names) says why,
-and demo.py adds one line naming the stage and exits 1; an --out that cannot be written is
-one line and exit 2.
+Each stage is the project's own script in a subprocess, its output streamed, everything in --out:
+toy_task.py (data/) -> tiny_model.py (init/) -> curate.py -> torchrun train_sft.py (sft/) -> torchrun
+train_redi.py --loss redi (redi/) and --loss sft, the control (sft_control/) -> evaluate.py on stage 1 and
+every stage-2 checkpoint -> results.md/.json (pass@1 +- SEM, pass@k, guess share and accuracy per path,
+toy_task.path_stats) and plot.py -> dynamics.png. The guess variant, why it has this shape and what
+moves its numbers between machines: docs/toy_task.md and README. The same --seed on the same machine and
+thread count gives the same numbers; another CPU, thread count or --nproc changes the low-order bits
+(bench/numerics_sources.py) and can change the figures within the range README gives.
+A stage that fails stops the demo with one line naming it (exit 1); an --out that cannot be written
+is one line and exit 2. Stages whose outputs exist are re-run, not skipped.
 """
 from __future__ import annotations
 
@@ -55,8 +33,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # Sizes and hyperparameters. "full" is the README's demo; "quick" only proves every stage runs.
 CONFIGS = {
-    # the guess variant (informative negatives): the recipe of Probe E in
-    # ../shared/notes/informative_negatives_probe.md (stage 1 near its plateau, ~8 minutes there)
+    # the guess variant (informative negatives): hidden 128 x 4 layers from scratch, stage 1 at lr 2e-3 for
+    # 16 epochs (sized for ~10 minutes on 2 cores, not tuned), stage 2 one epoch at lr 3e-5
     "full": {"variant": "guess", "num_problems": 4000, "num_test": 300, "hidden": 128, "layers": 4, "heads": 4,
              "kv_heads": 2, "vocab": 512, "sft_epochs": 16, "sft_lr": 2e-3, "sft_batch": 32, "sft_micro": 16,
              "stage2_lr": 3e-5, "stage2_batch": 32, "stage2_micro": 16, "stage2_epochs": 1, "save_every": 28,

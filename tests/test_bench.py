@@ -36,3 +36,37 @@ def test_gpu_check_script_runs_every_step_and_reads_its_own_metrics(tmp_path):
         line = next(line for line in proc.stdout.splitlines() if line.startswith(f"{run}: steps"))
         assert "tokens/s" in line and "peak" in line and "nan" not in line, line
     assert "hidden-chunked" in proc.stdout and os.path.isdir(tmp_path / "eval")
+
+
+def _demo_results(stage1, redi, control, shares, sems=(0.5, 0.5, 0.5)):
+    """A demo.py results.json with the given pass@1 (%) per model and guess shares (%)."""
+    keys = ("stage 1 (SFT)", "stage 2: redi", "stage 2: sft_control")
+    return {"wall_time_s": 600.0,
+            "models": {k: {"test": {"pass@1": p / 100, "sem": s / 100}} for k, p, s in zip(keys, (stage1, redi, control), sems)},
+            "paths": {k: {"guess_share": g / 100, "guess_accuracy": 0.2, "work_accuracy": 0.85}
+                      for k, g in zip(keys, shares)}}
+
+
+def test_demo_stability_answers_and_disagreement(tmp_path):
+    """bench/demo_stability.py: 'higher' needs a gain beyond 2 x the combined SEM, 'cuts' a guess share at most
+    half of stage 1's; runs that answer differently are reported as disagreeing."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import demo_stability as ds
+
+    _, answers = ds.figures(_demo_results(73.0, 77.0, 73.5, (18, 5, 18)))
+    assert answers == {"REDI vs stage 1": "higher", "control vs stage 1": "same",
+                       "REDI guessing": "cuts", "control guessing": "keeps"}
+    # +1.4 points with SEMs 0.5: 2 x sqrt(0.5^2 + 0.5^2) = 1.41 -> not beyond it
+    _, answers = ds.figures(_demo_results(73.0, 74.4, 71.0, (18, 9, 10)))
+    assert answers == {"REDI vs stage 1": "same", "control vs stage 1": "lower",
+                       "REDI guessing": "cuts", "control guessing": "keeps"}
+    for name, res in (("seed 0", _demo_results(73.0, 77.0, 73.5, (18, 5, 18))),
+                      ("seed 1", _demo_results(94.0, 94.1, 94.0, (20, 2, 20)))):
+        d = tmp_path / ds.run_dir("", name)
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps(res))
+    ds.report(str(tmp_path))
+    text = (tmp_path / "report.md").read_text()
+    assert "the runs DISAGREE on: REDI vs stage 1 (higher / same)" in text
+    spread = json.loads((tmp_path / "report.json").read_text())["spread"]
+    assert spread["stage 1 pass@1"]["min"] == 73.0 and spread["stage 1 pass@1"]["max"] == 94.0
