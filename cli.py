@@ -29,7 +29,7 @@ def describe(value) -> str:
 class InputError(ValueError):
     """Bad input from the user: a file, line, field or option that is not what was expected.
 
-    Every CLI (data.py, train_*.py, evaluate.py, plot.py, demo.py) runs under `exit_on_input_error`,
+    Every CLI (data.py, train_*.py, evaluate.py, demo.py, toy/plot.py) runs under `exit_on_input_error`,
     which prints it as one line and exits non-zero without a traceback. Any other exception is a
     bug and keeps its traceback."""
 

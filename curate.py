@@ -10,7 +10,7 @@ outputs load with data.py's `load_sft_examples` / `load_pairs`, as the training 
 
     python curate.py --raw OpenR1-Math-Raw/data --id-prefix openr1-math-raw \\
         --sft-out runs/data/sft.jsonl --pairs-out runs/data/pairs.jsonl --tokenizer Qwen/Qwen2.5-Math-1.5B \\
-        --benchmarks benchmarks/{math500,aime24,amc23,minerva,olympiadbench}.jsonl \\
+        --benchmarks eval_sets/{math500,aime24,amc23,minerva,olympiadbench}.jsonl \\
         --expect-counts 77629 53175
     python curate.py --raw runs/toy/raw.jsonl --sft-out runs/toy/sft.jsonl --pairs-out runs/toy/pairs.jsonl
 

@@ -6,10 +6,10 @@
     python demo.py --out runs/demo2 --seed 1
 
 Each stage is the project's own script in a subprocess, its output streamed, everything in --out:
-toy_task.py (data/) -> tiny_model.py (init/) -> curate.py -> torchrun train_sft.py (sft/) -> torchrun
+toy/toy_task.py (data/) -> toy/tiny_model.py (init/) -> curate.py -> torchrun train_sft.py (sft/) -> torchrun
 train_redi.py --loss redi (redi/) and --loss sft, the control (sft_control/) -> evaluate.py on stage 1 and
 every stage-2 checkpoint -> results.md/.json (pass@1 +- SEM, pass@k, guess share and accuracy per path,
-toy_task.path_stats) and plot.py -> dynamics.png. The guess variant, why it has this shape and what
+toy_task.path_stats) and toy/plot.py -> dynamics.png. The guess variant, why it has this shape and what
 moves its numbers between machines: docs/toy_task.md and README. The same --seed on the same machine and
 thread count gives the same numbers; another CPU, thread count or --nproc changes the low-order bits
 (bench/numerics_sources.py) and can change the figures within the range README gives.
@@ -27,7 +27,7 @@ import sys
 import time
 
 from cli import exit_on_input_error, make_output_dir, read_jsonl
-from toy_task import path_stats
+from toy.toy_task import path_stats
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -122,8 +122,10 @@ class Stages:
 
 
 def python(script, *args):
-    """The command that runs one of the project's scripts with this interpreter (replicate.py uses it too)."""
-    return [sys.executable, os.path.join(ROOT, script), *args]
+    """The command that runs one of the project's scripts with this interpreter: a root script by its file
+    (`curate.py`), a toy/ module by its name (`toy.plot`: `python -m toy.plot`). toy/replicate.py uses it too."""
+    where = [os.path.join(ROOT, script)] if script.endswith(".py") else ["-m", script]
+    return [sys.executable, *where, *args]
 
 
 def torchrun(nproc, script, *args):
@@ -134,10 +136,10 @@ def torchrun(nproc, script, *args):
 def prepare_data_and_model(stages, out, cfg, seed):
     data, init = os.path.join(out, "data"), os.path.join(out, "init")
     stages.run("1. teacher data (built-in task, OpenR1-Math-Raw schema)",
-               python("toy_task.py", "--variant", cfg["variant"], "--out-dir", data, "--num-problems", cfg["num_problems"],
-                      "--num-test", cfg["num_test"], "--seed", seed))
+               python("toy.toy_task", "--variant", cfg["variant"], "--out-dir", data,
+                      "--num-problems", cfg["num_problems"], "--num-test", cfg["num_test"], "--seed", seed))
     stages.run("2. tokenizer + tiny Qwen2 from scratch",
-               python("tiny_model.py", "--out", init, "--corpus", os.path.join(data, "raw.jsonl"),
+               python("toy.tiny_model", "--out", init, "--corpus", os.path.join(data, "raw.jsonl"),
                       "--vocab-size", cfg["vocab"], "--hidden-size", cfg["hidden"], "--num-layers", cfg["layers"],
                       "--num-heads", cfg["heads"], "--num-kv-heads", cfg["kv_heads"], "--seed", seed,
                       "--system-prompt", SYSTEM_PROMPT))
@@ -197,7 +199,7 @@ def evaluate_all(stages, out, cfg, seed, data, workers):
 
 def paths_of(eval_dir, test_file):
     """toy_task.path_stats of one evaluation: the share of samples that guess, accuracy per path
-    (replicate.py uses it too)."""
+    (toy/replicate.py uses it too)."""
     problems = {r["id"]: r["problem"] for _, r in read_jsonl(test_file)}
     gens = [g for _, g in read_jsonl(os.path.join(eval_dir, "generations.jsonl"))]
     return path_stats((problems[g["id"]], g["text"], g["correct"]) for g in gens)
@@ -256,7 +258,7 @@ def main(argv=None):
         data, init = prepare_data_and_model(stages, out, cfg, args.seed)
         train_all(stages, out, cfg, args.seed, args.nproc, data, init)
         summaries = evaluate_all(stages, out, cfg, args.seed, data, workers=args.nproc)
-        stages.run("7. plots", python("plot.py", *(os.path.join(out, run) for run in STAGE2_RUNS), "--out", out))
+        stages.run("7. plots", python("toy.plot", *(os.path.join(out, run) for run in STAGE2_RUNS), "--out", out))
     except StageFailed as e:
         print(f"demo.py: error: {e}", file=sys.stderr, flush=True)
         return 1

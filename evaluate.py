@@ -6,14 +6,14 @@ OUT/generations.jsonl (appended as samples finish: a killed run resumes) and OUT
 SEM, pass@k, lengths, truncation, "Wait" per response), printing a table per benchmark.
 
 Launch:
-    # one GPU or CPU, a local benchmark file (schema: benchmarks/README.md)
-    python evaluate.py --model runs/redi --data benchmarks/math500.jsonl --n 16 \\
+    # one GPU or CPU, a local benchmark file (schema: eval_sets/README.md)
+    python evaluate.py --model runs/redi --data eval_sets/math500.jsonl --n 16 \\
         --temperature 0.6 --top-p 0.95 --max-new-tokens 32768 --output-dir out/redi_math500
     # 8 GPUs, the paper's five benchmarks (under torchrun spell --n as --num-samples)
     torchrun --standalone --nproc_per_node 8 evaluate.py --model runs/redi --num-samples 16 \\
-        --data benchmarks/{math500,aime24,amc23,minerva,olympiadbench}.jsonl --output-dir out/redi
+        --data eval_sets/{math500,aime24,amc23,minerva,olympiadbench}.jsonl --output-dir out/redi
     # grade responses produced by another engine, no model loaded
-    python evaluate.py --responses gens.jsonl --data benchmarks/aime24.jsonl --output-dir out/vllm
+    python evaluate.py --responses gens.jsonl --data eval_sets/aime24.jsonl --output-dir out/vllm
 
 What each step does, more launch lines (vLLM, a CPU smoke run), the outputs, the --responses format,
 errors and where this departs from the paper's pipeline: docs/evaluation.md. Importing this module does
@@ -216,8 +216,8 @@ def parse_args(argv=None):
                    help="benchmark file (JSON Lines: id, problem, answer or answers); repeatable; "
                         "the file's stem names the benchmark")
     g.add_argument("--benchmark", action="append", default=[], choices=BENCHMARK_NAMES,
-                   help="one of the paper's five test sets, read from this repository's benchmarks/NAME.jsonl "
-                        "(provenance and sha256: benchmarks/README.md); repeatable")
+                   help="one of the paper's five test sets, read from this repository's eval_sets/NAME.jsonl "
+                        "(provenance and sha256: eval_sets/README.md); repeatable")
     g.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
     g = p.add_argument_group("model and sampling")
     g.add_argument("--model", help="model directory (or hub id) loadable by transformers")
@@ -307,9 +307,9 @@ def _validate(parser, args):
 # Data
 # ------------------------------------------------------------------------------------------------
 
-# The paper's five test sets ship with this repository (benchmarks/README.md: provenance, sha256):
-# --benchmark NAME reads benchmarks/NAME.jsonl, offline; nothing is downloaded.
-BENCHMARK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks")
+# The paper's five test sets ship with this repository (eval_sets/README.md: provenance, sha256):
+# --benchmark NAME reads eval_sets/NAME.jsonl, offline; nothing is downloaded.
+EVAL_SETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "eval_sets")
 
 
 def _gold_string(value):
@@ -370,7 +370,7 @@ def read_benchmark(path, name, limit=None):
 def load_benchmarks(args):
     """[(name, problems)] in command-line order: --data files, then --benchmark names (the repo's copies)."""
     named = [(os.path.splitext(os.path.basename(p))[0], p) for p in args.data]
-    named += [(name, os.path.join(BENCHMARK_DIR, f"{name}.jsonl")) for name in args.benchmark]
+    named += [(name, os.path.join(EVAL_SETS_DIR, f"{name}.jsonl")) for name in args.benchmark]
     return [(name, read_benchmark(path, name, args.limit)) for name, path in named]
 
 

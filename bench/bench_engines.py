@@ -4,7 +4,7 @@
     python bench/bench_engines.py --native-rows 160     # also the native pool at 160 rows (~6 min more)
 
 Needs vllm (README, "The vLLM engine": run it in that virtual environment). One random Qwen2 built by
-tiny_model.py, the same jobs evaluate.py would make (MATH-500's 20-problem sample, raw template, per-sample
+toy/tiny_model.py, the same jobs evaluate.py would make (MATH-500's 20-problem sample, raw template, per-sample
 seeds), the same settings (T=0.6, top-p 0.95, fp32, the stop set of sampler.stop_token_ids, at most
 --max-new-tokens), both engines called as evaluate.py calls them: sampler.sample_pool at --batch-size auto
 (16 rows off CUDA; also at --native-rows if given) and vllm_engine.sample_stream at the default
@@ -44,8 +44,8 @@ def main():
 
     import evaluate
     import sampler
-    import tiny_model
     import vllm_engine
+    from toy import tiny_model
 
     torch.set_num_threads(1)
     model_dir = tiny_model.save_tiny(tempfile.mkdtemp(), seed=0, hidden_size=args.hidden, num_layers=args.layers,

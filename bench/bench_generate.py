@@ -3,7 +3,7 @@
     python bench/bench_generate.py                      # all three cases, defaults below (~10 min, 2 CPU cores)
     python bench/bench_generate.py --cases uneven --samples 32
 
-Same random tiny Qwen2 (tiny_model.py), same prompts, rows per forward and settings (T=0.6,
+Same random tiny Qwen2 (toy/tiny_model.py), same prompts, rows per forward and settings (T=0.6,
 top-p 0.95, fp32, CPU, one thread); each sampler runs in this process, interleaved per round, and
 figures are medians over --repeats rounds. Useful tokens are those kept in a record: up to and
 including the stop token. Cases:
@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sampler  # noqa: E402
-import tiny_model  # noqa: E402
 from evaluate import build_prompt  # noqa: E402
+from toy import tiny_model  # noqa: E402
 
 
 class _LengthScript:

@@ -32,7 +32,7 @@ MODEL = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermed
 
 
 def build_model_dir(work: str) -> str:
-    import tiny_model
+    from toy import tiny_model
 
     path = os.path.join(work, "model")
     tiny_model.save_tiny(path, ["0 1 2 3 4 5 6 7 8 9 think answer boxed"] * 8, vocab_size=300, **MODEL)

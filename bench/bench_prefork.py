@@ -1,8 +1,8 @@
-"""replicate.py's jobs as fresh interpreters vs forks of a preloaded process (prefork.py), side by side.
+"""toy/replicate.py's jobs as fresh interpreters vs forks of a preloaded process (toy/prefork.py), side by side.
 
     python bench/bench_prefork.py [--rounds 3] [--out /tmp/bench_prefork]
 
-Builds replicate.py's full-size setting once (toy_task `guess` variant, the tiny Qwen2 at hidden 128
+Builds toy/replicate.py's full-size setting once (toy_task `guess` variant, the tiny Qwen2 at hidden 128
 x 4 layers, curate), then for each round runs its two commonest jobs both ways, alternating which
 goes first, one at a time on one thread: a validation eval (evaluate.py, 150 problems x 2 samples,
 64 new tokens) and a stage-2 run (train_redi.py --loss redi, 10 steps of 32 pairs). Printed: the
@@ -23,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
 
-import prefork  # noqa: E402
-import replicate  # noqa: E402
+from demo import python  # noqa: E402
+from toy import prefork, replicate  # noqa: E402
 
 
 def main():
@@ -40,16 +40,15 @@ def main():
     def out(*parts):
         return os.path.join(args.out, *parts)
 
-    for cmd in (["toy_task.py", "--variant", "guess", "--out-dir", out("data"), "--num-problems", "1000",
-                 "--num-test", "150", "--seed", "0"],
-                ["tiny_model.py", "--out", out("model"), "--corpus", out("data", "raw.jsonl"), "--vocab-size", "512",
-                 "--hidden-size", "128", "--num-layers", "4", "--num-heads", "4", "--num-kv-heads", "2", "--seed", "0",
-                 "--system-prompt", "Box the answer."],
-                ["curate.py", "--raw", out("data", "raw.jsonl"), "--sft-out", out("sft.jsonl"), "--pairs-out",
-                 out("pairs.jsonl"), "--tokenizer", out("model"), "--seed", "0"]):
-        subprocess.run([py, os.path.join(ROOT, cmd[0]), *cmd[1:]], cwd=ROOT, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-    val_n = replicate.CONFIGS["full"]["val_n"]   # replicate.py's own validation command
+    for cmd in (python("toy.toy_task", "--variant", "guess", "--out-dir", out("data"), "--num-problems", "1000",
+                       "--num-test", "150", "--seed", "0"),
+                python("toy.tiny_model", "--out", out("model"), "--corpus", out("data", "raw.jsonl"), "--vocab-size",
+                       "512", "--hidden-size", "128", "--num-layers", "4", "--num-heads", "4", "--num-kv-heads", "2",
+                       "--seed", "0", "--system-prompt", "Box the answer."),
+                python("curate.py", "--raw", out("data", "raw.jsonl"), "--sft-out", out("sft.jsonl"), "--pairs-out",
+                       out("pairs.jsonl"), "--tokenizer", out("model"), "--seed", "0")):
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    val_n = replicate.CONFIGS["full"]["val_n"]   # toy/replicate.py's own validation command
     jobs = {"val eval": lambda d: replicate.evaluate_cmd(replicate.CONFIGS["full"], 0, out("model"),
                                                          out("data", "test.jsonl"), val_n, d)[1:],
             "stage 2 (10 steps)": lambda d: ["train_redi.py", "--model", out("model"), "--data", out("pairs.jsonl"),

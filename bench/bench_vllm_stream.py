@@ -10,7 +10,7 @@ requests with one vllm.LLM, timed in the same rounds (their order rotated round 
     evaluate, chunked   the same with the sampler evaluate.py had before (LLM.generate per 512 requests,
                         a chunk handed over when its longest sample ends), copied below
 The figure is tokens/s of the sampling stage (engine start, grading and summary not included), ratios
-taken within a round. The model makes the lengths uneven on purpose: a random Qwen2 (tiny_model.py)
+taken within a round. The model makes the lengths uneven on purpose: a random Qwen2 (toy/tiny_model.py)
 whose attention and MLP outputs are zeroed and whose tied embedding rows all point one way, so every
 step has the same next-token distribution: uniform, except the stop tokens, weighted so that a sample
 stops after --mean-length tokens on average (geometric: most stop early, a few run long), capped at
@@ -49,12 +49,12 @@ def sample_chunks(llm, jobs, max_new_tokens, temperature, top_p, stop_ids, in_fl
 
 
 def geometric_model(out_dir, args):
-    """tiny_model.py's Qwen2 with every step's next-token distribution fixed (module docstring)."""
+    """toy/tiny_model.py's Qwen2 with every step's next-token distribution fixed (module docstring)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import sampler
-    import tiny_model
+    from toy import tiny_model
 
     tiny_model.save_tiny(out_dir, seed=0, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
                          num_kv_heads=max(1, args.heads // 2))

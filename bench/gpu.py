@@ -39,10 +39,10 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-import tiny_model  # noqa: E402
 import train_redi  # noqa: E402
 import train_sft  # noqa: E402
 import training  # noqa: E402
+from toy import tiny_model  # noqa: E402
 
 PEAK_FLOPS = 989e12
 QWEN25_15B = dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960)

@@ -19,8 +19,8 @@ fi
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee "$OUT/env.txt"
 
 # 1. a task and a small model, offline
-"$PY" toy_task.py --out-dir "$OUT/data" --num-problems "$problems" --num-test 32 --seed 0 > "$OUT/data.log"
-"$PY" tiny_model.py --out "$OUT/init" --corpus "$OUT/data/raw.jsonl" --hidden-size "$hidden" --num-layers "$layers" \
+"$PY" -m toy.toy_task --out-dir "$OUT/data" --num-problems "$problems" --num-test 32 --seed 0 > "$OUT/data.log"
+"$PY" -m toy.tiny_model --out "$OUT/init" --corpus "$OUT/data/raw.jsonl" --hidden-size "$hidden" --num-layers "$layers" \
     --num-heads "$heads" --num-kv-heads "$kv" > "$OUT/init.log"
 "$PY" curate.py --raw "$OUT/data/raw.jsonl" --sft-out "$OUT/data/sft.jsonl" \
     --pairs-out "$OUT/data/pairs.jsonl" --tokenizer "$OUT/init" > "$OUT/curate.log"

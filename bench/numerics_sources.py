@@ -2,7 +2,7 @@
 
     python bench/numerics_sources.py [--steps 40] [--json out.json]
 
-Builds the demo's stage-1 setup at a small size (toy_task.py --variant guess, 600 problems; tiny_model.py
+Builds the demo's stage-1 setup at a small size (toy/toy_task.py --variant guess, 600 problems; toy/tiny_model.py
 hidden 128 x 4 layers; curate.py), then runs the same `train_sft.py` for --steps optimizer steps under
 each setting below and compares the final model with the baseline's, byte for byte and as the largest
 absolute parameter difference, and the loss of the last step:
@@ -48,8 +48,8 @@ def run(cmd, env=None):
 def prepare(work):
     py = sys.executable
     data, init = os.path.join(work, "data"), os.path.join(work, "init")
-    run([py, "toy_task.py", "--variant", "guess", "--out-dir", data, "--num-problems", 600, "--num-test", 10])
-    run([py, "tiny_model.py", "--out", init, "--corpus", os.path.join(data, "raw.jsonl"), "--vocab-size", 512,
+    run([py, "-m", "toy.toy_task", "--variant", "guess", "--out-dir", data, "--num-problems", 600, "--num-test", 10])
+    run([py, "-m", "toy.tiny_model", "--out", init, "--corpus", os.path.join(data, "raw.jsonl"), "--vocab-size", 512,
          "--hidden-size", 128, "--num-layers", 4, "--num-heads", 4, "--num-kv-heads", 2,
          "--system-prompt", "Box the answer."])
     run([py, "curate.py", "--raw", os.path.join(data, "raw.jsonl"), "--sft-out", os.path.join(data, "sft.jsonl"),

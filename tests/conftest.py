@@ -1,6 +1,6 @@
 """Shared offline fixtures: a tiny chat-templated tokenizer and a tiny Qwen2 model dir.
 
-Both are built with `tiny_model.py` (the same builder the demo uses) and saved with
+Both are built with `toy/tiny_model.py` (the same builder the demo uses) and saved with
 `save_pretrained`, so every test loads them through the real `--model DIR` code path.
 """
 import os
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# The paper's five test sets, shipped in the repo (provenance and checksums: benchmarks/README.md).
-BENCHMARKS = ROOT / "benchmarks"
+# The paper's five test sets, shipped in the repo (provenance and checksums: eval_sets/README.md).
+EVAL_SETS = ROOT / "eval_sets"
 sys.path.insert(0, str(ROOT))
 
 # Keep every test offline and quiet, single-threaded per process (CI has 2 cores).
@@ -24,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A randomly initialised 2-layer Qwen2 (tied embeddings) plus tokenizer, as a model dir."""
-    import tiny_model
+    from toy import tiny_model
 
     out = tmp_path_factory.mktemp("tiny_model")
     return Path(tiny_model.save_tiny(str(out), seed=0))
@@ -38,7 +38,7 @@ def turn_ending_model_dir(tmp_path_factory):
     input, and the (untied) output layer scores only `<|im_end|>` on it."""
     import torch
 
-    import tiny_model
+    from toy import tiny_model
 
     out = tmp_path_factory.mktemp("turn_ending_model")
     tokenizer = tiny_model.build_tokenizer([])

@@ -1,5 +1,6 @@
 """Every module imports, every script answers --help without torch.distributed or a GPU, and the
-layout is the design card's: flat scripts that nothing imports, libraries with no import cycle."""
+layout is the design card's: flat scripts that nothing imports, libraries with no import cycle, and
+what serves only the demo and the replication in toy/, which the reference never imports."""
 import ast
 import importlib
 import sys
@@ -8,11 +9,13 @@ import pytest
 
 from conftest import ROOT, run_script
 
-SCRIPTS = sorted(p.stem for p in ROOT.glob("*.py"))
+# root modules by name, toy/'s as toy.NAME (run as `python -m toy.NAME`; its __init__ is a docstring)
+SCRIPTS = sorted([p.stem for p in ROOT.glob("*.py")]
+                 + [f"toy.{p.stem}" for p in (ROOT / "toy").glob("*.py") if p.stem != "__init__"])
 # The user's design card: these files at the repo root.
 REQUIRED = ["train_sft.py", "train_redi.py", "evaluate.py", "redi_loss.py", "data.py", "requirements.txt", "tests"]
 # imported, not run
-LIBRARIES = {"redi_loss", "sampler", "vllm_engine", "cli", "training", "run_safety", "dpo_reference", "prefork"}
+LIBRARIES = {"redi_loss", "sampler", "vllm_engine", "cli", "training", "run_safety", "dpo_reference", "toy.prefork"}
 ENTRY_POINTS = {"train_sft", "train_redi"}                                                 # run, never imported
 
 
@@ -23,14 +26,14 @@ def test_the_design_cards_files_exist():
 
 
 def _project_imports(module):
-    """Top-level project modules that `module` imports, anywhere in the file (function-level included)."""
-    tree = ast.parse((ROOT / f"{module}.py").read_text())
+    """Project modules that `module` imports, anywhere in the file (function-level included)."""
+    tree = ast.parse((ROOT / f"{module.replace('.', '/')}.py").read_text())
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
+            found |= {name for alias in node.names for name in (alias.name, alias.name.split(".")[0])}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
+            found |= {node.module, node.module.split(".")[0]} | {f"{node.module}.{a.name}" for a in node.names}
     return found & set(SCRIPTS) - {module}
 
 
@@ -53,6 +56,12 @@ def test_no_module_imports_a_training_script_and_there_is_no_import_cycle():
         visit(m, [])
 
 
+def test_the_reference_imports_nothing_from_toy():
+    """At the root only demo.py uses toy/: the design card's files and their support stand without it."""
+    users = sorted(m for m in SCRIPTS if "." not in m and any(n.startswith("toy.") for n in _project_imports(m)))
+    assert users == ["demo"]
+
+
 @pytest.mark.parametrize("module", SCRIPTS)
 def test_module_imports(module):
     """Importing a module has no side effects that fail (no argument parsing, no process group)."""
@@ -61,7 +70,8 @@ def test_module_imports(module):
 
 @pytest.mark.parametrize("module", [m for m in SCRIPTS if m not in LIBRARIES])
 def test_script_help(module):
-    """`python SCRIPT.py --help` prints usage and exits 0 (CUDA hidden, no torchrun env)."""
-    proc = run_script([sys.executable, str(ROOT / f"{module}.py"), "--help"], timeout=120,
-                      env={"CUDA_VISIBLE_DEVICES": ""})
+    """`python SCRIPT.py --help` (`python -m toy.NAME --help`) prints usage and exits 0 (CUDA hidden, no torchrun
+    env)."""
+    where = ["-m", module] if "." in module else [str(ROOT / f"{module}.py")]
+    proc = run_script([sys.executable, *where, "--help"], timeout=120, env={"CUDA_VISIBLE_DEVICES": ""})
     assert "usage:" in proc.stdout.lower()

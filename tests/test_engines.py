@@ -20,10 +20,10 @@ import pytest
 
 import evaluate
 import vllm_engine
-from conftest import BENCHMARKS, ROOT, run_script
+from conftest import EVAL_SETS, ROOT, run_script
 from cli import InputError
 
-SAMPLE20 = BENCHMARKS / "math500_sample20.jsonl"
+SAMPLE20 = EVAL_SETS / "math500_sample20.jsonl"
 EOS, STOP = 0, 2  # the tiny tokenizer's eos `<|endoftext|>` (Qwen2.5-Math base's) and end of turn `<|im_end|>`
 STOPS = [EOS, STOP]
 ARGS = ["--limit", "4", "--num-samples", "3", "--max-new-tokens", "16", "--seed", "3", "--temperature", "0.6",

@@ -15,10 +15,10 @@ import time
 import pytest
 
 import evaluate
-from conftest import BENCHMARKS, ROOT, run_script, torchrun
+from conftest import EVAL_SETS, ROOT, run_script, torchrun
 from cli import InputError
 
-SAMPLE20 = BENCHMARKS / "math500_sample20.jsonl"
+SAMPLE20 = EVAL_SETS / "math500_sample20.jsonl"
 GEN_ARGS = ["--num-samples", "2", "--max-new-tokens", "16", "--batch-size", "16", "--seed", "3"]
 RECORD_FIELDS = {"benchmark", "id", "index", "sample", "seed", "text", "answer", "gold", "correct", "timed_out",
                  "grading_error", "finish_reason", "num_tokens"}
@@ -424,20 +424,20 @@ def test_read_benchmark_validates_fields(tmp_path):
 
 
 def test_benchmark_files_match_the_checksums_in_their_readme():
-    """Every file in benchmarks/ is listed in benchmarks/README.md with its row count and sha256, and matches."""
+    """Every file in eval_sets/ is listed in eval_sets/README.md with its row count and sha256, and matches."""
     import hashlib
     import re
 
     table = dict(re.findall(r"^\| `(\w+\.jsonl)` \| .*\| `([0-9a-f]{64})` \|$",
-                            (BENCHMARKS / "README.md").read_text(), re.M))
-    files = sorted(p.name for p in BENCHMARKS.glob("*.jsonl"))
+                            (EVAL_SETS / "README.md").read_text(), re.M))
+    files = sorted(p.name for p in EVAL_SETS.glob("*.jsonl"))
     assert files == sorted(table) and {f"{n}.jsonl" for n in evaluate.BENCHMARK_NAMES} <= set(files)
     for name in files:
-        assert hashlib.sha256((BENCHMARKS / name).read_bytes()).hexdigest() == table[name], name
+        assert hashlib.sha256((EVAL_SETS / name).read_bytes()).hexdigest() == table[name], name
 
 
 def test_benchmark_by_name_reads_the_repos_copy_offline(tmp_path, monkeypatch):
-    """--benchmark NAME loads benchmarks/NAME.jsonl (the paper's file), the same problems as --data; no network."""
+    """--benchmark NAME loads eval_sets/NAME.jsonl (the paper's file), the same problems as --data; no network."""
     import socket
 
     def no_network(*a, **k):
@@ -448,7 +448,7 @@ def test_benchmark_by_name_reads_the_repos_copy_offline(tmp_path, monkeypatch):
         by_name = evaluate.load_benchmarks(evaluate.parse_args(
             ["--model", "m", "--benchmark", name, "--output-dir", str(tmp_path)]))
         by_file = evaluate.load_benchmarks(evaluate.parse_args(
-            ["--model", "m", "--data", str(BENCHMARKS / f"{name}.jsonl"), "--output-dir", str(tmp_path)]))
+            ["--model", "m", "--data", str(EVAL_SETS / f"{name}.jsonl"), "--output-dir", str(tmp_path)]))
         assert by_name == by_file and len(by_name[0][1]) == rows
 
 

@@ -15,7 +15,7 @@ import pytest
 import evaluate
 import sampler
 from cli import InputError
-from conftest import BENCHMARKS, ROOT, run_script
+from conftest import EVAL_SETS, ROOT, run_script
 from helpers.families import FAMILIES, WINDOW, save_family_model
 
 PROMPT_LENGTHS = (5, 20, 37, 12)  # 3 pool rows: the 4th job refills the first row to free up
@@ -99,7 +99,7 @@ def test_sliding_masks_show_each_row_only_its_window():
 def test_evaluate_native_greedy_records_equal_transformers_generate(family, family_dir, tmp_path):
     """`evaluate.py --engine native --temperature 0` on 3 MATH-500 prompts (75-204 tokens, past the window):
     each record's text and token count are those of model.generate(do_sample=False)."""
-    data = BENCHMARKS / "math500_sample20.jsonl"
+    data = EVAL_SETS / "math500_sample20.jsonl"
     run_script([sys.executable, str(ROOT / "evaluate.py"), "--model", str(family_dir(family)), "--data", str(data),
                 "--output-dir", str(tmp_path), "--limit", "3", "--num-samples", "1", "--temperature", "0",
                 "--max-new-tokens", str(NEW_TOKENS), "--prompt-template", "raw", "--batch-size", "3",
@@ -127,7 +127,7 @@ def test_self_check_refuses_a_window_the_model_does_not_apply(family_dir, tmp_pa
     the model does not, and evaluate.py stops before sampling with one line naming the model and the gap."""
     model_dir = save_family_model("llama", tmp_path / "llama_window", sliding_window=WINDOW)
     with pytest.raises(SystemExit, match="^2$"):
-        evaluate.main(["--model", str(model_dir), "--data", str(BENCHMARKS / "math500_sample20.jsonl"),
+        evaluate.main(["--model", str(model_dir), "--data", str(EVAL_SETS / "math500_sample20.jsonl"),
                        "--output-dir", str(tmp_path / "out"), "--limit", "1", "--num-samples", "1",
                        "--max-new-tokens", "4", "--prompt-template", "raw"])
     err = capsys.readouterr().err

@@ -164,7 +164,7 @@ def test_a_head_the_code_does_not_know_is_refused_by_the_start_up_self_check(tmp
     on a probe finds the mismatch and every rank stops with one line naming the model (2 ranks), no traceback."""
     from transformers import FalconH1Config, FalconH1ForCausalLM
 
-    import tiny_model
+    from toy import tiny_model
 
     tokenizer = tiny_model.build_tokenizer([])
     config = FalconH1Config(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,

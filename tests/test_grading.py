@@ -21,7 +21,7 @@ import pytest
 
 import evaluate
 import grader
-from conftest import BENCHMARKS, ROOT
+from conftest import EVAL_SETS, ROOT
 from evaluate import format_table, pass_at_k, sem_over_samples, summarize
 from grader import extract_answer, grade_many, grade_response, is_equivalent, judge
 
@@ -29,7 +29,7 @@ LIMIT_S = 5.0  # one is_equivalent call, extraction included, must return within
 
 
 def read_jsonl(name):
-    path = BENCHMARKS / name
+    path = EVAL_SETS / name
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

@@ -1,4 +1,4 @@
-"""Bad input to every CLI (curate.py, data.py check, plot.py, demo.py, toy_task.py, tiny_model.py) is
+"""Bad input to every CLI (curate.py, data.py check, demo.py, toy/plot.py, toy/toy_task.py, toy/tiny_model.py) is
 one clear line on stderr and a non-zero exit, never a traceback; a real bug keeps its traceback.
 
 Each case runs the script in a subprocess, as a user would, and checks: exit status 2 (1 for a
@@ -17,7 +17,9 @@ NOT_UTF8 = b'{"problem": "caf\xe9"}\n'   # Latin-1 bytes, not UTF-8
 
 
 def run_cli(script, *args):
-    return run_script([sys.executable, str(ROOT / script), *map(str, args)], check=False, timeout=120)
+    """`python SCRIPT.py args` for a root script, `python -m toy.MODULE args` for a toy/ module."""
+    where = [str(ROOT / script)] if script.endswith(".py") else ["-m", script]
+    return run_script([sys.executable, *where, *map(str, args)], check=False, timeout=120)
 
 
 def assert_one_clear_error(proc, prog, *fragments, code=2):
@@ -139,7 +141,7 @@ def test_a_bug_inside_data_main_keeps_its_traceback(tmp_path):
     assert "data.py check: error:" not in proc.stderr
 
 
-# ---- plot.py ----------------------------------------------------------------------------------
+# ---- toy/plot.py ------------------------------------------------------------------------------
 
 
 def plot_case(tmp_path, case):
@@ -185,10 +187,10 @@ def plot_case(tmp_path, case):
 def test_plot_bad_input_is_one_clear_line(tmp_path, case):
     """`plot.py` on each bad run directory or --out: one line naming file / line / field, exit 2, no traceback."""
     args, fragments = plot_case(tmp_path, case)
-    assert_one_clear_error(run_cli("plot.py", *args), "plot.py", *fragments)
+    assert_one_clear_error(run_cli("toy.plot", *args), "plot.py", *fragments)
 
 
-# ---- demo.py, toy_task.py, tiny_model.py ------------------------------------------------------
+# ---- demo.py, toy/toy_task.py, toy/tiny_model.py ----------------------------------------------
 
 
 def test_demo_bad_out_and_nproc_are_one_clear_line(tmp_path):
@@ -212,9 +214,9 @@ def test_demo_failed_stage_is_its_own_message_plus_one_line(tmp_path):
 def test_toy_task_bad_out_dir_and_too_many_problems_are_one_clear_line(tmp_path):
     """`toy_task.py --out-dir FILE/x` and a --num-test the problem space cannot fill: one line, exit 2."""
     a_file = write(tmp_path / "a_file", "x")
-    assert_one_clear_error(run_cli("toy_task.py", "--out-dir", a_file / "x"), "toy_task.py",
+    assert_one_clear_error(run_cli("toy.toy_task", "--out-dir", a_file / "x"), "toy_task.py",
                            f"--out-dir {a_file / 'x'}: cannot create the directory")
-    assert_one_clear_error(run_cli("toy_task.py", "--out-dir", tmp_path / "toy", "--num-problems", "10",
+    assert_one_clear_error(run_cli("toy.toy_task", "--out-dir", tmp_path / "toy", "--num-problems", "10",
                                    "--num-test", "100000"),
                            "toy_task.py", "problem space exhausted", "(--num-problems, --num-test)")
 
@@ -232,4 +234,4 @@ def test_tiny_model_bad_input_is_one_clear_line(tmp_path, case):
     elif case == "out_is_a_file":
         out = write(tmp_path / "a_file", "x")
         args, fragment = ["--out", out], f"--out {out}: {out} exists and is not a directory"
-    assert_one_clear_error(run_cli("tiny_model.py", *args), "tiny_model.py", fragment)
+    assert_one_clear_error(run_cli("toy.tiny_model", *args), "tiny_model.py", fragment)

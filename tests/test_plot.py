@@ -1,12 +1,12 @@
-"""plot.py reads any run's metrics.jsonl and eval summaries and draws the Figure-6 panels."""
+"""toy/plot.py reads any run's metrics.jsonl and eval summaries and draws the Figure-6 panels."""
 import json
 import sys
 
 import pytest
 
-import plot
-from conftest import ROOT, run_script, write_jsonl
 from cli import InputError
+from conftest import run_script, write_jsonl
+from toy import plot
 
 
 def _fake_run(run_dir, steps, evals):
@@ -38,11 +38,11 @@ def test_load_run_extracts_series_and_checkpoint_accuracy(tmp_path):
 
 
 def test_cli_writes_a_png_for_several_runs(tmp_path):
-    """`python plot.py ROOT` finds both runs below ROOT and writes dynamics.png (a real PNG)."""
+    """`python -m toy.plot DIR` finds both runs below DIR and writes dynamics.png (a real PNG)."""
     pytest.importorskip("matplotlib")
     _fake_run(tmp_path / "runs" / "redi", 5, {0: 0.1, 5: 0.2})
     _fake_run(tmp_path / "runs" / "sft_control", 5, {})
-    proc = run_script([sys.executable, str(ROOT / "plot.py"), str(tmp_path / "runs"), "--out", str(tmp_path / "png")])
+    proc = run_script([sys.executable, "-m", "toy.plot", str(tmp_path / "runs"), "--out", str(tmp_path / "png")])
     assert "redi: 5 steps (1 skipped step left out), 2 evaluated checkpoints" in proc.stdout
     assert "sft_control: 5 steps (1 skipped step left out), 0 evaluated checkpoints" in proc.stdout
     png = (tmp_path / "png" / "dynamics.png").read_bytes()

@@ -1,4 +1,5 @@
-"""prefork.py: a job forked from a process with the libraries preloaded is `python script.py args` again.
+"""toy/prefork.py: a job forked from a process with the libraries preloaded is `python script.py args` (or
+`python -m toy.module args`) again.
 
 Every check runs in a fresh driver interpreter (the pytest process has threads and torch state of
 its own, which is exactly what the launcher must not have).
@@ -10,11 +11,11 @@ import textwrap
 
 import pytest
 
-from conftest import BENCHMARKS, ROOT
+from conftest import EVAL_SETS, ROOT
 
 DRIVER = textwrap.dedent("""
     import json, os, subprocess, sys, threading, time
-    import prefork
+    from toy import prefork
     spec = json.loads(sys.argv[1])
     if spec.get("thread"):
         threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
@@ -88,6 +89,22 @@ def test_a_forked_script_gets_its_argv_env_cwd_streams_and_exit_status(tmp_path)
     assert "Traceback" in raised and "KeyError: 'a real bug'" in raised
 
 
+def test_a_forked_module_writes_what_python_dash_m_writes(tmp_path):
+    """`-m toy.toy_task` forked from a launcher that has imported toy.toy_task writes the bytes `python -m toy.toy_task`
+    writes and prints the same --help (its argv[0] is the module's file), without runpy's already-imported warning."""
+    def jobs(how):
+        out = ["--out-dir", str(tmp_path / how), "--num-problems", "60", "--num-test", "6", "--seed", "2"]
+        return [{"argv": ["-m", "toy.toy_task", *args], "how": how, "log": str(tmp_path / f"{how}{i}.log")}
+                for i, args in enumerate((out, ["--help"]))]
+    got = drive({"preload": True, "jobs": jobs("fresh") + jobs("fork")})
+    assert all(v["code"] == 0 for k, v in got.items() if k != "preload_s"), got
+    for name in ("raw.jsonl", "test.jsonl", "task.json"):
+        assert (tmp_path / "fork" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name
+    assert (tmp_path / "fork1.log").read_text() == (tmp_path / "fresh1.log").read_text()
+    assert "usage: toy_task.py" in (tmp_path / "fork1.log").read_text()
+    assert "Warning" not in (tmp_path / "fork0.log").read_text()
+
+
 def test_kill_stops_a_forked_job(tmp_path):
     """kill() is SIGKILL: the job ends at once with status -9."""
     script = tmp_path / "sleep.py"
@@ -105,14 +122,14 @@ def test_preload_refuses_a_process_with_a_thread():
 @pytest.mark.slow
 def test_forked_training_and_evaluation_equal_fresh_python_bitwise(tmp_path, tiny_model_dir, pairs_file):
     """train_redi.py and evaluate.py forked from the preloaded launcher write byte-identical weights, metrics and
-    generations to the same commands as fresh interpreters (bench/prefork.py measures the time saved)."""
+    generations to the same commands as fresh interpreters (bench/bench_prefork.py measures the time saved)."""
     def train(out):
         return ["train_redi.py", "--model", str(tiny_model_dir), "--data", str(pairs_file), "--output-dir", str(out),
                 "--loss", "redi", "--lr", "1e-3", "--global-batch-size", "4", "--micro-batch-size", "2",
                 "--max-steps", "3", "--save-every", "0", "--keep-last", "0", "--seed", "5", "--no-progress"]
 
     def evaluate(model, out):
-        return ["evaluate.py", "--model", str(model), "--data", str(BENCHMARKS / "math500_sample20.jsonl"),
+        return ["evaluate.py", "--model", str(model), "--data", str(EVAL_SETS / "math500_sample20.jsonl"),
                 "--limit", "8", "--num-samples", "2", "--max-new-tokens", "16", "--batch-size", "16", "--seed", "3",
                 "--grading-workers", "1", "--output-dir", str(out)]
 

@@ -16,9 +16,9 @@ from conftest import ROOT, run_script, torchrun, write_jsonl
 import curate
 import data
 import evaluate
-import tiny_model
 import token_cache
 from data import IGNORE_INDEX
+from toy import tiny_model
 
 SMOLLM2_DEFAULT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 SMOLLM2_TEMPLATE = (   # SmolLM2-135M-Instruct's template, with REDI's `<think>` opening of the assistant turn

@@ -1,4 +1,4 @@
-"""Claims about toy_task.py: schema, trace correctness, slip typing, determinism, knobs, CLI."""
+"""Claims about toy/toy_task.py: schema, trace correctness, slip typing, determinism, knobs, CLI."""
 import json
 import re
 import sys
@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT, run_script
 
-import toy_task as T
+from toy import toy_task as T
 
 SCHEMA_TYPES = {
     "problem": str, "solution": str, "answer": str, "problem_type": str, "question_type": str,
@@ -274,9 +274,9 @@ def test_knobs_can_switch_slip_types_off():
 
 
 def test_cli_writes_raw_test_and_task_json(tmp_path):
-    """`python toy_task.py --out-dir D --num-problems 200 --num-test 20` writes three consistent files."""
+    """`python -m toy.toy_task --out-dir D --num-problems 200 --num-test 20` writes three consistent files."""
     out = tmp_path / "toy"
-    run_script([sys.executable, str(ROOT / "toy_task.py"), "--out-dir", str(out),
+    run_script([sys.executable, "-m", "toy.toy_task", "--out-dir", str(out),
                 "--num-problems", "200", "--num-test", "20"])
     raw = [json.loads(line) for line in (out / "raw.jsonl").read_text().splitlines()]
     test = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]

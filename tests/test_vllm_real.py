@@ -29,7 +29,7 @@ import time
 
 import pytest
 
-from conftest import BENCHMARKS, ROOT, run_script, write_jsonl
+from conftest import EVAL_SETS, ROOT, run_script, write_jsonl
 
 REQUIRED = os.environ.get("REDI_TEST_VLLM") == "1"
 if importlib.util.find_spec("vllm") is None and not REQUIRED:
@@ -125,9 +125,9 @@ def trained(tmp_path_factory):
     data, init = root / "data", root / "init"
     py = [sys.executable]
     env = {"OMP_NUM_THREADS": "1", **ENV}
-    run_script(py + [ROOT / "toy_task.py", "--out-dir", data, "--num-problems", "3000", "--num-test", "100",
+    run_script(py + ["-m", "toy.toy_task", "--out-dir", data, "--num-problems", "3000", "--num-test", "100",
                      "--seed", "0"], env=env)
-    run_script(py + [ROOT / "tiny_model.py", "--out", init, "--corpus", data / "raw.jsonl", "--hidden-size", "128",
+    run_script(py + ["-m", "toy.tiny_model", "--out", init, "--corpus", data / "raw.jsonl", "--hidden-size", "128",
                      "--num-heads", "4", "--num-kv-heads", "2", "--num-layers", "2", "--system-prompt",
                      "Box the answer."], env=env)
     run_script(py + [ROOT / "curate.py", "--raw", data / "raw.jsonl", "--sft-out", data / "sft.jsonl",
@@ -173,7 +173,7 @@ def turn_end(turn_ending_model_dir, tmp_path_factory):
     short sample, if any, was in flight when the long prompt was submitted)."""
     root = tmp_path_factory.mktemp("vllm_turn_end")
     data = root / "bench.jsonl"
-    rows = [json.loads(line) for line in open(BENCHMARKS / "math500_sample20.jsonl", encoding="utf-8")][:4]
+    rows = [json.loads(line) for line in open(EVAL_SETS / "math500_sample20.jsonl", encoding="utf-8")][:4]
     rows.append({"id": "too_long", "problem": "1 " * 3000, "answer": "1"})
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return Run(root / "out", ["--model", turn_ending_model_dir, "--data", data, "--n", "2", "--engine", "vllm",

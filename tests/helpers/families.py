@@ -60,7 +60,7 @@ def save_family_model(name, out_dir, seed=0, **overrides):
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    import tiny_model
+    from toy import tiny_model
 
     tokenizer = tiny_model.build_tokenizer([])
     config = family_config(name, tokenizer, **overrides)

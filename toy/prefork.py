@@ -1,27 +1,18 @@
 """Run the project's scripts in processes forked from one that has already imported their libraries.
 
-replicate.py runs ~700 short jobs (a stage-2 run ~21 s, a validation eval ~2 s, forked). As fresh
-interpreters each one spends ~3 s importing torch, transformers, torch.distributed.checkpoint
-and sympy before its first line of work: about a tenth of the whole comparison's compute. Here
-the launching process imports them once (`preload`), and each job is an `os.fork()` of it that
-runs the script as `__main__` (`runpy.run_path`), as `python script.py args` would:
+toy/replicate.py runs ~700 short jobs (a stage-2 run ~21 s, a validation eval ~2 s); as fresh interpreters
+each would spend ~3 s importing torch, transformers and sympy, about a tenth of the comparison's compute.
+Here the launcher imports them once (`preload`), and each job is an `os.fork()` of it that runs the
+script as `__main__`, as `python script.py args` or `python -m toy.module args` would:
 
+    prefork.preload()
     proc = ForkedScript([sys.executable, "evaluate.py", "--model", ...], cwd, env, log_path)
+    proc = ForkedScript([sys.executable, "-m", "toy.toy_task", "--out-dir", ...], cwd, env, log_path)
     while proc.poll() is None: ...
 
 What makes a forked job equal to a fresh one (tests/test_prefork.py checks the outputs bitwise):
-- the launcher imports under the jobs' environment (libgomp reads OMP_NUM_THREADS, huggingface_hub
-  HF_HUB_OFFLINE, when loaded) and only imports: it never runs a torch op, so no OpenMP pool or
-  other thread exists to be lost across the fork (`preload` checks the process has one thread),
-  and torch's default RNG is in its import-time state, as in a fresh interpreter;
-- the child sets the job's environment, working directory, argv and stdout/stderr (both into the
-  log) itself, and torch's thread count from the job's OMP_NUM_THREADS;
-- SystemExit gives the exit status (a string is printed, status 1); an exception prints its
-  traceback into the log, status 1; atexit handlers run and the streams are flushed, then
-  os._exit: the child never returns into the launcher's stack.
-
-POSIX only (fork). Meant for CPU jobs: a CUDA context does not survive a fork, so the launcher must
-never create one (importing torch does not).
+docs/replication.md. POSIX only (fork); CPU jobs only: a CUDA context does not survive a fork, so
+the launcher must never create one (importing torch does not).
 """
 from __future__ import annotations
 
@@ -42,7 +33,7 @@ PRELOAD = ("numpy", "torch", "torch.distributed", "torch.distributed.checkpoint"
            "transformers.integrations.sdpa_attention", "transformers.tokenization_utils_fast", "sympy",
            "sympy.parsing.sympy_parser", "tqdm",
            "cli", "data", "token_cache", "redi_loss", "run_safety", "training", "sampler", "grader", "evaluate", "dpo_reference",
-           "curate", "toy_task", "tiny_model")   # not train_sft / train_redi: scripts only run, never imported
+           "curate", "toy.toy_task", "toy.tiny_model")   # not train_sft / train_redi: scripts only run, never imported
 _CHILD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD)
 _LAZY_ATTRIBUTES = ("AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "PreTrainedTokenizerFast",
                     "GenerationConfig", "Qwen2Config", "Qwen2ForCausalLM")
@@ -63,12 +54,17 @@ def preload() -> float:
 
 
 class ForkedScript:
-    """`subprocess.Popen([sys.executable, script, *args], cwd=, env=, stdout=log, stderr=STDOUT)`, by fork."""
+    """`subprocess.Popen([sys.executable, script, *args], cwd=, env=, stdout=log, stderr=STDOUT)`, by fork;
+    `[sys.executable, "-m", module, *args]` runs a module (`python -m toy.plot ...`)."""
 
     def __init__(self, argv, cwd, env, log_path):
-        if len(argv) < 2 or argv[0] != sys.executable or not argv[1].endswith(".py"):
-            raise ValueError(f"prefork runs '{sys.executable} script.py ...', got {argv[:2]}")
-        self.args, self.returncode = [str(a) for a in argv], None
+        argv = [str(a) for a in argv]
+        module = len(argv) >= 3 and argv[1] == "-m"
+        if len(argv) < 2 or argv[0] != sys.executable or not (module or argv[1].endswith(".py")):
+            raise ValueError(f"prefork runs '{sys.executable} script.py ...' or '{sys.executable} -m module ...', "
+                             f"got {argv[:3]}")
+        self.args, self.returncode = argv, None
+        target, args = (("-m", argv[2]), argv[3:]) if module else ((None, argv[1]), argv[2:])
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         sys.stdout.flush()   # else the child would write this process's buffered output again
         sys.stderr.flush()
@@ -76,7 +72,7 @@ class ForkedScript:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _CHILD_SIGNALS)
         self.pid = os.fork()
         if self.pid == 0:
-            os._exit(_run_child(self.args[1], self.args[2:], cwd, env, log_fd, blocked))
+            os._exit(_run_child(target, args, cwd, env, log_fd, blocked))
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(log_fd)
 
@@ -100,8 +96,9 @@ class ForkedScript:
                 pass
 
 
-def _run_child(script, args, cwd, env, log_fd, sigmask) -> int:
-    """In the forked child: become `python script args` and return its exit status (never raise)."""
+def _run_child(target, args, cwd, env, log_fd, sigmask) -> int:
+    """In the forked child: become `python script args` (target (None, script)) or `python -m module args`
+    (target ("-m", module)) and return its exit status (never raise)."""
     code = 1
     try:
         for signum in _CHILD_SIGNALS:
@@ -116,12 +113,19 @@ def _run_child(script, args, cwd, env, log_fd, sigmask) -> int:
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(env)
-        script = os.path.abspath(script)
-        sys.argv = [script, *args]
-        sys.path[0] = os.path.dirname(script)
         if "OMP_NUM_THREADS" in env and "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
-        runpy.run_path(script, run_name="__main__")
+        how, name = target
+        if how == "-m":
+            sys.modules.pop(name, None)   # a fresh `python -m` runs it as __main__ only, never imported too
+            sys.argv = [name, *args]      # run_module puts the module's file in argv[0], as `python -m` does
+            sys.path[0] = os.getcwd()     # `python -m` searches the working directory first
+            runpy.run_module(name, run_name="__main__", alter_sys=True)
+        else:
+            script = os.path.abspath(name)
+            sys.argv = [script, *args]
+            sys.path[0] = os.path.dirname(script)
+            runpy.run_path(script, run_name="__main__")
         code = 0
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):

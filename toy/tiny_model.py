@@ -17,7 +17,7 @@ generation_config.json name `<|endoftext|>` as bos and eos, and the chat templat
 turn with `<|im_end|>`, which training supervises (data.end_of_turn_id). So a sampler that
 stops only at eos runs past the end of the turn here, as it would on the real model.
 
-    python tiny_model.py --out runs/tiny --corpus data.jsonl [--vocab-size 512] [--hidden-size 64]
+    python -m toy.tiny_model --out runs/tiny --corpus data.jsonl [--vocab-size 512] [--hidden-size 64]
 """
 from __future__ import annotations
 

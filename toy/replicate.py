@@ -1,54 +1,20 @@
 """Is REDI better than DPO and SimPO when each is tuned as well? The paper's comparison on the
-built-in task, both variants, 5 seeds, equal tuning budgets, on a 2-core CPU.
+built-in task, both variants, 5 seeds, equal budgets, on a 2-core CPU.
 
-    python replicate.py --plan                   # print the jobs and their estimated job-seconds, run nothing
-    python replicate.py                          # the full run (RESULTS.md: command, wall time, tables)
-    python replicate.py --smoke                  # tiny sizes, every kind of job (tests/test_replicate.py)
-    python replicate.py --variants guess --seeds 0 1 --out runs/rep_guess
+    python -m toy.replicate --plan           # print the jobs and their estimated job-seconds, run nothing
+    python -m toy.replicate                  # the full run (RESULTS.md: command, wall time, tables)
+    python -m toy.replicate --smoke          # tiny sizes, every kind of job (tests/test_replicate.py)
+    python -m toy.replicate --variants guess --seeds 0 1 --out runs/rep_guess
 
-Variants (toy_task.py --variant): `slips`, where every negative is a slip in the work (the null
-case); `guess`, where the teacher often guesses without working, a lucky guess is a positive and
-the failed guesses dominate the negatives (the paper's premise: negatives carry a signal the
-positives lack). Per (variant, seed) -- the seed sets data, initialisation, order and sampling:
-
-    a. Stage 1 (`train_sft.py`) for a fixed number of epochs per variant (linear decay), a
-       checkpoint every --curve-every epochs, each evaluated on the VALIDATION split (paper Figure 2).
-       Within the run, stage 1's model is the FIRST checkpoint that no later checkpoint beats by
-       more than that checkpoint's SEM (over samples) on validation; every stage-2 run starts from
-       it. With a learning rate that decays to 0 the last checkpoints usually still gain, so the
-       plateau is judged on the run's LENGTH (a rule fixed before any test number was seen): on the
-       first seed a stage-1 run a third longer (same data, initialisation and order) is evaluated on
-       validation; the length is at its plateau if the longer run's final model beats the used one
-       by no more than the SEM of the difference, paired over the validation problems.
-    b. Stage 2 (`train_redi.py`, one epoch over the pairs), five methods with EQUAL budgets: each
-       gets settings_per_method settings on every seed; if the setting with the best validation
-       pass@1 sits on the grid's rate edge, the method gets one more run one LR_LATTICE step beyond
-       that edge at the picked knob (the same rule for every method, on every seed), and the best
-       of all of them on validation is the only one evaluated on the test split:
-           redi         alpha {0.8, 0.5} x 2 learning rates
-           redi_sym     alpha 1.0 (the symmetric objective) x 4 learning rates
-           dpo          beta {0.1, 0.01} x 2 learning rates (reference log-probs precomputed)
-           simpo        (beta, gamma) {(2, 1), (2.5, 0.75)} x 2 learning rates
-           sft_control  --loss sft on the chosen traces (more SFT, no negatives) x 4 learning rates
-    c. The pilot (first seed, validation only) centres the learning rates: each method at its first
-       knob over PILOT_LRS; if its best rate is on the pilot's edge, one more rate beyond that edge
-       (the same rule for every method). A method's grid is the LR_LATTICE rates nearest its pilot
-       best, ties broken toward the side that scored higher. The first seed's grid reuses the
-       pilot's runs where the settings coincide.
-
-Every stage is the project's own CLI as a plain single-process `python` job, at most --jobs at a
-time (2 on 2 cores), scheduled as a dependency graph; each job is a fork of this process with the
-jobs' libraries imported once (prefork.py: the same outputs, ~3 s less per job), or with --no-fork a
-fresh interpreter. A rerun with the same --out reuses every
-finished job (each leaves a marker), so a killed run is resumed by running the same command.
-Outputs in --out: <variant>/seed<S>/{data,init,sft,stage2}, results.json (every number),
-report.md (the tables), fig_stage1.png, fig_differences.png, fig_logps_<variant>.png.
-
-Reporting: a method's test pass@1 per seed is the mean over problems and samples; a row is the
-mean over seeds +- the SEM over seeds (std / sqrt(S)). A difference is the mean of the per-seed
-differences +- its SEM, with a paired t-test (two-sided, S-1 degrees of freedom) and the exact
-sign-flip (permutation) test; with 5 seeds the smallest sign-flip p is 2/32 = 0.0625. No seed is
-dropped; a failed job stops the run.
+Per variant (`slips`: every negative a slip, the null case; `guess`: failed guesses dominate the
+negatives, the paper's premise) and seed: stage 1 (train_sft.py) with a validation curve and a plateau
+rule; stage 2 (train_redi.py) for five methods (REDI, REDI alpha 1.0, DPO, SimPO, an SFT control) with
+equal budgets: the same number of settings each, learning rates centred by a pilot, the setting picked
+on validation and only it evaluated on test. A row is the mean over seeds +- SEM; differences are
+paired over seeds (t-test and exact sign-flip test). Every stage is the project's own CLI, --jobs at a
+time, each a fork of this process with the libraries imported once (toy/prefork.py; --no-fork: fresh
+interpreters); a rerun with the same --out reuses every finished job.
+The rules in full, the outputs and the statistics: docs/replication.md.
 """
 from __future__ import annotations
 
@@ -62,11 +28,11 @@ import subprocess
 import sys
 import time
 
-import prefork
 from cli import exit_on_input_error, make_output_dir, read_jsonl
 from demo import paths_of, python
+from toy import prefork
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository: the jobs run there
 SYSTEM_PROMPT = "Box the answer."
 
 # Sizes. "full": the informative-negatives probe's recipe (../shared/notes, Probe E: hidden 128 x 4,
@@ -125,7 +91,7 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="jobs at a time (one core each)")
     p.add_argument("--no-fork", action="store_true",
                    help="run each job as a fresh python (default: a fork of this process with the jobs' "
-                        "libraries imported once, ~3 s less per job; prefork.py)")
+                        "libraries imported once, ~3 s less per job; toy/prefork.py)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: every kind of job, for the tests")
     p.add_argument("--plan", action="store_true", help="print the jobs and their estimated job-seconds, run nothing")
     p.add_argument("--report-only", action="store_true",
@@ -159,7 +125,7 @@ class Job:
 
 def run_jobs(jobs, workers, t0, fork=True):
     """Run every job, `workers` at a time, ready jobs by (priority, order); stop all on a failure. fork: each
-    job is a fork of this process with the jobs' libraries imported once (prefork.py), not a fresh python."""
+    job is a fork of this process with the jobs' libraries imported once (toy/prefork.py), not a fresh python."""
     pending, running, done = list(jobs), {}, set()
     job_env = {"PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     env = dict(os.environ, **job_env)
@@ -456,12 +422,12 @@ def seed_jobs(out, variant, seed, cfg, rank=0, pilot=None):
     prio = 10 * rank
     plan = SeedPlan(out, variant, seed, cfg, pilot[0] if pilot else None)
     tag = f"{variant}/s{seed}"
-    gen = Job(f"{tag} data", python("toy_task.py", "--variant", variant, "--out-dir", os.path.join(plan.data, "heldout"),
+    gen = Job(f"{tag} data", python("toy.toy_task", "--variant", variant, "--out-dir", os.path.join(plan.data, "heldout"),
                                     "--num-problems", cfg.get(f"num_problems_{variant}", cfg["num_problems"]),
                                     "--num-test", cfg["num_val"] + cfg["num_test"], "--seed", seed),
               os.path.join(plan.data, "toy_task.log"), priority=prio,
               after=lambda: split_heldout(plan.data, cfg["num_val"]), done_if=plan.test, kind="prepare")
-    model = Job(f"{tag} init", python("tiny_model.py", "--out", plan.init, "--corpus",
+    model = Job(f"{tag} init", python("toy.tiny_model", "--out", plan.init, "--corpus",
                                       os.path.join(plan.data, "heldout", "raw.jsonl"), "--vocab-size", cfg["vocab"],
                                       "--hidden-size", cfg["hidden"], "--num-layers", cfg["layers"], "--num-heads",
                                       cfg["heads"], "--num-kv-heads", cfg["kv_heads"], "--seed", seed,

@@ -1,6 +1,6 @@
 """Plot REDI training dynamics in the style of the paper's Figure 6, from any run directory.
 
-    python plot.py RUN_DIR [RUN_DIR ...] [--out DIR] [--benchmark NAME]
+    python -m toy.plot RUN_DIR [RUN_DIR ...] [--out DIR] [--benchmark NAME]
 
 Every `metrics.jsonl` found under the given directories (as written by train_sft.py and
 train_redi.py) is one line in each panel, labelled by its directory relative to the argument.
@@ -10,18 +10,10 @@ Panels against the optimizer step:
     chosen LogPS        mean log p(y_w|x)/|y_w|  (metrics key logps/chosen)
     rejected LogPS      mean log p(y_l|x)/|y_l|  (logps/rejected)
     update size         norm of the parameter change of each step (optim/update_norm)
-plus the training loss. SFT runs have no LogPS; their panels show what they have.
-Writes OUT/dynamics.png (default OUT: the first RUN_DIR) and prints the path, and per run the
-number of steps plotted, of skipped steps left out (`optim/skipped`, from --on-nonfinite skip)
-and of evaluated checkpoints. Lines without a `step` (the header written at each start) hold no
-metrics and are not plotted.
-
-matplotlib is optional: without it the data are still read and checked, and the script says
-that the plots were skipped and exits 0.
-
-Bad input (no run under a path, a metrics line or summary.json that is not what the training
-and evaluation scripts write, an --out that cannot be written) is one line, `plot.py: error:
-FILE:LINE: field 'F': expected ..., found ...` where a file and line exist, and exit status 2.
+plus the training loss. Writes OUT/dynamics.png (default OUT: the first RUN_DIR) and prints per run
+the steps plotted, the skipped steps left out (`optim/skipped`) and the evaluated checkpoints.
+Without matplotlib the data are still read and checked, the plots skipped, exit 0. Bad input is one
+line, `plot.py: error: FILE:LINE: field 'F': expected ..., found ...`, and exit status 2.
 """
 from __future__ import annotations
 

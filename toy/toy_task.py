@@ -4,23 +4,16 @@
 Writes raw.jsonl (one OpenR1-Math-Raw row per problem, which curate.py reads unchanged), test.jsonl
 (held-out problems in the benchmark format, none equal to a training problem) and task.json (the
 knobs, the counts curation should find, sha256s). A problem is a short integer expression such as
-"Compute 7*8-9*8."; a generation is an R1-shaped trace, a thinking block of steps ("7*8=56 and
-9*8=72, so 56-72=-16.") then "The answer is $\\boxed{-16}$.". The teacher's wrong traces are
-systematic slips, each a rule misapplied where it does not hold (sign, borrow, extra_borrow,
-precedence, ones), one knob each; two verifiers label every generation (one a noisy judge), and
-rows curation must drop are mixed in.
-Variants (`--variant`): `slips`, the default, every negative a slip in the work (the null case);
-`guess`, where the teacher often guesses without working and a lucky guess is a positive, so only
-the negatives show that guessing fails (the paper's premise). `classify_trace` and `path_stats`
-name what a trace did, for the teacher's traces and a student's alike.
+"Compute 7*8-9*8."; a generation is an R1-shaped trace. The teacher's wrong traces are systematic
+slips, each a rule misapplied where it does not hold (sign, borrow, extra_borrow, precedence, ones),
+one knob each. Variants (`--variant`): `slips`, the default, every negative a slip in the work (the
+null case); `guess`, where the teacher often guesses and only the negatives show that guessing fails
+(the paper's premise). `classify_trace` and `path_stats` name what a trace did, teacher's or student's.
+The task, the slips, the verifiers, why it has this shape, what a tiny student learns: docs/toy_task.md.
 
-The task, the slips, why it has this shape, what a tiny student learns on it (measured), and
-the columns: docs/toy_task.md.
-
-    python toy_task.py --out-dir runs/toy                      # 4000 problems, 300 test problems
-    python toy_task.py --out-dir runs/toy --num-problems 200 --num-test 20 --seed 1
-    python toy_task.py --out-dir runs/toy --p-sign 0 --p-extra-borrow 0 --p-precedence 0   # borrow slips only
-    python toy_task.py --out-dir runs/guess --variant guess
+    python -m toy.toy_task --out-dir runs/toy                      # 4000 problems, 300 test problems
+    python -m toy.toy_task --out-dir runs/toy --num-problems 200 --num-test 20 --seed 1
+    python -m toy.toy_task --out-dir runs/guess --variant guess
     python curate.py --raw runs/toy/raw.jsonl --sft-out runs/toy/sft.jsonl --pairs-out runs/toy/pairs.jsonl
 """
 from __future__ import annotations
