@@ -5,6 +5,7 @@ What train_sft.py and train_redi.py import, in the order a micro-batch is made:
     load_tokenizer(name)               a Hugging Face tokenizer; EOS pads when it has no pad token
     load_sft_examples / load_pairs     SFT examples {"id", "prompt_messages", "response"}, pairs {.., "chosen", "rejected"}
     tokenize_sft / tokenize_pairs      chat template -> {"input_ids", "labels"}: labels IGNORE_INDEX on the prompt
+    TokenizedExamples                  the token cache's files (token_cache.py) read back as those dicts
     describe_first_example             the log block showing an example exactly as tokenized, once per run
     example_tokens(example)            all tokens of a tokenized example (a pair's: chosen + rejected)
     collate / collate_pairs            a padded or packed micro-batch; a pair micro-batch is ONE forward over
@@ -21,9 +22,12 @@ and exit status 2 (cli.py's InputError).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from cli import InputError, data_error, describe, exit_on_input_error, read_jsonl
@@ -346,6 +350,44 @@ def example_tokens(example: dict) -> int:
 
 
 # -----------------------------------------------------------------------------
+# the tokenized examples training reads (token_cache.py builds and finds their files)
+
+
+class TokenizedExamples(Sequence):
+    """token_cache.py's examples, read-only; item i is the dict tokenize_sft / tokenize_pairs would give.
+
+    `lengths` [N] (tokens per example; a pair's chosen + rejected) and `supervised` [N] (tokens
+    with a label after position 0: an SFT response, a pair's chosen trace) come as arrays, so no
+    pass over the tokens is needed to build the sampler or the loss normalisers."""
+
+    def __init__(self, directory: str, kind: str):
+        self.directory, self.kind = directory, kind
+        self.tokens = np.memmap(os.path.join(directory, "tokens.bin"), dtype=np.int32, mode="r")
+        self.index = np.load(os.path.join(directory, "index.npy"))
+        with open(os.path.join(directory, "ids.json"), encoding="utf-8") as f:
+            self.ids = json.load(f)
+        per = 2 if kind == "pairs" else 1
+        lengths, prompts = self.index[:, 1], self.index[:, 2]
+        self.lengths = lengths.reshape(-1, per).sum(1)
+        self.supervised = (lengths - np.maximum(prompts, 1))[::per]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _sequence(self, s: int) -> dict:
+        offset, length, prompt = (int(v) for v in self.index[s])
+        ids = self.tokens[offset:offset + length].tolist()
+        return {"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]}
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if self.kind == "sft":
+            return {"id": self.ids[i], **self._sequence(i)}
+        return {"id": self.ids[i], "chosen": self._sequence(2 * i), "rejected": self._sequence(2 * i + 1)}
+
+
+# -----------------------------------------------------------------------------
 # showing what the model sees: the first example of a run, logged once
 
 
@@ -429,38 +471,15 @@ def describe_first_example(tokenizer, path, example: dict, system_prompt: str | 
 
 
 def collate(sequences: list[dict], pad_id: int, packed: bool = False, device=None) -> dict:
-    """`_collate` on `device`: tensors moved there, ints left as they are."""
-    batch = _collate(sequences, pad_id, packed)
+    """Stack tokenized sequences into one micro-batch of tensors on `device` (ints left as they are), padded
+    (the default; every attention implementation) or packed (`_packed`). Both carry num_sequences = S, and
+    per-sequence log-probs are identical in the two layouts. An SFT micro-batch is `collate(examples)`."""
+    batch = _packed(sequences) if packed else _padded(sequences, pad_id)
     return batch if device is None else {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
-def _collate(sequences: list[dict], pad_id: int, packed: bool = False) -> dict:
-    """Stack tokenized sequences into one micro-batch of tensors.
-
-    padded (default; works with every attention implementation):
-        input_ids, labels, attention_mask [S, T_max] (right padding, labels IGNORE_INDEX on pads)
-    packed (padding-free: all sequences in one row, positions restart per sequence):
-        input_ids, labels, position_ids [1, sum T]; seq_index [sum T] (which sequence owns each
-        token); cu_seqlens [S + 1] (int32 offsets) and max_length (int), flash-attn varlen's
-        sequence boundaries. Attention must not cross sequences: flash-attn reads the boundaries,
-        otherwise the forward runs each sequence alone.
-    Both carry num_sequences = S; per-sequence log-probs are identical in the two layouts.
-    An SFT micro-batch is `collate(examples)`: sequence i is examples[i].
-    """
-    if packed:
-        input_ids = torch.tensor([t for s in sequences for t in s["input_ids"]]).unsqueeze(0)
-        labels = torch.tensor([t for s in sequences for t in s["labels"]]).unsqueeze(0)
-        position_ids = torch.cat([torch.arange(len(s["input_ids"])) for s in sequences]).unsqueeze(0)
-        seq_index = torch.cat([torch.full((len(s["input_ids"]),), i) for i, s in enumerate(sequences)])
-        # The first token of a sequence would be "predicted" by the previous sequence's last token.
-        labels[0, position_ids[0] == 0] = IGNORE_INDEX
-        # flash-attn varlen's boundaries, built here once: from position_ids alone transformers would
-        # rebuild them, with a device sync, in every layer's forward and recompute.
-        lengths = [len(s["input_ids"]) for s in sequences]
-        cu_seqlens = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)  # [S + 1]
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-                "seq_index": seq_index, "num_sequences": len(sequences),
-                "cu_seqlens": cu_seqlens, "max_length": max(lengths)}
+def _padded(sequences: list[dict], pad_id: int) -> dict:
+    """input_ids, labels, attention_mask [S, T_max]: right padding, labels IGNORE_INDEX on pads."""
     longest = max(len(s["input_ids"]) for s in sequences)
     input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     labels = torch.full((len(sequences), longest), IGNORE_INDEX, dtype=torch.long)
@@ -472,6 +491,26 @@ def _collate(sequences: list[dict], pad_id: int, packed: bool = False) -> dict:
         attention_mask[i, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
             "num_sequences": len(sequences)}
+
+
+def _packed(sequences: list[dict]) -> dict:
+    """Padding-free: all sequences in one row, positions restart per sequence. input_ids, labels,
+    position_ids [1, sum T]; seq_index [sum T] (which sequence owns each token); cu_seqlens [S + 1] (int32
+    offsets) and max_length (int), flash-attn varlen's boundaries. Attention must not cross sequences:
+    flash-attn reads the boundaries, otherwise the forward runs each sequence alone."""
+    input_ids = torch.tensor([t for s in sequences for t in s["input_ids"]]).unsqueeze(0)
+    labels = torch.tensor([t for s in sequences for t in s["labels"]]).unsqueeze(0)
+    position_ids = torch.cat([torch.arange(len(s["input_ids"])) for s in sequences]).unsqueeze(0)
+    seq_index = torch.cat([torch.full((len(s["input_ids"]),), i) for i, s in enumerate(sequences)])
+    # The first token of a sequence would be "predicted" by the previous sequence's last token.
+    labels[0, position_ids[0] == 0] = IGNORE_INDEX
+    # flash-attn varlen's boundaries, built here once: from position_ids alone transformers would
+    # rebuild them, with a device sync, in every layer's forward and recompute.
+    lengths = [len(s["input_ids"]) for s in sequences]
+    cu_seqlens = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)  # [S + 1]
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+            "seq_index": seq_index, "num_sequences": len(sequences),
+            "cu_seqlens": cu_seqlens, "max_length": max(lengths)}
 
 
 def collate_pairs(pairs: list[dict], pad_id: int, packed: bool = False, device=None) -> dict:
@@ -524,17 +563,20 @@ class BatchOrder:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.lengths), generator=generator).tolist()
 
-    def rank_slice(self, epoch: int, step: int, rank: int) -> list[tuple[int, float]]:
-        """This rank's (example, weight) list for the step, padded to global_batch / world_size."""
-        order = self.epoch_order(epoch)
-        members = order[step * self.global_batch:(step + 1) * self.global_batch]
+    def rank_slices(self, epoch: int, step: int) -> list[list[tuple[int, float]]]:
+        """Every rank's (example, weight) list for the step, global_batch / world_size items each."""
+        members = self.epoch_order(epoch)[step * self.global_batch:(step + 1) * self.global_batch]
         if not members:
             raise IndexError(f"step {step} is past the end of epoch {epoch} ({self.steps_per_epoch} steps)")
         padded = [(i, 1.0) for i in members]
         padded += [(members[k % len(members)], 0.0) for k in range(self.global_batch - len(members))]
         if not self.balance:
-            return padded[rank * self.per_rank:(rank + 1) * self.per_rank]
-        return [padded[k] for k in self._balanced_positions(padded)[rank]]
+            return [padded[r * self.per_rank:(r + 1) * self.per_rank] for r in range(self.world_size)]
+        return [[padded[k] for k in positions] for positions in self._balanced_positions(padded)]
+
+    def rank_slice(self, epoch: int, step: int, rank: int) -> list[tuple[int, float]]:
+        """One rank's (example, weight) list for the step."""
+        return self.rank_slices(epoch, step)[rank]
 
     def _balanced_positions(self, items: list[tuple[int, float]]) -> list[list[int]]:
         """Positions of the step's items for each rank, by token cost: longest first, each to the
@@ -548,12 +590,31 @@ class BatchOrder:
             loads[rank] += self.lengths[items[k][0]]
         return slots
 
+    def global_count(self, epoch: int, step: int, cost) -> float:
+        """sum of cost[i] * weight over the step's examples on ALL ranks: the loss's denominator.
+        Every rank computes every rank's share, so this needs no collective; padding weighs 0."""
+        return float(sum(cost[i] * w for items in self.rank_slices(epoch, step) for i, w in items))
+
+    def micro_batches(self, epoch: int, step: int) -> list[list[tuple[int, float]]]:
+        """This rank's micro-batches for the step; as many on every rank (see the class docstring)."""
+        slices = self.rank_slices(epoch, step)
+        if self.max_tokens is not None:
+            return self._token_packs(slices)
+        mine, size = slices[self.rank], self.micro_batch_size
+        return [mine[k:k + size] for k in range(0, len(mine), size)]
+
+    def _token_packs(self, slices: list[list[tuple[int, float]]]) -> list[list[tuple[int, float]]]:
+        """This rank's greedy packs of at most max_tokens tokens (an example longer than that alone is a pack
+        of its own: examples are never cut); every rank packs every rank's slice, to agree on the count."""
+        packs = [self._pack(items) for items in slices]
+        mine, target = packs[self.rank], max(len(p) for p in packs)
+        while len(mine) < target:   # split the largest pack; always possible (count <= per_rank)
+            k = max(range(len(mine)), key=lambda j: (len(mine[j]), -j))
+            half = len(mine[k]) // 2
+            mine[k:k + 1] = [mine[k][:half], mine[k][half:]]
+        return mine
+
     def _pack(self, items: list[tuple[int, float]]) -> list[list[tuple[int, float]]]:
-        """Micro-batches of `micro_batch_size` items, or greedy packs of at most `max_tokens` tokens
-        (an example longer than that alone is a pack of its own: examples are never cut)."""
-        if self.max_tokens is None:
-            size = self.micro_batch_size
-            return [items[k:k + size] for k in range(0, len(items), size)]
         packs, current, used = [], [], 0
         for item in items:
             n = self.lengths[item[0]]
@@ -565,23 +626,6 @@ class BatchOrder:
         packs.append(current)
         return packs
 
-    def global_count(self, epoch: int, step: int, cost) -> float:
-        """sum of cost[i] * weight over the step's examples on ALL ranks: the loss's denominator.
-        Every rank computes every rank's share, so this needs no collective; padding weighs 0."""
-        return float(sum(cost[i] * w for r in range(self.world_size) for i, w in self.rank_slice(epoch, step, r)))
-
-    def micro_batches(self, epoch: int, step: int) -> list[list[tuple[int, float]]]:
-        """This rank's micro-batches for the step; as many on every rank (see the class docstring)."""
-        mine = self._pack(self.rank_slice(epoch, step, self.rank))
-        if self.max_tokens is None:
-            return mine
-        # Every rank computes every rank's packing (cheap, deterministic) to agree on the count.
-        target = max(len(self._pack(self.rank_slice(epoch, step, r))) for r in range(self.world_size))
-        while len(mine) < target:   # split the largest pack; always possible (count <= per_rank)
-            k = max(range(len(mine)), key=lambda j: (len(mine[j]), -j))
-            half = len(mine[k]) // 2
-            mine[k:k + 1] = [mine[k][:half], mine[k][half:]]
-        return mine
 
 # -----------------------------------------------------------------------------
 # command line

@@ -4,7 +4,8 @@
     python token_cache.py --data pairs.jsonl --model runs/sft/final --kind pairs    # build before a long run
 
 A token costs 4 bytes, once per machine (memory-mapped, so the ranks of a node share the page cache),
-and labels are not stored: they are the ids with the prompt masked. The cache lives in
+and labels are not stored: they are the ids with the prompt masked (data.TokenizedExamples reads the
+files back as example dicts; this module builds and finds them). The cache lives in
 DATA.tokenized/KEY/, KEY a hash of everything tokenization depends on (data bytes, tokenizer, chat
 template, kind, max length, --system-prompt), so a stale cache is never read and a torn one is rebuilt.
 Ranks build it together (rank r tokenizes examples r, r+W, ...; rank 0 merges and publishes it with one
@@ -21,13 +22,12 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import torch.distributed as dist
 
 from cli import InputError
-from data import load_pairs, load_sft_examples, tokenize_example
+from data import TokenizedExamples, load_pairs, load_sft_examples, tokenize_example
 from redi_loss import IGNORE_INDEX
 from run_safety import raise_on_every_rank
 
@@ -36,40 +36,6 @@ KINDS = ("sft", "pairs")
 POLL_S = 2.0            # how often a job waiting for another job's build looks again
 WAIT_S = 3600.0         # then it builds too: a lock can outlive its holder (a crashed NFS client)
 STALE_S = 24 * 3600.0   # a temp dir untouched this long is a killed job's, and is removed
-
-
-class TokenizedExamples(Sequence):
-    """The cached examples, read-only; item i is the dict data.tokenize_sft / tokenize_pairs would give.
-
-    `lengths` [N] (tokens per example; a pair's chosen + rejected) and `supervised` [N] (tokens
-    with a label after position 0: an SFT response, a pair's chosen trace) come as arrays, so no
-    pass over the tokens is needed to build the sampler or the loss normalisers."""
-
-    def __init__(self, directory: str, kind: str):
-        self.directory, self.kind = directory, kind
-        self.tokens = np.memmap(os.path.join(directory, "tokens.bin"), dtype=np.int32, mode="r")
-        self.index = np.load(os.path.join(directory, "index.npy"))
-        with open(os.path.join(directory, "ids.json"), encoding="utf-8") as f:
-            self.ids = json.load(f)
-        per = 2 if kind == "pairs" else 1
-        lengths, prompts = self.index[:, 1], self.index[:, 2]
-        self.lengths = lengths.reshape(-1, per).sum(1)
-        self.supervised = (lengths - np.maximum(prompts, 1))[::per]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def _sequence(self, s: int) -> dict:
-        offset, length, prompt = (int(v) for v in self.index[s])
-        ids = self.tokens[offset:offset + length].tolist()
-        return {"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]}
-
-    def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        if self.kind == "sft":
-            return {"id": self.ids[i], **self._sequence(i)}
-        return {"id": self.ids[i], "chosen": self._sequence(2 * i), "rejected": self._sequence(2 * i + 1)}
 
 
 # -----------------------------------------------------------------------------

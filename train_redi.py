@@ -33,7 +33,7 @@ import run_safety
 import token_cache
 import training
 from cli import exit_on_input_error, read_jsonl, run_then_exit
-from data import collate_pairs, describe_first_example, example_tokens
+from data import collate_pairs, describe_first_example
 from dpo_reference import build_reference
 from redi_loss import LOSSES, sft_loss
 from training import print0
@@ -104,40 +104,31 @@ def micro_batch_loss(args, per_pair: dict, weights, denominator: float):
 
 
 # -----------------------------------------------------------------------------
-# metrics of a step of pairs
+# metrics of a step of pairs: per-pair values, summed over the step's pairs on all ranks, logged as means
 
-# Per-rank sums accumulated over the micro-batches, all-reduced once per step.
-PAIR_STATS = ("loss", "tokens", "pairs", "chosen", "rejected", "margin", "accuracy",
-              "reward_chosen", "reward_rejected", "reward_accuracy")
+LOGPS_METRICS = ("logps/chosen", "logps/rejected", "logps/margin", "logps/accuracy")
+REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy")     # DPO's implicit rewards
 
 
-def pair_stats(loss, per_pair, weights, batch_pairs, args):
-    """[len(PAIR_STATS)] float64: this micro-batch's weighted sums behind the step's metrics."""
-    chosen = (per_pair["chosen_logps"] / per_pair["chosen_lengths"]).detach()               # LogPS [B]
+def pair_values(per_pair: dict, beta: float) -> dict:
+    """{metric: [n]}: each pair's LogPS (log p(y|x) / |y|) of both traces, their margin and whether chosen is
+    ahead; with a reference (DPO) also the implicit rewards beta * (log p - log p_ref) and their ordering."""
+    chosen = (per_pair["chosen_logps"] / per_pair["chosen_lengths"]).detach()
     rejected = (per_pair["rejected_logps"] / per_pair["rejected_lengths"]).detach()
+    values = dict(zip(LOGPS_METRICS, (chosen, rejected, chosen - rejected, (chosen > rejected).float())))
     if "ref_chosen_logps" in per_pair:
-        reward_chosen = args.beta * (per_pair["chosen_logps"] - per_pair["ref_chosen_logps"]).detach()
-        reward_rejected = args.beta * (per_pair["rejected_logps"] - per_pair["ref_rejected_logps"]).detach()
-    else:
-        reward_chosen = reward_rejected = torch.zeros_like(chosen)
-    tokens = sum(example_tokens(p) for p, w in zip(batch_pairs, weights.tolist()) if w > 0)
-    columns = [loss.detach().reshape(1), torch.tensor([tokens], device=weights.device), weights.sum().reshape(1)]
-    for values in (chosen, rejected, chosen - rejected, (chosen > rejected).float(),
-                   reward_chosen, reward_rejected, (reward_chosen > reward_rejected).float()):      # [B] each
-        columns.append((values * weights).sum().reshape(1))
-    return torch.cat([c.double() for c in columns])
+        reward_chosen = beta * (per_pair["chosen_logps"] - per_pair["ref_chosen_logps"]).detach()
+        reward_rejected = beta * (per_pair["rejected_logps"] - per_pair["ref_rejected_logps"]).detach()
+        values.update(zip(REWARD_METRICS, (reward_chosen, reward_rejected, (reward_chosen > reward_rejected).float())))
+    return values
 
 
-def pair_metrics(sums: dict, args) -> dict:
-    """The step's logged pair metrics (module docstring) from the all-reduced sums."""
+def pair_means(sums: dict) -> dict:
+    """The step's logged pair metrics: each value's mean over the step's pairs (padding items weigh 0)."""
     pairs = max(sums["pairs"], 1.0)
-    out = {"logps/chosen": sums["chosen"] / pairs, "logps/rejected": sums["rejected"] / pairs,
-           "logps/margin": sums["margin"] / pairs, "logps/accuracy": sums["accuracy"] / pairs,
-           "data/pairs": int(sums["pairs"])}
-    if args.loss == "dpo":
-        out.update({"rewards/chosen": sums["reward_chosen"] / pairs, "rewards/rejected": sums["reward_rejected"] / pairs,
-                    "rewards/accuracy": sums["reward_accuracy"] / pairs})
-    return out
+    logps = {name: sums[name] / pairs for name in LOGPS_METRICS}
+    rewards = {name: sums[name] / pairs for name in REWARD_METRICS if name in sums}
+    return {**logps, "data/pairs": int(sums["pairs"]), **rewards}
 
 
 class CollapseMonitor:
@@ -187,6 +178,8 @@ def train(args, setup: training.Setup, pairs, batch_order, reference=None, state
     collapse = CollapseMonitor(args.collapse_threshold, args.collapse_window, first_logged_logps(args) if step else None)
     # what a step's loss is a mean over: its pairs, or for the SFT control its chosen tokens ([N] each)
     per_pair_count = pairs.supervised if args.loss == "sft" else [1.0] * len(pairs)
+    # the step's sums, all-reduced once: loss, tokens, pairs, then each pair metric weighted by its pair
+    stat_names = ["loss", "tokens", "pairs", *LOGPS_METRICS, *(REWARD_METRICS if reference is not None else ())]
     print0(f"training: {total_steps} steps of {args.global_batch_size} pairs = {dist.get_world_size()} ranks x "
            f"{batch_order.per_rank}, {len(batch_order.micro_batches(0, 0))} micro-batches per step")
     try:
@@ -200,7 +193,7 @@ def train(args, setup: training.Setup, pairs, batch_order, reference=None, state
             # each rank divides its sum by that global count and FSDP SUMS the gradients (load_model), so
             # a step is the same for any world size and accumulation (tests/test_train.py checks it).
             denominator = batch_order.global_count(epoch, step_in_epoch, per_pair_count)
-            local_stats = torch.zeros(len(PAIR_STATS) + 1, dtype=torch.float64, device=device)
+            local_stats = torch.zeros(len(stat_names) + 1, dtype=torch.float64, device=device)
             for items in batch_order.micro_batches(epoch, step_in_epoch):
                 batch_pairs = [pairs[i] for i, _ in items]
                 n = len(batch_pairs)
@@ -213,7 +206,10 @@ def train(args, setup: training.Setup, pairs, batch_order, reference=None, state
                     per_pair["ref_chosen_logps"], per_pair["ref_rejected_logps"] = reference(batch, batch_pairs)
                 loss = micro_batch_loss(args, per_pair, weights, denominator)
                 loss.backward()
-                local_stats[:-1] += pair_stats(loss, per_pair, weights, batch_pairs, args)
+                tokens = sum(int(pairs.lengths[i]) for i, w in items if w > 0)        # all, prompts included
+                columns = [loss.detach(), torch.tensor(tokens, device=device), weights.sum(),
+                           *[(value * weights).sum() for value in pair_values(per_pair, args.beta).values()]]
+                local_stats[:-1] += torch.stack([c.double() for c in columns])       # as stat_names
             # Clip, then ONE all-reduce of the step's sums: every rank gets the same numbers, so a NaN/inf
             # on any rank (in the loss or the global grad norm) and a stop signal that reached any rank
             # (the last slot) are agreed without another collective. (Not the only host sync: each
@@ -223,12 +219,12 @@ def train(args, setup: training.Setup, pairs, batch_order, reference=None, state
             local_stats[-1] = float(stop_signals.received is not None)
             dist.all_reduce(local_stats)
             values = torch.cat([local_stats, grad_norm.reshape(1).to(local_stats)]).tolist()
-            stats = dict(zip([*PAIR_STATS, "stop_requests", "grad_norm"], values))
+            stats = dict(zip([*stat_names, "stop_requests", "grad_norm"], values))
             if math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"]):
                 before = [p.clone() for p in training.local_shards(model)]     # for the update's norm
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                fields = {"optim/update_norm": training.update_norm(before, model), **pair_metrics(stats, args)}
+                fields = {"optim/update_norm": training.update_norm(before, model), **pair_means(stats)}
                 fields["logps/collapse_warning"] = collapse.check(step + 1, fields["logps/chosen"],
                                                                   fields["logps/rejected"])
             else:   # a NaN/inf on some rank: every rank agrees (one all-reduce) and none updates

@@ -214,27 +214,13 @@ class LogpsModel(torch.nn.Module):
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None, seq_index=None,
                 num_sequences=None, cu_seqlens=None, max_length=None):
-        decoder = self.lm.get_decoder()
-        if seq_index is None:
-            hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state              # [S, T, H]
-        elif self.lm.config._attn_implementation.startswith("flash_attention"):
-            # The boundaries go down to every layer as they are: no per-layer rebuild from position_ids.
-            hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                             cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens,
-                             max_length_q=max_length, max_length_k=max_length).last_hidden_state
+        if seq_index is None:                 # padded rows: causal attention, no mask (class docstring)
+            hidden = self.lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state    # [S, T, H]
         else:
-            # FSDP all-gathers every layer in each decoder call (and again in its backward), so every
-            # rank must make as many calls as the rank with the most sequences in this micro-batch, or
-            # the ranks' collectives mispair and hang. The extra calls run one token and add exactly 0.
-            extra_calls = self.calls_to_match(num_sequences, input_ids.device)
-            lengths = torch.bincount(seq_index, minlength=num_sequences).tolist()
-            hidden = torch.cat([decoder(input_ids=part[None], use_cache=False).last_hidden_state[0]
-                                for part in input_ids[0].split(lengths)])[None]                 # [1, T, H]
-            for _ in range(extra_calls):
-                hidden = hidden + 0.0 * decoder(input_ids=input_ids[:, :1], use_cache=False).last_hidden_state.sum()
+            hidden = self.packed_hidden(input_ids, position_ids, seq_index, num_sequences, cu_seqlens, max_length)
         weight = self.lm.get_output_embeddings().weight
         per_token = token_logps_from_hidden(hidden, weight, labels, IGNORE_INDEX, self.chunk_size,
-                                            self.logit_scale, self.softcap)                          # [B, T]
+                                            self.logit_scale, self.softcap)                          # [S, T]
         valid = labels != IGNORE_INDEX
         valid[:, 0] = False                   # position 0 has no prediction
         if seq_index is None:                 # padded layout: one sequence per row
@@ -244,6 +230,25 @@ class LogpsModel(torch.nn.Module):
         counts = torch.zeros(num_sequences, dtype=torch.long, device=labels.device).index_add(
             0, seq_index, valid[0].long())
         return sums, counts
+
+    def packed_hidden(self, input_ids, position_ids, seq_index, num_sequences, cu_seqlens, max_length):
+        """The decoder's hidden states [1, T, H] of a packed row, attention kept within each sequence."""
+        decoder = self.lm.get_decoder()
+        if self.lm.config._attn_implementation.startswith("flash_attention"):
+            # The boundaries go down to every layer as they are: no per-layer rebuild from position_ids.
+            return decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                           cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens,
+                           max_length_q=max_length, max_length_k=max_length).last_hidden_state
+        # FSDP all-gathers every layer in each decoder call (and again in its backward), so every
+        # rank must make as many calls as the rank with the most sequences in this micro-batch, or
+        # the ranks' collectives mispair and hang. The extra calls run one token and add exactly 0.
+        extra_calls = self.calls_to_match(num_sequences, input_ids.device)
+        lengths = torch.bincount(seq_index, minlength=num_sequences).tolist()
+        hidden = torch.cat([decoder(input_ids=part[None], use_cache=False).last_hidden_state[0]
+                            for part in input_ids[0].split(lengths)])[None]                 # [1, T, H]
+        for _ in range(extra_calls):
+            hidden = hidden + 0.0 * decoder(input_ids=input_ids[:, :1], use_cache=False).last_hidden_state.sum()
+        return hidden
 
     @staticmethod
     def calls_to_match(num_sequences: int, device) -> int:

@@ -3,7 +3,7 @@
     python bench/bench_trl.py --trl-python /work/trl-venv/bin/python [--repeats 5] [--json out.json]
 
 The setup (built here, offline): a random Qwen2 (hidden 256, 4 layers, MLP 1024, 4 heads, 2 KV heads,
-tied embeddings, 3.94M non-embedding parameters) with a byte-level BPE (tiny_model.py, asked for 512
+tied embeddings, 3.94M non-embedding parameters) with a byte-level BPE (toy/tiny_model.py, asked for 512
 tokens, 478 learnt from this corpus), and
 64 synthetic pairs whose chosen and rejected responses have 131-514 tokens each (drawn independently).
 Every run: fp32, one process, 16 optimizer steps of 4 pairs (micro-batch 1 x accumulation 4; our flags
@@ -98,7 +98,7 @@ def response(tokenizer, prompt, words: list[str], target: int, answer: int) -> t
 
 def build_setup(work: str, seed: int = 0) -> dict:
     """Model dir + our pairs/SFT files + TRL's SFT file; returns their paths and the data's lengths."""
-    import tiny_model
+    from toy import tiny_model
 
     rng = random.Random(seed)
     corpus = [" ".join(sentence(rng) for _ in range(40)) for _ in range(200)]
