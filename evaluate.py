@@ -110,7 +110,7 @@ def _benchmark_metrics(recs, n, answers_per_second):
 
 
 def summarize(records, n, answers_per_second=None):
-    """{benchmark: metrics} from graded records (see the module docstring for the keys).
+    """{benchmark: metrics} from graded records (the keys: docs/evaluation.md, "Outputs").
 
     records: dicts with benchmark, id, sample, correct (and, if known, num_tokens, finish_reason,
     text, timed_out, grading_error). n: samples per problem (an int, or {benchmark: int}); samples
@@ -631,8 +631,8 @@ def _response_row(row, path, lineno):
 
 
 def read_responses(path, benchmarks):
-    """(records, skipped) from a --responses file (format in the module docstring); golds from the
-    line's "gold" or from the loaded benchmarks by id. skipped: {RESPONSE_SKIPS name: [line, ...]}.
+    """(records, skipped) from a --responses file (format: docs/evaluation.md, "--responses FILE format");
+    golds from the line's "gold" or from the loaded benchmarks by id. skipped: {RESPONSE_SKIPS name: [line, ...]}.
     A bad row, or a file without rows, is an InputError naming the file (and line and field)."""
 
     lookup = {(name, p["id"]): p for name, ps in benchmarks for p in ps}

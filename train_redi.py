@@ -132,7 +132,7 @@ def pair_means(sums: dict) -> dict:
 
 
 class CollapseMonitor:
-    """The collapse check (module docstring): both windowed LogPS far below the first step's."""
+    """The collapse check (docs/training.md, "Collapse warning"): both windowed LogPS far below the first step's."""
 
     def __init__(self, threshold: float, window: int, start=None):
         self.threshold, self.window, self.start = threshold, window, start

@@ -144,7 +144,7 @@ def load(path, dtype, tensor_parallel_size, seed):
     from vllm.platforms import current_platform
 
     settings = {"dtype": VLLM_DTYPES[dtype]}
-    if current_platform.is_cpu():  # why: the module docstring, "Settings"
+    if current_platform.is_cpu():  # why: docs/evaluation.md, "The vLLM engine", Settings
         settings = {"dtype": "float32" if dtype == "auto" else VLLM_DTYPES[dtype], "enable_chunked_prefill": False}
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
     watchdog = start_watchdog()
