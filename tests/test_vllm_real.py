@@ -55,6 +55,13 @@ def read_records(out):
     return [json.loads(line) for path in paths if path.is_file() for line in open(path, encoding="utf-8")]
 
 
+def ctrl_c_reaches_it():
+    """In the child, before exec: SIGINT back to its default. A shell starts a background job (`pytest ... &`,
+    nohup, a CI step's `&`) with SIGINT ignored, the child inherits that, Python keeps it ignored, and the
+    test's Ctrl-C would be swallowed: the run then ends normally with every sample (seen 2026-12-07)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Run:
     """One `python evaluate.py ...` (or `launcher` evaluate.py ..., e.g. torchrun) in a subprocess with its
     descendants listed every 0.1 s; `interrupt=(sig, ready)` sends `sig` to that process alone (evaluate.py,
@@ -67,7 +74,8 @@ class Run:
         # Output to a file, not a pipe: an orphaned engine process would hold a pipe open (and a reader waiting).
         self.log_path = out.parent / f"{out.name}.{len(list(out.parent.glob(out.name + '.*.log')))}.log"
         with open(self.log_path, "w") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    preexec_fn=ctrl_c_reaches_it)
             while proc.poll() is None and time.monotonic() - started < 600:
                 try:
                     for child in psutil.Process(proc.pid).children(recursive=True):
