@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from cli import InputError, data_error, describe, exit_on_input_error, read_jsonl
 from redi_loss import IGNORE_INDEX   # one value for data and losses: labels the loss skips
@@ -480,15 +481,11 @@ def collate(sequences: list[dict], pad_id: int, packed: bool = False, device=Non
 
 def _padded(sequences: list[dict], pad_id: int) -> dict:
     """input_ids, labels, attention_mask [S, T_max]: right padding, labels IGNORE_INDEX on pads."""
-    longest = max(len(s["input_ids"]) for s in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    labels = torch.full((len(sequences), longest), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        n = len(s["input_ids"])
-        input_ids[i, :n] = torch.tensor(s["input_ids"])
-        labels[i, :n] = torch.tensor(s["labels"])
-        attention_mask[i, :n] = 1
+    def pad(key, value):
+        return pad_sequence([torch.tensor(s[key]) for s in sequences], batch_first=True, padding_value=value)
+    input_ids, labels = pad("input_ids", pad_id), pad("labels", IGNORE_INDEX)
+    lengths = torch.tensor([len(s["input_ids"]) for s in sequences])
+    attention_mask = (torch.arange(input_ids.shape[1]) < lengths.unsqueeze(1)).long()
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
             "num_sequences": len(sequences)}
 
@@ -579,9 +576,8 @@ class BatchOrder:
         return self.rank_slices(epoch, step)[rank]
 
     def _balanced_positions(self, items: list[tuple[int, float]]) -> list[list[int]]:
-        """Positions of the step's items for each rank, by token cost: longest first, each to the
-        least-loaded rank that still has room (per_rank items each; ties to the lower rank and the
-        earlier item). A pure function of the step's items, so resume stays exact."""
+        """Positions of the step's items per rank: longest first, each to the least-loaded rank with room
+        (ties to the lower rank and the earlier item); a pure function of the items, so resume stays exact."""
         loads, slots = [0] * self.world_size, [[] for _ in range(self.world_size)]
         for k in sorted(range(len(items)), key=lambda k: (-self.lengths[items[k][0]], k)):
             rank = min((r for r in range(self.world_size) if len(slots[r]) < self.per_rank),

@@ -64,9 +64,8 @@ _MM_OUT_DTYPE = True   # torch.mm(out_dtype=) is used on CUDA until it raises on
 
 
 def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b with an fp32 result. bf16/fp16 operands are multiplied with fp32 accumulation and NOT
-    rounded to bf16 on the way out: rounding logits of 16-32 to bf16 costs up to ~0.06 nats per token
-    (the error TRL's bf16 path makes). CUDA: torch.mm(out_dtype=fp32); elsewhere: upcast first."""
+    """a @ b in fp32 accumulation and NOT rounded to bf16 on the way out (bf16 logits of 16-32 cost up to ~0.06
+    nats per token: TRL's bf16 path). CUDA: torch.mm(out_dtype=fp32); elsewhere: upcast first."""
     global _MM_OUT_DTYPE
     if a.dtype == torch.float32 and b.dtype == torch.float32:
         return a @ b
@@ -88,19 +87,12 @@ def _apply_head(raw: torch.Tensor, logit_scale: float, softcap: float | None) ->
 
 
 class _LogpsFromHidden(torch.autograd.Function):
-    """log p(target) from hidden rows [N, H] and the output embedding [V, H] -> [N] fp32, with the
-    family's head (logits = softcap(logit_scale * h @ W.T)), formed `chunk_size` rows at a time and
-    holding ONE fp32 [C, V] block at a time (two in backward when soft-capped).
-
-    Autograd's own graph for `log_softmax(h @ W.T)` (even recomputed under checkpoint) keeps four
-    [C, V] tensors alive in backward (the logits, their shift, its exp and the scaled gradient;
-    measured by bench/bench_vocab.py). Here the backward is written out: with p = softmax(logits),
-    d log p(t) / d logits = onehot(t) - p, so the upstream grad g [C] gives the logits' gradient
-    G = g * (onehot - p), built in place in the recomputed logits' buffer, then chained through the
-    head (times (1 - tanh^2) when soft-capped, times logit_scale); dh = G @ W, dW = sum of G.T @ h
-    over the chunks, summed in fp32 and cast to W's dtype once (bf16 sums over ~32 chunks would
-    round away small contributions; the fp32 [V, H] sum is 0.93 GB at Qwen2.5-1.5B's sizes, alive only
-    during this backward). Only h, W (references, not copies), the targets and the logsumexp [N] are saved.
+    """log p(target) from hidden rows [N, H] and the output embedding [V, H] -> [N] fp32, `chunk_size` rows
+    at a time, holding ONE fp32 [C, V] block at a time (two in backward when soft-capped). Autograd's graph
+    for log_softmax(h @ W.T) keeps four [C, V] tensors in backward (bench/bench_vocab.py), so the backward
+    is written out: d log p(t) / d logits = onehot(t) - p, G = g * (onehot - p) built in the rebuilt logits'
+    buffer, chained through the head; dh = G @ W, dW = sum over chunks of G.T @ h, in fp32 and cast once
+    (bf16 sums over ~32 chunks would round small terms away). Saved: h, W, the targets and logsumexp [N].
     """
 
     @staticmethod
@@ -123,8 +115,7 @@ class _LogpsFromHidden(torch.autograd.Function):
         rows, weight, targets, lse = ctx.saved_tensors
         chunk_size, scale, cap = ctx.chunk_size, ctx.logit_scale, ctx.softcap
         grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-            if ctx.needs_input_grad[1] else None
+        grad_weight = weight.new_zeros(weight.shape, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         for s in range(0, len(rows), chunk_size):
             h, t, g = rows[s:s + chunk_size], targets[s:s + chunk_size], grad[s:s + chunk_size]
             head = _apply_head(_mm_fp32(h, weight.t()), scale, cap)          # [C, V], rebuilt
@@ -138,9 +129,7 @@ class _LogpsFromHidden(torch.autograd.Function):
                 grad_rows[s:s + chunk_size] = _mm_fp32(G.to(weight.dtype), weight).to(rows.dtype)
             if grad_weight is not None:
                 grad_weight += _mm_fp32(G.to(rows.dtype).t(), h)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        return grad_rows, grad_weight, None, None, None, None
+        return grad_rows, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
 
 
 def _check_shapes(rows: torch.Tensor, labels: torch.Tensor) -> None:
@@ -190,17 +179,11 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 
 def token_logps_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
                             ignore_index: int = IGNORE_INDEX, chunk_size: int = 1024, logit_scale: float = 1.0,
                             softcap: float | None = None) -> torch.Tensor:
-    """Memory-lean `token_logps` from final hidden states [B, T, H] and `lm_head.weight` [V, H].
-
-    Only the supervised positions are gathered ([N, H], N = number of non-ignored labels; prompt
-    and padding cost nothing), and their logits are formed `chunk_size` positions at a time and
-    rebuilt in backward (_LogpsFromHidden, a written-out backward), so the full [T, V] logits never
-    exist, forward or backward: peak extra memory is one chunk_size x V fp32 block
-    (1024 x 151,936 x 4 = 0.6 GB) instead of T x V x 4 per sequence.
-    The logits are the family's: softcap(logit_scale * hidden @ lm_head_weight.T), where
-    softcap(z) = cap * tanh(z / cap) when `softcap` is set. Qwen2/2.5, Llama, Mistral: scale 1, no cap;
-    Granite: scale 1 / logits_scaling; Cohere: logit_scale; Gemma2/3: final_logit_softcapping.
-    A head with a bias is not covered. Gradients flow to both hidden and weight.
+    """Memory-lean `token_logps` from final hidden states [B, T, H] and `lm_head.weight` [V, H]: only the
+    supervised positions' logits are formed, `chunk_size` at a time, and rebuilt in backward, so peak extra
+    memory is one chunk_size x V fp32 block (1024 x 151,936 x 4 = 0.6 GB), not T x V x 4 per sequence.
+    logits = softcap(logit_scale * hidden @ W.T), softcap(z) = cap * tanh(z / cap): Qwen2/2.5, Llama,
+    Mistral scale 1, no cap; Granite 1 / logits_scaling; Cohere logit_scale; Gemma2/3 a cap. No head bias.
     """
     _check_shapes(hidden, labels)
     batch, length = labels.shape

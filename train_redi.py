@@ -22,7 +22,6 @@ Launch:
 """
 from __future__ import annotations
 
-import inspect
 import math
 import os
 
@@ -35,7 +34,7 @@ import training
 from cli import exit_on_input_error, read_jsonl, run_then_exit
 from data import collate_pairs, describe_first_example
 from dpo_reference import build_reference
-from redi_loss import LOSSES, sft_loss
+from redi_loss import LOSSES, dpo_loss, redi_loss, sft_loss, simpo_loss
 from training import print0
 
 # The paper's tuned settings for Qwen2.5-Math-1.5B, per --loss; a flag left unset takes these.
@@ -94,13 +93,19 @@ def loss_hyperparameters(args) -> dict:
 
 def micro_batch_loss(args, per_pair: dict, weights, denominator: float):
     """This micro-batch's share of the step's --loss: its pairs' losses (padding weighs 0) divided by the
-    step's global count (pairs; the SFT control: chosen tokens), so the step's sum is the step's mean.
-    `per_pair`: the statistics redi_loss's losses are named after ([n] each)."""
-    loss_fn = LOSSES[args.loss]
-    if loss_fn is sft_loss:        # the control: Eq. (1) on the chosen traces, a token mean over the step
-        return sft_loss(per_pair["chosen_logps"] * weights, per_pair["chosen_lengths"], total_length=denominator)
-    inputs = {name: per_pair[name] for name in inspect.signature(loss_fn).parameters if name in per_pair}
-    return (loss_fn(**inputs, **loss_hyperparameters(args)) * weights).sum() / denominator      # [n] -> scalar
+    step's global count (pairs; the SFT control: chosen tokens), so the step's sum is the step's mean."""
+    chosen, chosen_len = per_pair["chosen_logps"], per_pair["chosen_lengths"]            # [n] each
+    rejected, rejected_len = per_pair["rejected_logps"], per_pair["rejected_lengths"]
+    if args.loss == "sft":      # the control: Eq. (1) on the chosen traces, a token mean over the step
+        return sft_loss(chosen * weights, chosen_len, total_length=denominator)
+    if args.loss == "redi":
+        losses = redi_loss(chosen, chosen_len, rejected, rejected_len, alpha=args.alpha)
+    elif args.loss == "dpo":
+        ref_chosen, ref_rejected = per_pair["ref_chosen_logps"], per_pair["ref_rejected_logps"]
+        losses = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=args.beta)
+    else:
+        losses = simpo_loss(chosen, chosen_len, rejected, rejected_len, beta=args.beta, gamma=args.gamma)
+    return (losses * weights).sum() / denominator                                        # [n] -> scalar
 
 
 # -----------------------------------------------------------------------------
@@ -139,17 +144,15 @@ class CollapseMonitor:
         self.history, self.warned = [], False
 
     def check(self, step: int, chosen: float, rejected: float) -> bool:
-        if self.start is None:
-            self.start = (chosen, rejected)
+        self.start = self.start or (chosen, rejected)
         self.history = (self.history + [(chosen, rejected)])[-self.window:]
-        mean_chosen = sum(c for c, _ in self.history) / len(self.history)
-        mean_rejected = sum(r for _, r in self.history) / len(self.history)
-        collapsed = (mean_chosen < self.start[0] - self.threshold and mean_rejected < self.start[1] - self.threshold)
+        means = [sum(values) / len(self.history) for values in zip(*self.history)]      # chosen, rejected
+        collapsed = all(mean < start - self.threshold for mean, start in zip(means, self.start))
         if collapsed and not self.warned:
             self.warned = True
-            print0(f"WARNING step {step}: chosen and rejected LogPS both fell more than {self.threshold} "
-                   f"nats/token below their start ({self.start[0]:.3f} -> {mean_chosen:.3f}, {self.start[1]:.3f} -> "
-                   f"{mean_rejected:.3f}): likely collapse; lower --lr or --alpha")
+            print0(f"WARNING step {step}: chosen and rejected LogPS both fell more than {self.threshold} nats/token below"
+                   f" their start ({self.start[0]:.3f}, {self.start[1]:.3f} -> {means[0]:.3f}, {means[1]:.3f}): likely "
+                   f"collapse; lower --lr or --alpha")
         return collapsed
 
 
@@ -171,9 +174,8 @@ def train(args, setup: training.Setup, pairs, batch_order, reference=None, state
     model, optimizer, device, pad_id = setup.model, setup.optimizer, setup.device, setup.tokenizer.pad_token_id
     total_steps = training.total_training_steps(args, batch_order.steps_per_epoch)
     step = state["step"] if state else 0
-    clock = training.StepClock(state)
-    metrics = training.Metrics(args, setup, total_steps, step, clock)   # repairs metrics.jsonl first
-    checkpoints = training.Checkpoints(args, setup, total_steps, clock)
+    metrics = training.Metrics(args, setup, total_steps, step, state)   # repairs metrics.jsonl first
+    checkpoints = training.Checkpoints(args, setup, total_steps, metrics.elapsed)
     stop_signals = run_safety.StopSignals()
     collapse = CollapseMonitor(args.collapse_threshold, args.collapse_window, first_logged_logps(args) if step else None)
     # what a step's loss is a mean over: its pairs, or for the SFT control its chosen tokens ([N] each)
@@ -184,7 +186,7 @@ def train(args, setup: training.Setup, pairs, batch_order, reference=None, state
            f"{batch_order.per_rank}, {len(batch_order.micro_batches(0, 0))} micro-batches per step")
     try:
         while step < total_steps:
-            clock.start_step()
+            metrics.start_step()
             epoch, step_in_epoch = divmod(step, batch_order.steps_per_epoch)
             lr = training.lr_at(step, total_steps, args.lr, args.warmup_ratio)
             for group in optimizer.param_groups:
@@ -194,7 +196,9 @@ def train(args, setup: training.Setup, pairs, batch_order, reference=None, state
             # a step is the same for any world size and accumulation (tests/test_train.py checks it).
             denominator = batch_order.global_count(epoch, step_in_epoch, per_pair_count)
             local_stats = torch.zeros(len(stat_names) + 1, dtype=torch.float64, device=device)
-            for items in batch_order.micro_batches(epoch, step_in_epoch):
+            micro_batches = batch_order.micro_batches(epoch, step_in_epoch)
+            for k, items in enumerate(micro_batches):
+                training.sync_gradients(model, last=k == len(micro_batches) - 1)   # one rank: copy once
                 batch_pairs = [pairs[i] for i, _ in items]
                 n = len(batch_pairs)
                 weights = torch.tensor([w for _, w in items], device=device)          # [n]; 0 = padding item
@@ -210,10 +214,8 @@ def train(args, setup: training.Setup, pairs, batch_order, reference=None, state
                 columns = [loss.detach(), torch.tensor(tokens, device=device), weights.sum(),
                            *[(value * weights).sum() for value in pair_values(per_pair, args.beta).values()]]
                 local_stats[:-1] += torch.stack([c.double() for c in columns])       # as stat_names
-            # Clip, then ONE all-reduce of the step's sums: every rank gets the same numbers, so a NaN/inf
-            # on any rank (in the loss or the global grad norm) and a stop signal that reached any rank
-            # (the last slot) are agreed without another collective. (Not the only host sync: each
-            # micro-batch also waits for its supervised positions (nonzero) and the zero-length check.)
+            # Clip, then ONE all-reduce of the step's sums: every rank gets the same numbers, so a NaN/inf on
+            # any rank (loss or global grad norm) and a stop signal on any rank (last slot) are agreed at once.
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             local_stats[-1] = float(stop_signals.received is not None)
@@ -235,12 +237,13 @@ def train(args, setup: training.Setup, pairs, batch_order, reference=None, state
                 fields = {"optim/skipped": True}
             metrics.log_step(step + 1, epoch + (step_in_epoch + 1) / batch_order.steps_per_epoch, lr, stats, fields)
             step += 1
-            checkpoints.save_if_due(step)
+            if checkpoints.is_save_step(step):
+                checkpoints.save(step)
             if stats["stop_requests"] and step < total_steps:     # SIGTERM/SIGUSR1 reached some rank
                 raise run_safety.Preempted(checkpoints.for_stop(step))
     finally:
         metrics.close()
-    print0(f"done: {step} steps of {args.loss} in {clock.elapsed():.1f}s; final model: {args.output_dir}/final")
+    print0(f"done: {step} steps of {args.loss} in {metrics.elapsed():.1f}s; final model: {args.output_dir}/final")
 
 
 # -----------------------------------------------------------------------------

@@ -46,9 +46,8 @@ def train(args, setup: training.Setup, examples, batch_order, state=None):
     model, optimizer, device, pad_id = setup.model, setup.optimizer, setup.device, setup.tokenizer.pad_token_id
     total_steps = training.total_training_steps(args, batch_order.steps_per_epoch)
     step = state["step"] if state else 0
-    clock = training.StepClock(state)
-    metrics = training.Metrics(args, setup, total_steps, step, clock)   # repairs metrics.jsonl first
-    checkpoints = training.Checkpoints(args, setup, total_steps, clock)
+    metrics = training.Metrics(args, setup, total_steps, step, state)   # repairs metrics.jsonl first
+    checkpoints = training.Checkpoints(args, setup, total_steps, metrics.elapsed)
     stop_signals = run_safety.StopSignals()
     response_lengths = examples.supervised                                 # [N] |y|: supervised tokens per example
     print0(f"training: {total_steps} steps ({batch_order.steps_per_epoch} per epoch), global batch "
@@ -56,7 +55,7 @@ def train(args, setup: training.Setup, examples, batch_order, state=None):
            f"micro-batches per step: {len(batch_order.micro_batches(0, 0))}")
     try:
         while step < total_steps:
-            clock.start_step()
+            metrics.start_step()
             epoch, step_in_epoch = divmod(step, batch_order.steps_per_epoch)
             lr = training.lr_at(step, total_steps, args.lr, args.warmup_ratio)
             for group in optimizer.param_groups:
@@ -66,7 +65,9 @@ def train(args, setup: training.Setup, examples, batch_order, state=None):
             # so the step is the same for any world size and accumulation.
             global_length = batch_order.global_count(epoch, step_in_epoch, response_lengths)
             local_stats = torch.zeros(len(SFT_STATS) + 1, dtype=torch.float64, device=device)
-            for items in batch_order.micro_batches(epoch, step_in_epoch):
+            micro_batches = batch_order.micro_batches(epoch, step_in_epoch)
+            for k, items in enumerate(micro_batches):
+                training.sync_gradients(model, last=k == len(micro_batches) - 1)   # one rank: copy once
                 batch = collate([examples[i] for i, _ in items], pad_id, setup.kernels.packed, device)
                 weights = torch.tensor([w for _, w in items], device=device)      # [B]; 0 = padding item
                 logps, lengths = model(**batch)                           # [B] summed log-probs, response lengths
@@ -76,10 +77,8 @@ def train(args, setup: training.Setup, examples, batch_order, state=None):
                 local_stats[:-1] += torch.stack([loss.detach().double(), torch.tensor(tokens, device=device).double(),
                                                  (lengths * weights).sum().double(),
                                                  (logps.detach() * weights).sum().double()])
-            # Clip, then ONE all-reduce of the step's sums: every rank gets the same numbers, so a NaN/inf
-            # on any rank (in the loss or the global grad norm) and a stop signal that reached any rank
-            # (the last slot) are agreed without another collective. (Not the only host sync: each
-            # micro-batch also waits for its supervised positions (nonzero) and the zero-length check.)
+            # Clip, then ONE all-reduce of the step's sums: every rank gets the same numbers, so a NaN/inf on
+            # any rank (loss or global grad norm) and a stop signal on any rank (last slot) are agreed at once.
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             local_stats[-1] = float(stop_signals.received is not None)
@@ -101,12 +100,13 @@ def train(args, setup: training.Setup, examples, batch_order, state=None):
                 fields = {"optim/skipped": True}
             metrics.log_step(step + 1, epoch + (step_in_epoch + 1) / batch_order.steps_per_epoch, lr, stats, fields)
             step += 1
-            checkpoints.save_if_due(step)
+            if checkpoints.is_save_step(step):
+                checkpoints.save(step)
             if stats["stop_requests"] and step < total_steps:     # SIGTERM/SIGUSR1 reached some rank
                 raise run_safety.Preempted(checkpoints.for_stop(step))
     finally:
         metrics.close()
-    print0(f"done: {step} steps in {clock.elapsed():.1f}s; model in {os.path.join(args.output_dir, 'final')}")
+    print0(f"done: {step} steps in {metrics.elapsed():.1f}s; model in {os.path.join(args.output_dir, 'final')}")
 
 
 # -----------------------------------------------------------------------------

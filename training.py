@@ -444,6 +444,8 @@ def load_model(path, args, device, kernels: Kernels | None = None, trainable: bo
         module.set_force_sum_reduction_for_comms(True)    # plain SUM: gloo has no PREMUL_SUM
     if world > 1:
         broadcast_weights(model, full_state, device)
+    elif trainable:     # one rank: keep the gathered parameters from forward to backward (see sync_gradients)
+        model.set_reshard_after_forward(False)
     if not trainable:
         model.eval().requires_grad_(False)
     else:
@@ -459,6 +461,14 @@ def broadcast_weights(model, full_state: dict, device) -> None:
     set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     for buffer in model.buffers():
         dist.broadcast(buffer, src=0)
+
+
+def sync_gradients(model, last: bool) -> None:
+    """One rank: FSDP2's gathers and reduce-scatters are copies, so the step's micro-batches share one gather
+    and reduce-scatter once, at the `last` (bitwise the same step; docs/training.md). More ranks: each does."""
+    if dist.get_world_size() == 1:
+        model.set_requires_gradient_sync(last)
+        model.set_reshard_after_backward(last)
 
 
 def computes_in_bf16(args, device) -> bool:
@@ -561,23 +571,6 @@ def nonfinite_message(step, stats) -> str:
             f"no optimizer step was taken")
 
 
-class StepClock:
-    """Wall time of the current step and of the whole run (carried over a resume)."""
-
-    def __init__(self, state):
-        self.elapsed0 = state.get("elapsed_s", 0.0) if state else 0.0
-        self.run_start = self.step_start = time.time()
-
-    def start_step(self):
-        self.step_start = time.time()
-
-    def step_seconds(self) -> float:
-        return time.time() - self.step_start
-
-    def elapsed(self) -> float:
-        return self.elapsed0 + time.time() - self.run_start
-
-
 # -----------------------------------------------------------------------------
 # checkpoints
 
@@ -658,25 +651,21 @@ def save_config(config, directory) -> None:
 
 
 class Checkpoints:
-    """This run's checkpoints: save(step) on demand; save_if_due(step) every --save-every steps and the
-    last one; for_stop(step) and for_nonfinite(step, stats) save what a stop keeps and say what it saved."""
+    """This run's checkpoints: save(step); is_save_step(step): every --save-every steps and the last one;
+    for_stop(step) and for_nonfinite(step, stats) save what a stop keeps and say what it saved."""
 
-    def __init__(self, args, setup: Setup, total_steps, clock):
-        self.args, self.setup, self.total_steps, self.clock = args, setup, total_steps, clock
+    def __init__(self, args, setup: Setup, total_steps, elapsed):
+        self.args, self.setup, self.total_steps, self.elapsed = args, setup, total_steps, elapsed   # seconds so far
 
     def save(self, step, extra=None):
         s = self.setup
         return save_checkpoint(self.args.output_dir, step, s.model, s.lm, s.optimizer, s.tokenizer, self.args,
-                               {"elapsed_s": self.clock.elapsed(), **(extra or {})}, saved_args=s.saved_args(self.args))
+                               {"elapsed_s": self.elapsed(), **(extra or {})}, saved_args=s.saved_args(self.args))
 
     def is_save_step(self, step: int) -> bool:
         """The last step is saved, and every --save-every N steps; nothing with --no-save."""
         every = self.args.save_every
         return not self.args.no_save and (step == self.total_steps or (bool(every) and step % every == 0))
-
-    def save_if_due(self, step: int) -> None:
-        if self.is_save_step(step):
-            self.save(step)
 
     def for_stop(self, step: int) -> str:
         """After a stop signal that reached any rank, following step `step` (1-based count of steps done,
@@ -757,10 +746,12 @@ def _set_rng_state(state):
 
 
 class Metrics:
-    """metrics.jsonl on rank 0 (+ optional wandb/tensorboard) and a tqdm bar when available."""
+    """metrics.jsonl on rank 0 (+ optional wandb/tensorboard), a tqdm bar when available, and the clocks:
+    the current step's wall time and the whole run's (carried over a resume in the checkpoint's state)."""
 
-    def __init__(self, args, setup: Setup, total_steps, start_step, clock):
-        self.clock, self.device = clock, setup.device
+    def __init__(self, args, setup: Setup, total_steps, start_step, state=None):
+        self.device, self.elapsed0 = setup.device, state.get("elapsed_s", 0.0) if state else 0.0
+        self.run_start = self.step_start = time.time()
         world_size = dist.get_world_size()
         self.enabled = is_main()
         self.bar = self.writer = self.wandb = None
@@ -790,13 +781,19 @@ class Metrics:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
+    def start_step(self):
+        self.step_start = time.time()
+
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.time() - self.run_start
+
     def log_step(self, step, epoch, lr, stats, fields) -> None:
         """One optimizer step's line: the stage's `fields` between the common ones and the perf ones."""
-        seconds = self.clock.step_seconds()
+        seconds = time.time() - self.step_start
         self.log({"step": step, "epoch": epoch, "lr": lr, "loss": stats["loss"], "optim/grad_norm": stats["grad_norm"],
                   **fields, "data/tokens": int(stats["tokens"]), "perf/tokens_per_s": stats["tokens"] / seconds,
                   "perf/step_time_s": seconds, "perf/peak_mem_gb": peak_memory_gb(self.device),
-                  "perf/elapsed_s": self.clock.elapsed()})
+                  "perf/elapsed_s": self.elapsed()})
 
     def log(self, record):
         if not self.enabled:
@@ -805,9 +802,8 @@ class Metrics:
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.wandb:
             self.wandb.log(numbers, step=record["step"])
-        if self.writer:
-            for k, v in numbers.items():
-                self.writer.add_scalar(k, v, record["step"])
+        for k, v in numbers.items() if self.writer else ():
+            self.writer.add_scalar(k, v, record["step"])
         if self.bar:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record.get('perf/tokens_per_s', 0):.0f}")

@@ -105,6 +105,26 @@ def test_global_batch_equivalence_across_ranks_and_accumulation(stage, tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("script,extra", [("train_sft", []), ("train_redi", ["--loss", "dpo"])])
+def test_one_rank_gathers_once_per_step_and_trains_bitwise_like_copies_per_micro_batch(
+        script, extra, tmp_path, tiny_model_dir, sft_file, pairs_file):
+    """training.sync_gradients on one rank (one gather and one reduce-scatter per step) against the copies per
+    micro-batch it replaces (tests/helpers/copies_per_micro_batch.py): 3 steps of 4 micro-batches, the exported
+    weights equal to the byte and every step's loss and grad norm equal. DPO also runs its frozen reference."""
+    data = sft_file if script == "train_sft" else pairs_file
+    args = ["--data", data, *COMMON, "--model", tiny_model_dir, "--global-batch-size", "8", "--micro-batch-size", "2",
+            "--max-steps", "3", "--epochs", "3", "--lr", "1e-3", *extra]
+    torchrun(1, f"{script}.py", "--output-dir", tmp_path / "once", *args)
+    torchrun(1, "tests/helpers/copies_per_micro_batch.py", script, "--output-dir", tmp_path / "copies", *args)
+    steps = {run: [(m["loss"], m["optim/grad_norm"]) for m in read_metrics(tmp_path / run)[1]]
+             for run in ("once", "copies")}
+    assert len(steps["once"]) == 3 and steps["once"] == steps["copies"]
+    assert steps["once"][0] != steps["once"][2]          # it trained
+    weights = {run: (tmp_path / run / "final" / "model.safetensors").read_bytes() for run in ("once", "copies")}
+    assert weights["once"] == weights["copies"]
+
+
+@pytest.mark.slow
 def test_packed_layout_gives_the_same_step(tmp_path, tiny_model_dir, pairs_file):
     """Padding-free packed micro-batches: same pair loss and gradients as the padded layout."""
     extra = ["--global-batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3"]
