@@ -480,13 +480,11 @@ def collate(sequences: list[dict], pad_id: int, packed: bool = False, device=Non
 
 
 def _padded(sequences: list[dict], pad_id: int) -> dict:
-    """input_ids, labels, attention_mask [S, T_max]: right padding, labels IGNORE_INDEX on pads."""
+    """input_ids, labels [S, T_max]: right padding, labels IGNORE_INDEX on pads. No attention mask: a causal
+    decoder's real positions never see the right padding, and the pads' outputs carry no label."""
     def pad(key, value):
         return pad_sequence([torch.tensor(s[key]) for s in sequences], batch_first=True, padding_value=value)
-    input_ids, labels = pad("input_ids", pad_id), pad("labels", IGNORE_INDEX)
-    lengths = torch.tensor([len(s["input_ids"]) for s in sequences])
-    attention_mask = (torch.arange(input_ids.shape[1]) < lengths.unsqueeze(1)).long()
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+    return {"input_ids": pad("input_ids", pad_id), "labels": pad("labels", IGNORE_INDEX),
             "num_sequences": len(sequences)}
 
 

@@ -217,8 +217,7 @@ def sequence_logps_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tenso
 
 
 def _check_lengths(**lengths: torch.Tensor) -> None:
-    """ValueError on a zero-length response. A host sync (`.any()`), like the nonzero() that gathers the
-    supervised positions: correctness over a few microseconds per micro-batch."""
+    """ValueError on a zero-length response (a host sync, like the nonzero() of the supervised positions)."""
     for name, value in lengths.items():
         if (value <= 0).any():
             raise ValueError(f"{name} has a zero-length response at rows {torch.nonzero(value <= 0).flatten().tolist()}: "

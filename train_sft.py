@@ -73,7 +73,7 @@ def train(args, setup: training.Setup, examples, batch_order, state=None):
                 logps, lengths = model(**batch)                           # [B] summed log-probs, response lengths
                 loss = sft_loss(logps * weights, lengths, total_length=global_length)
                 loss.backward()
-                tokens = sum(len(examples[i]["input_ids"]) for i, w in items if w > 0)
+                tokens = sum(int(examples.lengths[i]) for i, w in items if w > 0)     # all, prompts included
                 local_stats[:-1] += torch.stack([loss.detach().double(), torch.tensor(tokens, device=device).double(),
                                                  (lengths * weights).sum().double(),
                                                  (logps.detach() * weights).sum().double()])

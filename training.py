@@ -212,7 +212,7 @@ class LogpsModel(torch.nn.Module):
         self.lm, self.chunk_size = lm, chunk_size
         self.logit_scale, self.softcap = head_of(lm.config)
 
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, seq_index=None,
+    def forward(self, input_ids, labels, position_ids=None, seq_index=None,
                 num_sequences=None, cu_seqlens=None, max_length=None):
         if seq_index is None:                 # padded rows: causal attention, no mask (class docstring)
             hidden = self.lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state    # [S, T, H]

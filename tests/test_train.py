@@ -530,7 +530,7 @@ def test_exported_model_reloads_with_the_same_log_probs(single_rank_group, tiny_
     with torch.no_grad():
         fsdp_sums, fsdp_counts = model(**batch)
         reloaded = AutoModelForCausalLM.from_pretrained(path).eval()
-        logits = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = reloaded(input_ids=batch["input_ids"]).logits      # right padding: causal, no mask needed
     sums, counts = sequence_logps(logits, batch["labels"])
     assert counts.tolist() == fsdp_counts.tolist()
     torch.testing.assert_close(sums, fsdp_sums, rtol=1e-5, atol=1e-5)
