@@ -1,6 +1,6 @@
 """Does the demo tell the same story under seeds and floating-point noise? `python demo.py` under perturbations.
 
-    python bench/demo_stability.py --out runs/demo_stability            # 6 demo runs, ~1 hour on 2 cores
+    python bench/demo_stability.py --out runs/demo_stability            # 6 demo runs, ~70 min on 2 idle cores
     python bench/demo_stability.py --out runs/demo_stability --report   # the table from the runs on disk
 
 Runs (each a whole `python demo.py`, one after another; a run whose results.json exists is not run again):
