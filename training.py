@@ -509,6 +509,7 @@ def prepare(args) -> Setup:
     kernels = choose_kernels(args, device, load_config(args.model, args))
     print0(kernels.describe())
     random.seed(args.seed)
+    np.random.seed(args.seed % 2**32)    # nothing here draws from it, but checkpoints save its state: same bytes
     torch.manual_seed(args.seed)
     tokenizer = load_tokenizer(args.model)
     model, lm = load_model(args.model, args, device, kernels)

@@ -125,6 +125,27 @@ def test_one_rank_gathers_once_per_step_and_trains_bitwise_like_copies_per_micro
 
 
 @pytest.mark.slow
+def test_the_same_run_twice_writes_the_same_checkpoint_bytes(tmp_path, tiny_model_dir, pairs_file):
+    """Two identical 2-step runs: every checkpoint file byte-identical (RNG states included: numpy's is seeded
+    too), except trainer_state.json, whose only differences are the output dir and the elapsed time, and
+    DCP's index train_state/.metadata (its writer records the directory and a random save id)."""
+    for run in ("a", "b"):
+        torchrun(2, "train_redi.py", "--model", tiny_model_dir, "--data", pairs_file, "--output-dir", tmp_path / run,
+                 *COMMON, "--global-batch-size", "4", "--max-steps", "2", "--lr", "1e-3")
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a" / "final").rglob("*")
+                   if p.is_file() and p.name != ".metadata")
+    assert {"rng-rank1.pt", "model.safetensors", "__1_0.distcp"} <= {f.name for f in files}
+    for f in files:
+        a, b = (tmp_path / "a" / f).read_bytes(), (tmp_path / "b" / f).read_bytes()
+        if f.name == "trainer_state.json":
+            a, b = (json.loads(x) for x in (a, b))
+            for state in (a, b):
+                state.pop("elapsed_s")
+                state["args"].pop("output_dir")
+        assert a == b, f
+
+
+@pytest.mark.slow
 def test_packed_layout_gives_the_same_step(tmp_path, tiny_model_dir, pairs_file):
     """Padding-free packed micro-batches: same pair loss and gradients as the padded layout."""
     extra = ["--global-batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3"]
